@@ -1,0 +1,130 @@
+"""Bookkeeping activities: the job's state in the database and its credits."""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import BaseModel
+from temporalio import activity
+
+from activities.providers.registry import ProviderRegistry
+from activities.recording import recorded_attempt
+from core.contracts import (
+    CheckedAudio,
+    GenerationPlan,
+    JobStatus,
+    RetryBounds,
+    StoredTrack,
+    TrackInput,
+)
+from core.jobs import JobStore
+from core.settings import Settings
+
+
+class JobEventInput(BaseModel):
+    track_id: uuid.UUID
+    job_id: uuid.UUID
+    event: str
+    message: str
+    level: str = "info"
+    provider: str | None = None
+    error_code: str | None = None
+
+
+class CompleteInput(BaseModel):
+    track: TrackInput
+    stored: StoredTrack
+    checked: CheckedAudio
+    fallbacks: int = 0
+
+
+class FinishInput(BaseModel):
+    track: TrackInput
+    status: JobStatus
+    error_code: str | None = None
+    message: str | None = None
+
+
+class JobActivities:
+    def __init__(self, store: JobStore, providers: ProviderRegistry, settings: Settings) -> None:
+        self.store = store
+        self.providers = providers
+        self.settings = settings
+
+    @activity.defn(name="plan_track")
+    async def plan_track(self, track: TrackInput) -> GenerationPlan:
+        """Mark the job RENDERING and fix the provider chain and bounds for this track."""
+        async with recorded_attempt(
+            self.store, track_id=track.track_id, job_id=track.job_id, event="rendering"
+        ) as attempt:
+            await self.store.mark_rendering(track.job_id)
+            s = self.settings
+            providers = self.providers.plan(s.provider_chain, track.request)
+            attempt.message = "Provider chain: " + ", ".join(
+                p.name + (f" (skipped: {p.skip_reason})" if p.skip_reason else "")
+                for p in providers
+            )
+            return GenerationPlan(
+                providers=providers,
+                max_submissions=s.max_submissions_per_track,
+                submit_retry=RetryBounds(
+                    max_attempts=s.submit_max_attempts,
+                    initial_interval_s=s.retry_initial_interval_s,
+                    max_interval_s=s.retry_max_interval_s,
+                ),
+                poll_retry=RetryBounds(
+                    max_attempts=s.poll_max_attempts,
+                    initial_interval_s=s.retry_initial_interval_s,
+                    max_interval_s=s.retry_max_interval_s,
+                ),
+                generation_timeout_s=s.generation_timeout_s,
+                heartbeat_timeout_s=s.heartbeat_timeout_s,
+            )
+
+    @activity.defn(name="record_job_event")
+    async def record_job_event(self, entry: JobEventInput) -> None:
+        """Decisions the workflow makes (skips, fallbacks) go into the job log too."""
+        async with recorded_attempt(
+            self.store,
+            track_id=entry.track_id,
+            job_id=entry.job_id,
+            event=entry.event,
+            provider=entry.provider,
+        ) as attempt:
+            attempt.message = entry.message
+
+    @activity.defn(name="complete_job")
+    async def complete_job(self, done: CompleteInput) -> None:
+        async with recorded_attempt(
+            self.store,
+            track_id=done.track.track_id,
+            job_id=done.track.job_id,
+            event="complete",
+            provider=done.stored.provider,
+        ) as attempt:
+            await self.store.mark_complete(
+                done.track.job_id,
+                done.stored,
+                done.checked.info,
+                done.checked.staged.content_type,
+            )
+            attempt.message = f"Track complete, audio from {done.stored.provider}"
+            if done.fallbacks:
+                attempt.message = f"Fallback successful, using {done.stored.provider}"
+
+    @activity.defn(name="finish_job")
+    async def finish_job(self, finish: FinishInput) -> None:
+        """FAILED or CANCELLED: record the outcome and refund the credits once."""
+        async with recorded_attempt(
+            self.store,
+            track_id=finish.track.track_id,
+            job_id=finish.track.job_id,
+            event=finish.status.value.lower(),
+        ) as attempt:
+            changed = await self.store.finish_unsuccessfully(
+                finish.track.job_id, finish.status, finish.error_code, finish.message
+            )
+            attempt.message = f"Job {finish.status.value}" + (
+                f" ({finish.error_code})" if finish.error_code else ""
+            )
+            attempt.data = {"refunded": changed}

@@ -1,0 +1,152 @@
+"""HTTP helpers shared by the hosted providers (fal, Replicate).
+
+Kept apart from the provider modules so neither imports the other's client library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from activities.providers.base import DownloadedAudio, ErrorCode, Heartbeat, ProviderError
+
+_AUDIO_TYPES = {
+    "audio/wav": "wav",
+    "audio/x-wav": "wav",
+    "audio/wave": "wav",
+    "audio/vnd.wave": "wav",
+    "audio/mpeg": "mp3",
+    "audio/mp3": "mp3",
+    "audio/flac": "flac",
+    "audio/x-flac": "flac",
+    "audio/ogg": "ogg",
+    "audio/mp4": "m4a",
+    "audio/aac": "aac",
+}
+_CONTENT_TYPES = {
+    "wav": "audio/wav",
+    "mp3": "audio/mpeg",
+    "flac": "audio/flac",
+    "ogg": "audio/ogg",
+    "m4a": "audio/mp4",
+    "aac": "audio/aac",
+}
+_CHUNK = 64 * 1024
+_HEARTBEAT_EVERY_S = 0.25
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def shorten(value: object, limit: int = 300) -> str:
+    """One line of at most `limit` characters, for error messages."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Redactor:
+    """Removes a secret from text bound for exception messages and logs."""
+
+    def __init__(self, *secrets: str | None) -> None:
+        self._secrets = [s for s in secrets if s]
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def audio_extension(content_type: str | None, url: str) -> str | None:
+    """The file extension for an audio response, from its content type or URL."""
+    if content_type:
+        ext = _AUDIO_TYPES.get(content_type.split(";")[0].strip().lower())
+        if ext:
+            return ext
+    suffix = Path(urlsplit(url).path).suffix.lower().lstrip(".")
+    return suffix if suffix in _CONTENT_TYPES else None
+
+
+async def stream_audio(
+    url: str,
+    dest: Path,
+    heartbeat: Heartbeat,
+    *,
+    label: str,
+    timeout_s: float,
+    hinted_type: str | None = None,
+    redact: Callable[[str], str] = str,
+) -> DownloadedAudio:
+    """Stream `url` to `dest`, heartbeating; `dest` appears only once complete.
+
+    The audio lives on a CDN, not the API host, so no credentials are sent with it.
+    """
+    part = dest.with_name(dest.name + ".part")
+    timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
+    written = 0
+    try:
+        async with (
+            httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http,
+            http.stream("GET", url) as response,
+        ):
+            if response.status_code >= 400:
+                raise ProviderError.from_status(
+                    response.status_code,
+                    redact(f"{label} audio download: HTTP {response.status_code}"),
+                    retry_after_s=parse_retry_after(response.headers.get("retry-after")),
+                )
+            header_type = response.headers.get("content-type")
+            ext = audio_extension(header_type, url) or audio_extension(hinted_type, url)
+            if ext is None:
+                raise ProviderError(
+                    ErrorCode.BAD_AUDIO,
+                    f"{label} audio download: not audio ({shorten(header_type, 80)})",
+                )
+            total = int(response.headers.get("content-length") or 0)
+            last_beat = 0.0
+            fh = await asyncio.to_thread(part.open, "wb")
+            try:
+                async for chunk in response.aiter_bytes(_CHUNK):
+                    fh.write(chunk)  # local disk, small chunks: not worth a thread hop each
+                    written += len(chunk)
+                    now = time.monotonic()
+                    if now - last_beat >= _HEARTBEAT_EVERY_S:
+                        last_beat = now
+                        heartbeat(min(written / total, 1.0) if total else 0.0)
+            finally:
+                await asyncio.to_thread(fh.close)
+        if written == 0:
+            raise ProviderError(ErrorCode.BAD_AUDIO, f"{label} audio download: empty body")
+        await asyncio.to_thread(part.replace, dest)
+    except (httpx.TimeoutException, httpx.TransportError) as exc:
+        part.unlink(missing_ok=True)
+        raise ProviderError(
+            ErrorCode.TIMEOUT,
+            redact(f"{label} audio download: {type(exc).__name__}: {shorten(exc)}"),
+        ) from None
+    except BaseException:  # ProviderError, cancellation: leave no partial file behind
+        part.unlink(missing_ok=True)
+        raise
+    heartbeat(1.0)
+    return DownloadedAudio(extension=ext, content_type=_CONTENT_TYPES[ext])

@@ -1,0 +1,152 @@
+"""The interface every music provider implements, and the errors it raises.
+
+A generation is always submit → poll → download, so a crashed worker can resume a paid
+job by its id instead of paying for a second one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from core.contracts import GenerationRequest, Submission
+
+
+class ErrorCode(StrEnum):
+    UNAUTHORIZED = "http_401"
+    FORBIDDEN = "http_403"
+    INVALID = "http_422"
+    RATE_LIMITED = "http_429"
+    SERVER = "http_5xx"
+    TIMEOUT = "timeout"
+    JOB_FAILED = "job_failed"
+    JOB_CANCELLED = "job_cancelled"
+    BAD_AUDIO = "bad_audio"
+    UNCONFIGURED = "unconfigured"
+    UNSUPPORTED = "unsupported"
+    OTHER = "provider_error"
+
+
+# Errors that another attempt at the same provider cannot fix.
+NON_RETRYABLE = frozenset(
+    {
+        ErrorCode.UNAUTHORIZED,
+        ErrorCode.FORBIDDEN,
+        ErrorCode.INVALID,
+        ErrorCode.JOB_FAILED,
+        ErrorCode.JOB_CANCELLED,
+        ErrorCode.BAD_AUDIO,
+        ErrorCode.UNCONFIGURED,
+        ErrorCode.UNSUPPORTED,
+    }
+)
+
+
+class ProviderError(Exception):
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        retry_after_s: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after_s = retry_after_s
+        self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        return self.code not in NON_RETRYABLE
+
+    @classmethod
+    def from_status(
+        cls, status: int, message: str, retry_after_s: float | None = None
+    ) -> ProviderError:
+        code = {
+            401: ErrorCode.UNAUTHORIZED,
+            403: ErrorCode.FORBIDDEN,
+            422: ErrorCode.INVALID,
+            429: ErrorCode.RATE_LIMITED,
+        }.get(status)
+        if code is None:
+            code = ErrorCode.SERVER if status >= 500 else ErrorCode.OTHER
+        return cls(code, message, retry_after_s=retry_after_s, status=status)
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class PollResult:
+    state: JobState
+    progress: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Health:
+    status: str  # "ok" | "fail" | "unconfigured"
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class DownloadedAudio:
+    extension: str  # without the dot: "wav", "mp3", "flac"
+    content_type: str
+
+
+Heartbeat = Callable[[float], None]
+"""Called with a 0..1 progress figure while long work goes on."""
+
+
+class MusicProvider(ABC):
+    name: str
+
+    @property
+    @abstractmethod
+    def configured(self) -> bool:
+        """False when the provider has no credentials."""
+
+    @abstractmethod
+    def model_for(self, request: GenerationRequest) -> str | None:
+        """The model that would serve this request."""
+
+    @abstractmethod
+    def cannot_serve(self, request: GenerationRequest) -> str | None:
+        """Why this provider cannot serve the request (too long, no vocals), or None."""
+
+    @abstractmethod
+    async def submit(self, request: GenerationRequest, *, track_id: str) -> tuple[str, dict[str, str]]:
+        """Start a paid job; return its id and any URLs needed to follow it."""
+
+    @abstractmethod
+    async def poll(self, submission: Submission) -> PollResult: ...
+
+    @abstractmethod
+    async def download(
+        self, submission: Submission, dest: Path, heartbeat: Heartbeat
+    ) -> DownloadedAudio:
+        """Write the finished audio to `dest`. Only called after poll says SUCCEEDED."""
+
+    @abstractmethod
+    async def cancel(self, submission: Submission) -> None: ...
+
+    @abstractmethod
+    async def health(self) -> Health: ...
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release clients bound to the current event loop."""
+
+
+ProviderFactory = Callable[[], Awaitable[MusicProvider]]

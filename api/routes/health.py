@@ -1,0 +1,43 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+from sqlalchemy import text
+
+from api.deps import Services, ServicesDep
+
+router = APIRouter(prefix="/api/health", tags=["health"])
+
+
+async def _checks(services: Services) -> dict[str, str]:
+    checks: dict[str, str] = {}
+    try:
+        async with services.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        checks["db"] = "ok"
+    except Exception as exc:
+        checks["db"] = f"fail: {type(exc).__name__}"
+    checks["temporal"] = "ok" if await services.temporal.healthy() else "fail: unreachable"
+    return checks
+
+
+@router.get("")
+async def health(services: ServicesDep) -> dict[str, object]:
+    checks = await _checks(services)
+    ready = all(v == "ok" for v in checks.values())
+    return {
+        "status": "ok",
+        "version": services.settings.version,
+        "ready": ready,
+        "checks": checks,
+    }
+
+
+@router.get("/ready")
+async def ready(services: ServicesDep, response: Response) -> dict[str, object]:
+    checks = await _checks(services)
+    ok = all(v == "ok" for v in checks.values())
+    if not ok:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return {"status": "ok" if ok else "unavailable", "checks": checks}

@@ -1,0 +1,186 @@
+"""Tracks: create (starts the workflow), read with signed links, list."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+
+from fastapi import APIRouter, HTTPException, Query, status
+from sqlalchemy import func
+from sqlmodel import col, select
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+
+from api.deps import CurrentUser, Services, ServicesDep
+from api.schemas import TrackCreate, TrackCreated, TrackOut, TrackPage
+from core.contracts import TRACK_WORKFLOW, GenerationRequest, JobStatus, TrackInput
+from core.jobs import InsufficientCredits
+from core.logging import get_logger
+from core.models import Job, Track
+from core.pricing import credits_required
+
+router = APIRouter(prefix="/api/tracks", tags=["tracks"])
+log = get_logger("soundfoundry.api")
+
+TRACK_ID = SearchAttributeKey.for_keyword("TrackId")
+USER_ID = SearchAttributeKey.for_keyword("UserId")
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=TrackCreated)
+async def create_track(body: TrackCreate, user: CurrentUser, services: ServicesDep) -> TrackCreated:
+    cost = credits_required(body.duration_s, body.has_vocals)
+    request = GenerationRequest(
+        prompt=body.prompt,
+        duration_s=body.duration_s,
+        has_vocals=body.has_vocals,
+        style_strength=body.style_strength,
+        lyrics=body.lyrics,
+        seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
+    )
+    try:
+        track, job = await services.jobs.create_track(user.id, request, cost)
+    except InsufficientCredits as exc:
+        raise HTTPException(status.HTTP_402_PAYMENT_REQUIRED, str(exc)) from exc
+
+    await _start_workflow(services, TrackInput(
+        track_id=track.id, job_id=job.id, user_id=user.id, request=request
+    ), job)
+    log.info("track created", track_id=str(track.id), job_id=str(job.id), credits=cost)
+    return TrackCreated(
+        track_id=track.id,
+        job_id=job.id,
+        credits_required=cost,
+        status=JobStatus.QUEUED,
+        workflow_id=job.workflow_id,
+    )
+
+
+async def _start_workflow(services: Services, track: TrackInput, job: Job) -> None:
+    try:
+        client = await services.temporal.client()
+        handle = await client.start_workflow(
+            TRACK_WORKFLOW,
+            track,
+            id=job.workflow_id,
+            task_queue=services.settings.task_queue,
+            # A repeated start (client retry) joins the run that exists.
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=_search_attributes(services, track),
+        )
+    except Exception as exc:
+        # Nothing will run this job: give the credits back and say so.
+        await services.jobs.finish_unsuccessfully(
+            job.id, JobStatus.FAILED, "workflow_start_failed", str(exc)
+        )
+        log.error("workflow start failed", job_id=str(job.id), error=str(exc))
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "the job could not be started; your credits were refunded, please retry",
+        ) from exc
+    if handle.first_execution_run_id or handle.result_run_id:
+        await services.jobs.set_run_id(job.id, handle.result_run_id or "")
+
+
+def _search_attributes(services: Services, track: TrackInput) -> TypedSearchAttributes | None:
+    if not services.settings.search_attributes_enabled:
+        return None
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(TRACK_ID, str(track.track_id)),
+            SearchAttributePair(USER_ID, str(track.user_id)),
+        ]
+    )
+
+
+@router.get("", response_model=TrackPage)
+async def list_tracks(
+    user: CurrentUser,
+    services: ServicesDep,
+    limit: int = Query(default=20, ge=1, le=100),
+    offset: int = Query(default=0, ge=0),
+) -> TrackPage:
+    async with services.sessions() as session:
+        total = (
+            await session.exec(
+                select(func.count()).select_from(Track).where(col(Track.user_id) == user.id)
+            )
+        ).one()
+        rows = await session.exec(
+            select(Track, Job)
+            .join(Job, col(Job.track_id) == col(Track.id))
+            .where(col(Track.user_id) == user.id)
+            .order_by(col(Track.created_at).desc(), col(Track.id))
+            .limit(limit)
+            .offset(offset)
+        )
+        pairs = list(rows)
+    items = [await track_out(services, track, job) for track, job in pairs]
+    return TrackPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{track_id}", response_model=TrackOut)
+async def get_track(track_id: uuid.UUID, user: CurrentUser, services: ServicesDep) -> TrackOut:
+    track, job = await owned_track(services, track_id, user.id)
+    return await track_out(services, track, job)
+
+
+async def owned_track(
+    services: Services, track_id: uuid.UUID, user_id: uuid.UUID
+) -> tuple[Track, Job]:
+    """The track and its job, or 404 — also for other users' tracks, so ids leak nothing."""
+    async with services.sessions() as session:
+        row = (
+            await session.exec(
+                select(Track, Job)
+                .join(Job, col(Job.track_id) == col(Track.id))
+                .where(col(Track.id) == track_id, col(Track.user_id) == user_id)
+            )
+        ).first()
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "track not found")
+    return row[0], row[1]
+
+
+def download_name(track: Track, extension: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", track.prompt.lower()).strip("-")[:48] or "track"
+    return f"{slug}.{extension}"
+
+
+async def track_out(services: Services, track: Track, job: Job) -> TrackOut:
+    ttl = services.settings.signed_url_ttl_s
+    file_url = cover_url = None
+    audio = None
+    if track.status == JobStatus.COMPLETE and track.audio_key:
+        extension = track.audio_key.rsplit(".", 1)[-1]
+        file_url = await services.storage.signed_url(
+            track.audio_key, ttl, download_name(track, extension)
+        )
+        audio = {
+            "duration_s": track.audio_duration_s,
+            "sample_rate": track.sample_rate,
+            "channels": track.channels,
+            "peak_dbfs": track.peak_dbfs,
+            "rms_dbfs": track.rms_dbfs,
+            "loudness_lufs": track.loudness_lufs,
+            "bpm": track.bpm,
+            "content_type": track.audio_content_type,
+        }
+    if track.cover_key:
+        cover_url = await services.storage.signed_url(track.cover_key, ttl)
+    return TrackOut(
+        id=track.id,
+        job_id=job.id,
+        status=track.status,
+        prompt=track.prompt,
+        duration_s=track.duration_s,
+        has_vocals=track.has_vocals,
+        style_strength=track.style_strength,
+        lyrics=track.lyrics,
+        seed=track.seed,
+        provider=track.provider,
+        visual_version=track.visual_version,
+        created_at=track.created_at,
+        file_url=file_url,
+        cover_url=cover_url,
+        audio=audio,
+    )

@@ -1,0 +1,38 @@
+"""The API's Temporal client, connected lazily so the API can start before Temporal."""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from core.settings import Settings
+
+
+class TemporalGateway:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client: Client | None = None
+        self._lock = asyncio.Lock()
+
+    async def client(self) -> Client:
+        async with self._lock:
+            if self._client is None:
+                self._client = await Client.connect(
+                    self._settings.temporal_address,
+                    namespace=self._settings.temporal_namespace,
+                    data_converter=pydantic_data_converter,
+                )
+            return self._client
+
+    async def healthy(self) -> bool:
+        try:
+            client = await asyncio.wait_for(self.client(), timeout=3)
+            return await asyncio.wait_for(client.service_client.check_health(), timeout=3)
+        except Exception:
+            return False
+
+    def ui_url(self, workflow_id: str) -> str:
+        base = self._settings.temporal_ui_url.rstrip("/")
+        return f"{base}/namespaces/{self._settings.temporal_namespace}/workflows/{workflow_id}"

@@ -1,0 +1,273 @@
+"""Pure audio analysis: levels, loudness, tempo and a waveform for the UI.
+
+Nothing here touches storage or the network; `analyze` reads one local file and returns
+an `AudioInfo`. `quality_problem` turns that into a human reason to reject a render.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pyloudnorm
+import soundfile as sf
+
+from core.contracts import AudioInfo
+
+FloatArray = npt.NDArray[np.float32]
+
+# Levels are floored here instead of -inf: AudioInfo crosses Temporal as JSON, where
+# pydantic writes infinities as null and then refuses to read them back.
+DB_FLOOR = -120.0
+
+_READ_BLOCK_FRAMES = 1 << 16
+# BS.1770 gates loudness over 400 ms blocks; shorter audio has no integrated loudness.
+_LOUDNESS_BLOCK_S = 0.4
+
+# Tempo search: the onset envelope is computed at roughly this frame rate (frames per s)
+# from audio decimated to roughly this sample rate, which is plenty for beat periodicity.
+_TEMPO_ANALYSIS_RATE = 11025
+_ONSET_FPS = 172.0
+_MIN_BPM = 60.0
+_MAX_BPM = 200.0
+# Octave errors (half/double tempo) are resolved with a broad preference around this BPM.
+_PRIOR_CENTER_BPM = 110.0
+_PRIOR_OCTAVES = 1.0
+# Normalised autocorrelation below this at the best lag means "no clear beat".
+_MIN_BEAT_CLARITY = 0.12
+_MIN_TEMPO_AUDIO_S = 3.0
+
+
+class AudioDecodeError(ValueError):
+    """The file is not audio that libsndfile can decode."""
+
+
+def analyze(path: Path, n_peaks: int = 400) -> AudioInfo:
+    """Measure a decoded audio file: duration, levels, loudness, tempo and waveform peaks."""
+    if n_peaks < 0:
+        raise ValueError("n_peaks must be >= 0")
+    data, sample_rate = _read_float32(path)
+    frames, channels = data.shape
+
+    peak, sum_squares = _levels(data)
+    rms = math.sqrt(sum_squares / (frames * channels))
+
+    return AudioInfo(
+        duration_s=frames / sample_rate,
+        sample_rate=sample_rate,
+        channels=channels,
+        peak_dbfs=amplitude_to_dbfs(peak),
+        rms_dbfs=amplitude_to_dbfs(rms),
+        loudness_lufs=integrated_loudness(data, sample_rate),
+        bpm=estimate_tempo(_downmix(data), sample_rate),
+        peaks=waveform_peaks(data, n_peaks),
+    )
+
+
+def quality_problem(
+    info: AudioInfo,
+    expected_duration_s: float,
+    tolerance: float = 0.10,
+    silence_dbfs: float = -60.0,
+) -> str | None:
+    """Why this audio is not an acceptable render of the requested length, or None."""
+    if abs(info.duration_s - expected_duration_s) > tolerance * expected_duration_s:
+        return (
+            f"duration {info.duration_s:.1f} s is not within {tolerance:.0%} "
+            f"of {expected_duration_s:g} s"
+        )
+    if not info.rms_dbfs > silence_dbfs:  # also catches NaN
+        shown = "-inf" if info.rms_dbfs <= DB_FLOOR else f"{info.rms_dbfs:.1f}"
+        return f"audio is silent (rms {shown} dBFS)"
+    return None
+
+
+def amplitude_to_dbfs(amplitude: float) -> float:
+    """Linear amplitude (1.0 = full scale) to dBFS, floored at DB_FLOOR."""
+    if amplitude <= 0.0 or not math.isfinite(amplitude):
+        return DB_FLOOR
+    return round(max(DB_FLOOR, 20.0 * math.log10(amplitude)), 2)
+
+
+def _read_float32(path: Path) -> tuple[FloatArray, int]:
+    """Decode the whole file into one (frames, channels) float32 array, block by block.
+
+    Reading into a preallocated float32 buffer keeps memory at 4 bytes per sample instead
+    of the 8 (plus temporaries) of a default float64 read.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    try:
+        with sf.SoundFile(path) as f:
+            sample_rate, channels, expected = f.samplerate, f.channels, f.frames
+            data = np.empty((max(expected, 0), channels), dtype=np.float32)
+            filled = 0
+            while filled < len(data):
+                got = f.read(out=data[filled : filled + _READ_BLOCK_FRAMES])
+                if len(got) == 0:
+                    break
+                filled += len(got)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioDecodeError(f"cannot decode audio file {path.name}: {exc}") from exc
+    if filled == 0 or sample_rate <= 0:
+        raise AudioDecodeError(f"audio file {path.name} contains no audio frames")
+    data = data[:filled]
+    if not np.isfinite(data[:: max(1, filled // 4096)]).all():
+        raise AudioDecodeError(f"audio file {path.name} contains non-finite samples")
+    return data, sample_rate
+
+
+def _levels(data: FloatArray) -> tuple[float, float]:
+    """Peak absolute sample and the sum of squares, in cache-sized blocks (no big temps)."""
+    peak = 0.0
+    sum_squares = 0.0
+    for start in range(0, len(data), _READ_BLOCK_FRAMES):
+        block = data[start : start + _READ_BLOCK_FRAMES].reshape(-1)
+        peak = max(peak, float(block.max()), -float(block.min()))
+        wide = block.astype(np.float64)  # float32 sums lose precision over long files
+        sum_squares += float(np.dot(wide, wide))
+    return peak, sum_squares
+
+
+def _downmix(data: FloatArray) -> FloatArray:
+    mono = data[:, 0].copy()
+    for channel in range(1, data.shape[1]):  # column adds beat numpy's small-axis mean
+        mono += data[:, channel]
+    mono *= 1.0 / data.shape[1]
+    return mono
+
+
+def waveform_peaks(data: FloatArray, n_peaks: int) -> list[float]:
+    """Max absolute sample (over all channels) in each of n_peaks equal windows, in 0..1."""
+    if n_peaks == 0:
+        return []
+    frames = len(data)
+    starts = np.linspace(0, frames, n_peaks, endpoint=False).astype(np.int64)
+    starts = np.minimum(starts, frames - 1)
+    highs = np.maximum.reduceat(data, starts, axis=0).max(axis=1)
+    lows = np.minimum.reduceat(data, starts, axis=0).min(axis=1)
+    peaks = np.clip(np.maximum(highs, -lows), 0.0, 1.0)
+    return [round(float(p), 4) for p in peaks]
+
+
+def integrated_loudness(data: FloatArray, sample_rate: int) -> float | None:
+    """ITU-R BS.1770 integrated loudness in LUFS, or None if too short, silent or exotic."""
+    frames, channels = data.shape
+    # pyloudnorm needs one full gating block and supports up to 5 channels.
+    if frames <= _LOUDNESS_BLOCK_S * sample_rate or channels > 5:
+        return None
+    meter = pyloudnorm.Meter(sample_rate, block_size=_LOUDNESS_BLOCK_S)
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            lufs = float(meter.integrated_loudness(data))
+    except ValueError:
+        return None
+    if not math.isfinite(lufs) or lufs < DB_FLOOR:
+        return None
+    return round(lufs, 2)
+
+
+def estimate_tempo(mono: FloatArray, sample_rate: int) -> float | None:
+    """Estimated beats per minute in 60..200, or None when there is no clear beat.
+
+    Spectral-flux onset envelope, then its autocorrelation scored over a comb of beat
+    multiples (so a real beat period beats a lucky single lag), weighted by a broad
+    preference for common tempos to settle half/double-tempo ambiguity.
+    """
+    if len(mono) < _MIN_TEMPO_AUDIO_S * sample_rate:
+        return None
+    envelope, fps = onset_envelope(mono, sample_rate)
+    envelope = envelope - _moving_average(envelope, int(fps))
+    envelope = np.maximum(envelope, 0.0)
+    acf = _autocorrelation(envelope)
+    if acf is None:
+        return None
+
+    min_lag = int(math.floor(60.0 * fps / _MAX_BPM))
+    max_lag = int(math.ceil(60.0 * fps / _MIN_BPM))
+    max_lag = min(max_lag, len(acf) // 2 - 1)
+    if max_lag <= min_lag + 2:
+        return None
+    lags = np.arange(min_lag, max_lag + 1, dtype=np.float64)
+    comb = _comb_score(acf, lags)
+    bpms = 60.0 * fps / lags
+    prior = np.exp(-0.5 * (np.log2(bpms / _PRIOR_CENTER_BPM) / _PRIOR_OCTAVES) ** 2)
+    best = int(np.argmax(comb * prior))
+    if acf[int(lags[best])] < _MIN_BEAT_CLARITY and comb[best] < _MIN_BEAT_CLARITY:
+        return None
+
+    # Refine to a fractional lag: the comb over many multiples pins the period precisely.
+    fine = np.arange(lags[best] - 1.0, lags[best] + 1.0001, 0.02)
+    lag = float(fine[int(np.argmax(_comb_score(acf, fine)))])
+    bpm = 60.0 * fps / lag
+    if not _MIN_BPM * 0.97 <= bpm <= _MAX_BPM * 1.03:
+        return None
+    return round(bpm, 1)
+
+
+def onset_envelope(mono: FloatArray, sample_rate: int) -> tuple[FloatArray, float]:
+    """Half-wave rectified log-spectral flux, and its frame rate in frames per second."""
+    factor = max(1, round(sample_rate / _TEMPO_ANALYSIS_RATE))
+    usable = len(mono) - len(mono) % factor
+    # Block-averaging is a crude low-pass, good enough for onset timing.
+    signal = mono[:usable].reshape(-1, factor).mean(axis=1, dtype=np.float32)
+    rate = sample_rate / factor
+    hop = max(1, round(rate / _ONSET_FPS))
+    n_fft = 4 * hop
+    window = np.hanning(n_fft).astype(np.float32)
+    n_frames = 1 + (len(signal) - n_fft) // hop
+    frames_view = np.lib.stride_tricks.sliding_window_view(signal, n_fft)[::hop][:n_frames]
+
+    flux = np.empty(max(n_frames - 1, 0), dtype=np.float32)
+    previous: FloatArray | None = None
+    step = 2048  # frames per FFT batch, so long files never hold a full spectrogram
+    for start in range(0, n_frames, step):
+        batch = frames_view[start : start + step] * window
+        spectrum = np.log1p(100.0 * np.abs(np.fft.rfft(batch, axis=1))).astype(np.float32)
+        if previous is not None:
+            spectrum = np.concatenate([previous, spectrum])
+            offset = start - 1
+        else:
+            offset = start
+        rises = np.maximum(np.diff(spectrum, axis=0), 0.0).sum(axis=1)
+        flux[offset : offset + len(rises)] = rises
+        previous = spectrum[-1:]
+    return flux, rate / hop
+
+
+def _moving_average(x: FloatArray, width: int) -> FloatArray:
+    width = max(1, min(width, len(x)))
+    kernel = np.full(width, 1.0 / width, dtype=np.float32)
+    return np.convolve(x, kernel, mode="same").astype(np.float32)
+
+
+def _autocorrelation(x: FloatArray) -> npt.NDArray[np.float64] | None:
+    """Unbiased autocorrelation normalised to 1 at lag 0, or None for a flat signal."""
+    n = len(x)
+    centered = x.astype(np.float64) - float(x.mean())
+    size = 1 << (2 * n - 1).bit_length()
+    spectrum = np.fft.rfft(centered, size)
+    acf = np.fft.irfft(spectrum * np.conj(spectrum), size)[:n]
+    if acf[0] <= 1e-12 * n:
+        return None
+    acf = acf / (n - np.arange(n))  # each lag averages over fewer products
+    return np.asarray(acf / acf[0], dtype=np.float64)
+
+
+def _comb_score(
+    acf: npt.NDArray[np.float64], lags: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """Mean autocorrelation at the first few multiples of each (fractional) lag."""
+    limit = len(acf) // 2
+    total = np.zeros(len(lags))
+    count = np.zeros(len(lags))
+    for k in range(1, 5):
+        positions = lags * k
+        ok = positions < limit - 1
+        total[ok] += np.interp(positions[ok], np.arange(len(acf)), acf)
+        count[ok] += 1
+    return np.asarray(total / np.maximum(count, 1), dtype=np.float64)

@@ -1,0 +1,149 @@
+"""Types that cross the Temporal boundary: workflow input/output and activity payloads.
+
+They live at the bottom layer so the API can start workflows by name without importing
+workflow, activity or provider code. All are pydantic models carried by
+`temporalio.contrib.pydantic.pydantic_data_converter`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+TRACK_WORKFLOW = "TrackWorkflow"
+PROGRESS_QUERY = "progress"
+
+
+def track_workflow_id(track_id: uuid.UUID | str) -> str:
+    return f"track-{track_id}"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "QUEUED"
+    RENDERING = "RENDERING"
+    COMPLETE = "COMPLETE"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TERMINATED = "TERMINATED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in (JobStatus.QUEUED, JobStatus.RENDERING)
+
+
+class Step(StrEnum):
+    QUEUED = "queued"
+    PREPARING = "preparing"
+    GENERATING = "generating"
+    CHECKING = "checking"
+    STORING = "storing"
+    COVER = "cover"
+    FINISHING = "finishing"
+    DONE = "done"
+
+
+class GenerationRequest(BaseModel):
+    """What a provider is asked to make."""
+
+    prompt: str
+    duration_s: int
+    has_vocals: bool = False
+    style_strength: float = 0.5
+    lyrics: str | None = None
+    seed: int = 0
+
+
+class TrackInput(BaseModel):
+    track_id: uuid.UUID
+    job_id: uuid.UUID
+    user_id: uuid.UUID
+    request: GenerationRequest
+
+
+class RetryBounds(BaseModel):
+    max_attempts: int
+    initial_interval_s: float
+    max_interval_s: float
+
+
+class ProviderPlan(BaseModel):
+    """One link of the chain as the worker saw it when the track started."""
+
+    name: str
+    model: str | None = None
+    skip_reason: str | None = None
+
+
+class GenerationPlan(BaseModel):
+    """Everything the workflow needs from worker settings, recorded once in history."""
+
+    providers: list[ProviderPlan]
+    max_submissions: int
+    submit_retry: RetryBounds
+    poll_retry: RetryBounds
+    generation_timeout_s: float
+    heartbeat_timeout_s: float
+
+
+class Submission(BaseModel):
+    """A paid job at a provider. Its id is in history before anything waits on it."""
+
+    track_id: uuid.UUID
+    job_id: uuid.UUID
+    provider: str
+    model: str | None = None
+    run_id: str
+    request: GenerationRequest
+    # Provider-specific URLs handed back at submit (fal's status/response/cancel URLs).
+    urls: dict[str, str] = Field(default_factory=dict)
+
+
+class StagedAudio(BaseModel):
+    """Audio a provider produced, stored under a staging key until it passes the check."""
+
+    provider: str
+    run_id: str
+    key: str
+    extension: str
+    content_type: str
+    size_bytes: int
+
+
+class AudioInfo(BaseModel):
+    duration_s: float
+    sample_rate: int
+    channels: int
+    peak_dbfs: float
+    rms_dbfs: float
+    loudness_lufs: float | None = None
+    bpm: float | None = None
+    peaks: list[float] = Field(default_factory=list)
+
+
+class CheckedAudio(BaseModel):
+    staged: StagedAudio
+    info: AudioInfo
+
+
+class StoredTrack(BaseModel):
+    audio_key: str
+    cover_key: str
+    provider: str
+
+
+class TrackResult(BaseModel):
+    track_id: uuid.UUID
+    status: JobStatus
+    provider: str | None = None
+    audio_key: str | None = None
+    cover_key: str | None = None
+    error_code: str | None = None
+
+
+class Progress(BaseModel):
+    step: Step
+    progress: float
+    provider: str | None = None
+    attempt: int = 0

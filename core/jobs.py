@@ -1,0 +1,213 @@
+"""Every state change of a track's job, and the credits that go with it.
+
+Each change is one transaction guarded by the current state, so a retried activity, a
+replayed workflow or a reconciler racing the workflow can run it again without effect:
+credits are taken once and given back at most once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import col, select
+
+from core.contracts import (
+    AudioInfo,
+    GenerationRequest,
+    JobStatus,
+    Step,
+    StoredTrack,
+    track_workflow_id,
+)
+from core.db import SessionFactory, transaction
+from core.logging import get_logger
+from core.models import Job, JobEvent, Track, User, utcnow
+
+log = get_logger("soundfoundry.jobs")
+
+ACTIVE = (JobStatus.QUEUED, JobStatus.RENDERING)
+
+
+class InsufficientCredits(Exception):
+    def __init__(self, required: int, balance: int) -> None:
+        super().__init__(f"this track needs {required} credits and the balance is {balance}")
+        self.required = required
+        self.balance = balance
+
+
+class JobStore:
+    def __init__(self, sessions: SessionFactory) -> None:
+        self.sessions = sessions
+
+    async def create_track(
+        self, user_id: uuid.UUID, request: GenerationRequest, cost: int
+    ) -> tuple[Track, Job]:
+        """Reserve the credits and write the track and its job, all or nothing."""
+        async with transaction(self.sessions) as session:
+            # One conditional UPDATE: two concurrent requests can never both spend the
+            # same credits.
+            taken = await session.execute(
+                update(User)
+                .where(col(User.id) == user_id, col(User.credits) >= cost)
+                .values(credits=User.credits - cost)  # type: ignore[operator]
+            )
+            if taken.rowcount != 1:  # type: ignore[attr-defined]
+                user = await session.get(User, user_id)
+                raise InsufficientCredits(cost, user.credits if user else 0)
+            track = Track(
+                user_id=user_id,
+                prompt=request.prompt,
+                duration_s=request.duration_s,
+                has_vocals=request.has_vocals,
+                style_strength=request.style_strength,
+                lyrics=request.lyrics,
+                seed=request.seed,
+            )
+            job = Job(
+                track_id=track.id,
+                user_id=user_id,
+                workflow_id=track_workflow_id(track.id),
+                credits_reserved=cost,
+            )
+            session.add(track)
+            await session.flush()
+            session.add(job)
+        return track, job
+
+    async def set_run_id(self, job_id: uuid.UUID, run_id: str) -> None:
+        async with transaction(self.sessions) as session:
+            await session.execute(update(Job).where(col(Job.id) == job_id).values(run_id=run_id))
+
+    async def mark_rendering(self, job_id: uuid.UUID) -> bool:
+        return await self._transition(job_id, JobStatus.RENDERING, step=Step.PREPARING)
+
+    async def set_step(
+        self, job_id: uuid.UUID, step: Step, progress: float, attempts: int | None = None
+    ) -> None:
+        values: dict[str, Any] = {"step": step, "progress": progress, "updated_at": utcnow()}
+        if attempts is not None:
+            values["attempts"] = attempts
+        async with transaction(self.sessions) as session:
+            await session.execute(
+                update(Job)
+                .where(col(Job.id) == job_id, col(Job.status).in_(ACTIVE))
+                .values(**values)
+            )
+
+    async def mark_complete(
+        self, job_id: uuid.UUID, stored: StoredTrack, info: AudioInfo, content_type: str
+    ) -> bool:
+        async with transaction(self.sessions) as session:
+            job = await session.get(Job, job_id)
+            if job is None or job.status not in ACTIVE:
+                return False
+            now = utcnow()
+            job.status, job.step, job.progress = JobStatus.COMPLETE, Step.DONE, 1.0
+            job.updated_at = job.finished_at = now
+            job.error_code = job.error_message = None
+            track = await session.get(Track, job.track_id)
+            assert track is not None
+            track.status = JobStatus.COMPLETE
+            track.provider = stored.provider
+            track.audio_key = stored.audio_key
+            track.audio_content_type = content_type
+            track.cover_key = stored.cover_key
+            track.audio_duration_s = info.duration_s
+            track.sample_rate = info.sample_rate
+            track.channels = info.channels
+            track.peak_dbfs = info.peak_dbfs
+            track.rms_dbfs = info.rms_dbfs
+            track.loudness_lufs = info.loudness_lufs
+            track.bpm = info.bpm
+            track.peaks = info.peaks or None
+            track.updated_at = now
+        return True
+
+    async def finish_unsuccessfully(
+        self,
+        job_id: uuid.UUID,
+        status: JobStatus,
+        error_code: str | None,
+        message: str | None,
+    ) -> bool:
+        """FAILED, CANCELLED or TERMINATED: record it and refund, exactly once."""
+        assert status in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TERMINATED)
+        async with transaction(self.sessions) as session:
+            job = await session.get(Job, job_id, with_for_update=True)
+            if job is None or job.status not in ACTIVE:
+                return False
+            now = utcnow()
+            job.status = status
+            job.error_code = error_code
+            job.error_message = (message or "")[:1000] or None
+            job.updated_at = job.finished_at = now
+            if not job.credits_refunded and job.credits_reserved:
+                job.credits_refunded = True
+                await session.execute(
+                    update(User)
+                    .where(col(User.id) == job.user_id)
+                    .values(credits=User.credits + job.credits_reserved)  # type: ignore[operator]
+                )
+            await session.execute(
+                update(Track)
+                .where(col(Track.id) == job.track_id)
+                .values(status=status, updated_at=now)
+            )
+        log.info(
+            "job finished",
+            job_id=str(job_id),
+            status=status.value,
+            error_code=error_code,
+            refunded=job.credits_reserved,
+        )
+        return True
+
+    async def _transition(self, job_id: uuid.UUID, status: JobStatus, step: Step) -> bool:
+        async with transaction(self.sessions) as session:
+            job = await session.get(Job, job_id)
+            if job is None or job.status not in ACTIVE:
+                return False
+            job.status, job.step, job.updated_at = status, step, utcnow()
+            await session.execute(
+                update(Track).where(col(Track.id) == job.track_id).values(status=status)
+            )
+        return True
+
+    async def add_event(
+        self,
+        job_id: uuid.UUID,
+        event: str,
+        message: str = "",
+        *,
+        level: str = "info",
+        provider: str | None = None,
+        attempt: int | None = None,
+        provider_run_id: str | None = None,
+        error_code: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        async with transaction(self.sessions) as session:
+            session.add(
+                JobEvent(
+                    job_id=job_id,
+                    event=event,
+                    message=message[:2000],
+                    level=level,
+                    provider=provider,
+                    attempt=attempt,
+                    provider_run_id=provider_run_id,
+                    error_code=error_code,
+                    data=data,
+                )
+            )
+
+    async def events(self, job_id: uuid.UUID) -> list[JobEvent]:
+        async with self.sessions() as session:
+            rows = await session.exec(
+                select(JobEvent)
+                .where(col(JobEvent.job_id) == job_id)
+                .order_by(col(JobEvent.ts), col(JobEvent.id))
+            )
+            return list(rows)

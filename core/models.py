@@ -1,0 +1,129 @@
+"""Database tables (SQLModel). Alembic migrations must produce exactly these."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index
+from sqlalchemy import Enum as SAEnum
+from sqlmodel import Field, SQLModel
+
+from core.contracts import JobStatus, Step
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(**kwargs: Any) -> Any:
+    return Field(default_factory=utcnow, sa_type=DateTime(timezone=True), **kwargs)  # type: ignore[call-overload]
+
+
+def _enum(enum: type[StrEnum], **kwargs: Any) -> Any:
+    """A StrEnum stored as its value in a VARCHAR: no database enum type to migrate."""
+    column_type = SAEnum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+    )
+    return Field(sa_type=column_type, **kwargs)  # type: ignore[call-overload]
+
+
+class Plan(StrEnum):
+    FREE = "free"
+    PRO = "pro"
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(max_length=100)
+    plan: Plan = _enum(Plan, default=Plan.FREE)
+    credits: int = Field(default=0)
+    created_at: datetime = _ts()
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_tokens"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", index=True)
+    # sha256 of the token; the token itself is shown once and never stored.
+    token_hash: str = Field(max_length=64, unique=True)
+    label: str = Field(default="default", max_length=100)
+    created_at: datetime = _ts()
+
+
+class Track(SQLModel, table=True):
+    __tablename__ = "tracks"
+    __table_args__ = (Index("ix_tracks_user_created", "user_id", "created_at"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id")
+    prompt: str = Field(max_length=500)
+    duration_s: int
+    has_vocals: bool = False
+    style_strength: float = 0.5
+    lyrics: str | None = Field(default=None, max_length=5000)
+    seed: int = 0
+    status: JobStatus = _enum(JobStatus, default=JobStatus.QUEUED)
+    provider: str | None = Field(default=None, max_length=32)
+    audio_key: str | None = Field(default=None, max_length=512)
+    audio_content_type: str | None = Field(default=None, max_length=64)
+    cover_key: str | None = Field(default=None, max_length=512)
+    visual_version: int = 1
+    # Audio metadata measured by the audio check.
+    audio_duration_s: float | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    peak_dbfs: float | None = None
+    rms_dbfs: float | None = None
+    loudness_lufs: float | None = None
+    bpm: float | None = None
+    peaks: list[float] | None = Field(default=None, sa_column=Column(JSON))
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    track_id: uuid.UUID = Field(foreign_key="tracks.id", index=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", index=True)
+    workflow_id: str = Field(max_length=128, unique=True)
+    run_id: str | None = Field(default=None, max_length=64)
+    status: JobStatus = _enum(JobStatus, default=JobStatus.QUEUED, index=True)
+    step: Step = _enum(Step, default=Step.QUEUED)
+    progress: float = 0.0
+    attempts: int = 0
+    credits_reserved: int = 0
+    # Set once, in the same transaction that gives the credits back.
+    credits_refunded: bool = False
+    error_code: str | None = Field(default=None, max_length=64)
+    error_message: str | None = Field(default=None, max_length=1000)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class JobEvent(SQLModel, table=True):
+    __tablename__ = "job_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: uuid.UUID = Field(foreign_key="jobs.id", index=True)
+    ts: datetime = _ts()
+    level: str = Field(default="info", max_length=16)
+    event: str = Field(max_length=64)
+    provider: str | None = Field(default=None, max_length=32)
+    attempt: int | None = None
+    provider_run_id: str | None = Field(default=None, max_length=128)
+    error_code: str | None = Field(default=None, max_length=64)
+    message: str = Field(default="", max_length=2000)
+    data: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))

@@ -1,0 +1,117 @@
+"""One settings object for every process (API, worker, CLI), read from env and `.env`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+KNOWN_PROVIDERS = ("fal", "replicate", "synth")
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    environment: Literal["development", "test", "staging", "production"] = "development"
+    version: str = "0.1.0"
+
+    # Embedded default: SQLite beside the project; production points this at Postgres.
+    database_url: str = "sqlite+aiosqlite:///.soundfoundry/soundfoundry.db"
+
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "soundfoundry-tracks"
+    temporal_ui_url: str = "http://localhost:8233"
+    # TrackId/UserId/Provider/JobStatus must be registered on the namespace first.
+    search_attributes_enabled: bool = True
+
+    # Storage: "local" keeps objects in a folder and serves them through signed API links.
+    storage_backend: Literal["local", "s3"] = "local"
+    storage_local_dir: Path = Path(".soundfoundry/objects")
+    s3_endpoint: str | None = None
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_bucket: str = "soundfoundry"
+    s3_region: str = "us-east-1"
+    signed_url_ttl_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    public_base_url: str = "http://localhost:8000"
+    # Signs local download links; `soundfoundry dev` generates one per checkout.
+    secret_key: SecretStr = SecretStr("change-me-in-production")
+
+    # Ordered provider chain. The seeds' MUSIC_PROVIDER, when set, is put first.
+    music_providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    music_provider: str | None = None
+    fal_key: SecretStr | None = None
+    replicate_api_token: SecretStr | None = None
+    fal_queue_url: str = "https://queue.fal.run/"
+    replicate_base_url: str = "https://api.replicate.com"
+
+    # Bounds on spend and waiting, read by the worker when it plans a track.
+    max_submissions_per_track: int = Field(default=4, ge=1)
+    submit_max_attempts: int = Field(default=3, ge=1)
+    poll_max_attempts: int = Field(default=5, ge=1)
+    retry_initial_interval_s: float = Field(default=1.0, gt=0)
+    retry_max_interval_s: float = Field(default=30.0, gt=0)
+    generation_timeout_s: float = Field(default=900.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=20.0, gt=0)
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    # Wall-clock seconds the synth spends per second of audio; 0 renders as fast as it can.
+    synth_pace: float = Field(default=0.0, ge=0)
+
+    worker_max_concurrent_activities: int = Field(default=8, ge=1)
+    worker_max_concurrent_workflow_tasks: int = Field(default=16, ge=1)
+    worker_graceful_shutdown_s: float = Field(default=30.0, ge=0)
+
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_level: str = "INFO"
+
+    _split = field_validator("music_providers", "cors_origins", mode="before")(_split_csv)
+
+    @field_validator("music_providers")
+    @classmethod
+    def _known_providers(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in KNOWN_PROVIDERS]
+        if unknown:
+            raise ValueError(f"unknown providers {unknown}; known: {list(KNOWN_PROVIDERS)}")
+        return value
+
+    @property
+    def provider_chain(self) -> list[str]:
+        """The ordered chain the worker tries.
+
+        Without MUSIC_PROVIDERS it is `fal,replicate` for whichever keys are set, and the
+        local synth when neither is, so the embedded default works offline.
+        """
+        chain = list(self.music_providers)
+        if not chain:
+            chain = [
+                name
+                for name, key in (("fal", self.fal_key), ("replicate", self.replicate_api_token))
+                if key is not None
+            ] or ["synth"]
+        if self.music_provider:
+            chain = [self.music_provider, *(name for name in chain if name != self.music_provider)]
+        return chain
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret, so logs can scrub them."""
+        values = [self.secret_key, self.fal_key, self.replicate_api_token, self.s3_secret_key]
+        return [v.get_secret_value() for v in values if v is not None]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

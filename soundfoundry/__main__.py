@@ -1,0 +1,3 @@
+from soundfoundry.cli import app
+
+app(prog_name="soundfoundry")

@@ -1,0 +1,207 @@
+"""`soundfoundry dev`: the whole product on one machine, on the embedded default.
+
+Temporal's dev server (SQLite, Web UI), one worker and the API run as child processes;
+the database is SQLite and objects live in a local folder, all under `.soundfoundry/`.
+Ctrl-C stops them in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from core.db import create_engine, session_factory
+from core.migrate import upgrade
+from core.settings import Settings
+from core.users import create_user, user_for_token
+
+STATE_DIR = Path(".soundfoundry")
+SEARCH_ATTRIBUTES = ("TrackId", "UserId", "Provider", "JobStatus")
+DEV_USER = "dev"
+DEV_CREDITS = 1000
+
+
+def temporal_cli() -> Path:
+    """The Temporal CLI built by the set-up; never downloaded at run time."""
+    candidates = [
+        os.environ.get("TEMPORAL_CLI"),
+        str(Path(sys.prefix) / "bin" / "temporal"),
+        str(
+            Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+            / "soundfoundry/bin/temporal-1.5.1"
+        ),
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    raise FileNotFoundError(
+        "the temporal CLI was not found; run scripts/setup.sh (or set TEMPORAL_CLI)"
+    )
+
+
+def temporal_dev_command(
+    binary: Path, *, port: int, ui_port: int, db_file: Path | None, namespace: str
+) -> list[str]:
+    command = [
+        str(binary), "server", "start-dev",
+        "--ip", "127.0.0.1",
+        "--port", str(port),
+        "--ui-port", str(ui_port),
+        "--namespace", namespace,
+        "--log-level", "warn",
+    ]  # fmt: skip
+    if db_file is not None:
+        command += ["--db-filename", str(db_file)]
+    for name in SEARCH_ATTRIBUTES:
+        command += ["--search-attribute", f"{name}=Keyword"]
+    return command
+
+
+def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before port {port} opened")
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listened on port {port} within {timeout_s:.0f} s")
+
+
+def dev_environment(api_port: int, temporal_port: int, ui_port: int) -> dict[str, str]:
+    """Defaults for the embedded stack; anything already in the environment wins."""
+    STATE_DIR.mkdir(exist_ok=True)
+    secret_file = STATE_DIR / "secret"
+    if not secret_file.exists():
+        secret_file.write_text(secrets.token_urlsafe(32))
+        secret_file.chmod(0o600)
+    defaults = {
+        "DATABASE_URL": f"sqlite+aiosqlite:///{STATE_DIR / 'soundfoundry.db'}",
+        "STORAGE_BACKEND": "local",
+        "STORAGE_LOCAL_DIR": str(STATE_DIR / "objects"),
+        "PUBLIC_BASE_URL": f"http://localhost:{api_port}",
+        "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
+        "TEMPORAL_UI_URL": f"http://localhost:{ui_port}",
+        "SECRET_KEY": secret_file.read_text().strip(),
+    }
+    env = dict(os.environ)
+    for key, value in defaults.items():
+        env.setdefault(key, value)
+    return env
+
+
+async def ensure_dev_token(settings: Settings, token_file: Path) -> str:
+    """Reuse the dev user's token across restarts; make the user the first time."""
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
+    try:
+        if token_file.exists():
+            token = token_file.read_text().strip()
+            if await user_for_token(sessions, token) is not None:
+                return token
+        _, token = await create_user(sessions, DEV_USER, DEV_CREDITS)
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
+        return token
+    finally:
+        await engine.dispose()
+
+
+@dataclass
+class DevStack:
+    api_port: int = 8000
+    temporal_port: int = 7233
+    ui_port: int = 8233
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def run(self) -> int:
+        env = dev_environment(self.api_port, self.temporal_port, self.ui_port)
+        settings = Settings(**{k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields})
+        try:
+            self._start_temporal(env, settings)
+            with self.console.status("Applying database migrations"):
+                upgrade(settings.database_url)
+            token = asyncio.run(ensure_dev_token(settings, STATE_DIR / "dev-token"))
+            self._spawn("worker", [sys.executable, "-m", "soundfoundry", "worker"], env)
+            self._spawn(
+                "api",
+                [sys.executable, "-m", "soundfoundry", "api", "--port", str(self.api_port)],
+                env,
+            )
+            wait_for_port(self.api_port, 60, self.processes[-1][1])
+            self._announce(token)
+            return self._supervise()
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            self.stop()
+
+    def _start_temporal(self, env: dict[str, str], settings: Settings) -> None:
+        command = temporal_dev_command(
+            temporal_cli(),
+            port=self.temporal_port,
+            ui_port=self.ui_port,
+            db_file=STATE_DIR / "temporal.db",
+            namespace=settings.temporal_namespace,
+        )
+        with self.console.status("Starting the Temporal dev server"):
+            process = self._spawn("temporal", command, env)
+            wait_for_port(self.temporal_port, 60, process)
+            wait_for_port(self.ui_port, 30, process)
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        # Children get their own process group so our Ctrl-C handling decides the order.
+        process = subprocess.Popen(command, env=env, start_new_session=True)
+        self.processes.append((name, process))
+        return process
+
+    def _announce(self, token: str) -> None:
+        c = self.console
+        c.print("\n[bold green]SoundFoundry is running[/]")
+        c.print(f"  API          http://localhost:{self.api_port}  (docs: /docs)")
+        c.print(f"  Temporal UI  http://localhost:{self.ui_port}")
+        c.print(f"  Temporal     127.0.0.1:{self.temporal_port}")
+        c.print(f"  Dev token    saved in {STATE_DIR / 'dev-token'}")
+        c.print("Press Ctrl-C to stop.\n")
+        print(f"SOUNDFOUNDRY_TOKEN={token}", flush=True)
+
+    def _supervise(self) -> int:
+        stop = {"now": False}
+
+        def request_stop(*_: object) -> None:
+            stop["now"] = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        while not stop["now"]:
+            for name, process in self.processes:
+                if process.poll() is not None:
+                    self.console.print(f"[red]{name} exited with {process.returncode}[/]")
+                    return 1
+            time.sleep(0.5)
+        return 0
+
+    def stop(self) -> None:
+        for name, process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    self.console.print(f"[yellow]{name} did not stop in time; killing it[/]")
+                    process.kill()
+                    process.wait()
+        self.processes.clear()

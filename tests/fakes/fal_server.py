@@ -1,0 +1,152 @@
+"""A fake of fal's queue API, as fal-client speaks it.
+
+Endpoints (APP is `owner/alias[/subpath]`; request URLs drop the subpath, as fal's do):
+
+    POST /APP                               submit -> request_id + status/response/cancel URLs
+    GET  /owner/alias/requests/{id}/status  IN_QUEUE | IN_PROGRESS | COMPLETED (+error)
+    GET  /owner/alias/requests/{id}         result: {"audio": {...}} or {"audio_file": {...}}
+    PUT  /owner/alias/requests/{id}/cancel  202 CANCELLATION_REQUESTED | 400 ALREADY_COMPLETED
+    GET  /files/{id}.wav                    the audio (no auth, like fal's CDN)
+
+Every API call needs `Authorization: Key <key>`; anything else gets 401. Status bodies
+always carry `logs`, which fal-client indexes unconditionally.
+
+Scriptable stages: submit, poll, result, cancel, download.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.fakes import FakeJob, FakeServer, json_error
+
+
+class FalFake(FakeServer):
+    stages = frozenset({"submit", "poll", "result", "cancel", "download"})
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/files/{name}", self.serve_file, methods=["GET"]),
+            Route("/{owner}/{alias}/requests/{rid}/status", self._status, methods=["GET"]),
+            Route("/{owner}/{alias}/requests/{rid}/cancel", self._cancel, methods=["PUT"]),
+            Route("/{owner}/{alias}/requests/{rid}", self._result, methods=["GET"]),
+            Route("/{app:path}", self._submit, methods=["POST"]),
+        ]
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _authorized(self, request: Request) -> bool:
+        if request.headers.get("authorization") == f"Key {self.key}":
+            return True
+        self.auth_failures += 1
+        return False
+
+    def _urls(self, request: Request, job: FakeJob) -> dict[str, str]:
+        owner, alias = job.app.split("/")[:2]
+        base = f"{self.base(request)}/{owner}/{alias}/requests/{job.id}"
+        return {
+            "request_id": job.id,
+            "response_url": base,
+            "status_url": f"{base}/status",
+            "cancel_url": f"{base}/cancel",
+        }
+
+    def _job(self, request: Request) -> FakeJob | None:
+        params = request.path_params
+        job = self.jobs.get(params["rid"])
+        if job is None or not job.app.startswith(f"{params['owner']}/{params['alias']}"):
+            return None
+        return job
+
+    @staticmethod
+    def _unauthorized() -> Response:
+        return json_error(401, "No user found for Key ID and Secret")
+
+    # -- endpoints -------------------------------------------------------------------
+
+    async def _submit(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        self.submit_attempts += 1
+        if (failure := await self.scripted("submit")) is not None:
+            return failure
+        app = request.path_params["app"].strip("/")
+        if app.count("/") < 1:
+            return json_error(404, f"application {app!r} not found")
+        try:
+            payload: Any = await request.json()
+        except ValueError:
+            return json_error(422, "body is not JSON")
+        if not isinstance(payload, dict) or not payload.get("prompt"):
+            missing = [{"loc": ["body", "prompt"], "msg": "field required", "type": "missing"}]
+            return JSONResponse({"detail": missing}, status_code=422)
+        job = self.new_job(app, payload)
+        return JSONResponse({**self._urls(request, job), "queue_position": 0})
+
+    async def _status(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        self.polls += 1
+        if (failure := await self.scripted("poll")) is not None:
+            return failure
+        job = self._job(request)
+        if job is None:
+            return json_error(404, "Request not found")
+        n = job.polls
+        phase = job.advance()
+        body: dict[str, Any] = {**self._urls(request, job), "logs": None}
+        if phase == "queued":
+            body.update(status="IN_QUEUE", queue_position=job.spec.queued_polls - n - 1)
+        elif phase == "running":
+            body.update(status="IN_PROGRESS", logs=[])
+        else:
+            body.update(status="COMPLETED", logs=[], metrics={"inference_time": 0.1})
+            if phase == "failed":
+                body.update(error=job.spec.fail, error_type="runner_server_error")
+            elif phase == "cancelled":
+                body.update(error="Request was cancelled", error_type="request_cancelled")
+        return JSONResponse(body)
+
+    async def _result(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        self.results += 1
+        if (failure := await self.scripted("result")) is not None:
+            return failure
+        job = self._job(request)
+        if job is None:
+            return json_error(404, "Request not found")
+        phase = job.phase()
+        if phase in ("queued", "running"):
+            return json_error(400, "Request is still in progress")
+        if phase == "cancelled":
+            return json_error(400, "Request was cancelled")
+        if phase == "failed":
+            return json_error(500, job.spec.fail or "failed")
+        # Stable Audio names its output `audio_file`; MiniMax and most others `audio`.
+        key = "audio_file" if "stable-audio" in job.app else "audio"
+        file = {
+            "url": self.audio_url(request, job),
+            "content_type": "audio/wav",
+            "file_name": f"{job.id}.wav",
+        }
+        return JSONResponse({key: file})
+
+    async def _cancel(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        self.cancels += 1
+        self.cancelled_ids.append(request.path_params["rid"])
+        if (failure := await self.scripted("cancel")) is not None:
+            return failure
+        job = self._job(request)
+        if job is None:
+            return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
+        if job.done:
+            return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
+        job.cancelled = True
+        return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)

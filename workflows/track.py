@@ -1,0 +1,245 @@
+"""TrackWorkflow: deterministic orchestration of one track, from credits to cover art.
+
+Every side effect is an activity; this class only decides what runs next. Bounds that
+come from settings reach it through `plan_track`, whose result is recorded in history, so
+a replay sees the same plan whatever the worker's settings are today.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    TimeoutError,
+    is_cancelled_exception,
+)
+
+with workflow.unsafe.imports_passed_through():
+    from activities.assets import AssetActivities, CoverInput, StoreAudioInput
+    from activities.generation import CheckInput, GenerationActivities, SubmitInput
+    from activities.jobs import CompleteInput, FinishInput, JobActivities
+    from activities.providers.base import NON_RETRYABLE, ErrorCode
+    from core.contracts import (
+        PROGRESS_QUERY,
+        TRACK_WORKFLOW,
+        CheckedAudio,
+        GenerationPlan,
+        JobStatus,
+        Progress,
+        RetryBounds,
+        Step,
+        StoredTrack,
+        Submission,
+        TrackInput,
+        TrackResult,
+    )
+
+# Bookkeeping (database, storage) is cheap and must eventually succeed: retry patiently.
+BOOKKEEPING_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=20,
+)
+BOOKKEEPING_TIMEOUT = timedelta(seconds=60)
+CHECK_TIMEOUT = timedelta(minutes=3)
+SUBMIT_TIMEOUT = timedelta(seconds=60)
+NON_RETRYABLE_TYPES = sorted(code.value for code in NON_RETRYABLE)
+
+
+class GenerationFailed(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _policy(bounds: RetryBounds) -> RetryPolicy:
+    return RetryPolicy(
+        initial_interval=timedelta(seconds=bounds.initial_interval_s),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=bounds.max_interval_s),
+        maximum_attempts=bounds.max_attempts,
+        non_retryable_error_types=NON_RETRYABLE_TYPES,
+    )
+
+
+def _error_code(exc: BaseException) -> str:
+    cause = exc.cause if isinstance(exc, ActivityError) else exc
+    if isinstance(cause, ApplicationError) and cause.type:
+        return cause.type
+    if isinstance(cause, TimeoutError):
+        return ErrorCode.TIMEOUT.value
+    return ErrorCode.OTHER.value
+
+
+def _error_message(exc: BaseException) -> str:
+    cause = exc.cause if isinstance(exc, ActivityError) and exc.cause else exc
+    return str(cause) or type(cause).__name__
+
+
+@workflow.defn(name=TRACK_WORKFLOW)
+class TrackWorkflow:
+    def __init__(self) -> None:
+        self._progress = Progress(step=Step.QUEUED, progress=0.0)
+        self._submission: Submission | None = None
+
+    @workflow.query(name=PROGRESS_QUERY)
+    def progress(self) -> Progress:
+        return self._progress
+
+    @workflow.run
+    async def run(self, track: TrackInput) -> TrackResult:
+        try:
+            return await self._make_track(track)
+        except asyncio.CancelledError:
+            await self._on_cancel(track)
+            raise
+        except Exception as exc:
+            if is_cancelled_exception(exc):
+                await self._on_cancel(track)
+                raise
+            code = exc.code if isinstance(exc, GenerationFailed) else _error_code(exc)
+            await self._finish(track, JobStatus.FAILED, code, _error_message(exc))
+            raise ApplicationError(
+                f"track failed: {_error_message(exc)}", type=code, non_retryable=True
+            ) from exc
+
+    async def _make_track(self, track: TrackInput) -> TrackResult:
+        self._set(Step.PREPARING, 0.05)
+        plan = await workflow.execute_activity_method(
+            JobActivities.plan_track,
+            track,
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=BOOKKEEPING_RETRY,
+        )
+        checked, fallbacks = await self._generate(track, plan)
+
+        self._set(Step.STORING, 0.8)
+        audio_key = await workflow.execute_activity_method(
+            AssetActivities.store_audio,
+            StoreAudioInput(track=track, checked=checked),
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=BOOKKEEPING_RETRY,
+        )
+        self._set(Step.COVER, 0.9)
+        cover_key = await workflow.execute_activity_method(
+            AssetActivities.store_cover,
+            CoverInput(track=track),
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=BOOKKEEPING_RETRY,
+        )
+        stored = StoredTrack(
+            audio_key=audio_key, cover_key=cover_key, provider=checked.staged.provider
+        )
+        self._set(Step.FINISHING, 0.95)
+        await workflow.execute_activity_method(
+            JobActivities.complete_job,
+            CompleteInput(track=track, stored=stored, checked=checked, fallbacks=fallbacks),
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=BOOKKEEPING_RETRY,
+        )
+        self._set(Step.DONE, 1.0)
+        return TrackResult(
+            track_id=track.track_id,
+            status=JobStatus.COMPLETE,
+            provider=stored.provider,
+            audio_key=audio_key,
+            cover_key=cover_key,
+        )
+
+    async def _generate(
+        self, track: TrackInput, plan: GenerationPlan
+    ) -> tuple[CheckedAudio, int]:
+        """Walk the provider chain until one produces audio that passes the check."""
+        submissions = 0
+        failed: str | None = None
+        last_code, last_message = ErrorCode.UNCONFIGURED.value, "no provider can serve this track"
+        for link in plan.providers:
+            if link.skip_reason:
+                continue
+            if submissions >= plan.max_submissions:
+                last_message = f"submission cap of {plan.max_submissions} reached"
+                break
+            submissions += 1
+            self._progress = Progress(
+                step=Step.GENERATING, progress=0.1, provider=link.name, attempt=submissions
+            )
+            try:
+                self._submission = await workflow.execute_activity_method(
+                    GenerationActivities.submit_generation,
+                    SubmitInput(
+                        track=track,
+                        provider=link.name,
+                        submission_number=submissions,
+                        falling_back_from=failed,
+                    ),
+                    start_to_close_timeout=SUBMIT_TIMEOUT,
+                    retry_policy=_policy(plan.submit_retry),
+                )
+                staged = await workflow.execute_activity_method(
+                    GenerationActivities.await_generation,
+                    self._submission,
+                    start_to_close_timeout=timedelta(seconds=plan.generation_timeout_s),
+                    heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_s),
+                    retry_policy=_policy(plan.poll_retry),
+                )
+                self._set(Step.CHECKING, 0.7)
+                checked = await workflow.execute_activity_method(
+                    GenerationActivities.check_audio,
+                    CheckInput(track=track, staged=staged),
+                    start_to_close_timeout=CHECK_TIMEOUT,
+                    retry_policy=_policy(plan.poll_retry),
+                )
+                self._submission = None
+                return checked, submissions - 1
+            except ActivityError as exc:
+                if is_cancelled_exception(exc):
+                    raise
+                last_code, last_message = _error_code(exc), _error_message(exc)
+                if self._submission is not None and last_code == ErrorCode.TIMEOUT.value:
+                    # We stop waiting on a job the provider may still be running: stop it.
+                    await self._cancel_provider_job()
+                self._submission = None
+                failed = f"{link.name} ({last_code})"
+        raise GenerationFailed(last_code, f"every provider failed; last: {last_message}")
+
+    async def _on_cancel(self, track: TrackInput) -> None:
+        await self._cancel_provider_job()
+        await self._finish(track, JobStatus.CANCELLED, None, "cancelled by request")
+
+    async def _cancel_provider_job(self) -> None:
+        if self._submission is None:
+            return
+        try:
+            await workflow.execute_activity_method(
+                GenerationActivities.cancel_generation,
+                self._submission,
+                start_to_close_timeout=SUBMIT_TIMEOUT,
+                retry_policy=RetryPolicy(maximum_attempts=3),
+            )
+        except ActivityError:
+            workflow.logger.warning("could not cancel the provider's job")
+        self._submission = None
+
+    async def _finish(
+        self, track: TrackInput, status: JobStatus, code: str | None, message: str | None
+    ) -> None:
+        await workflow.execute_activity_method(
+            JobActivities.finish_job,
+            FinishInput(track=track, status=status, error_code=code, message=message),
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=BOOKKEEPING_RETRY,
+        )
+
+    def _set(self, step: Step, progress: float) -> None:
+        self._progress = Progress(
+            step=step,
+            progress=progress,
+            provider=self._progress.provider,
+            attempt=self._progress.attempt,
+        )
