@@ -73,7 +73,9 @@ def build_worker(
 
 
 @asynccontextmanager
-async def worker_resources(settings: Settings) -> AsyncIterator[tuple[JobStore, Storage, ProviderRegistry]]:
+async def worker_resources(
+    settings: Settings,
+) -> AsyncIterator[tuple[JobStore, Storage, ProviderRegistry]]:
     engine = create_engine(settings.database_url)
     storage = build_storage(settings)
     providers = ProviderRegistry.from_settings(settings)

@@ -59,9 +59,7 @@ class AssetActivities:
             self.store, track_id=track.track_id, job_id=track.job_id, event="cover_stored"
         ) as attempt:
             await self.store.set_step(track.job_id, Step.COVER, 0.9)
-            svg = render_cover_svg(
-                track.request.prompt, track.request.seed, job.visual_version
-            )
+            svg = render_cover_svg(track.request.prompt, track.request.seed, job.visual_version)
             key = cover_key(track.user_id, track.track_id)
             await self.storage.put_bytes(key, svg.encode(), "image/svg+xml")
             attempt.message = f"Cover stored at {key}"

@@ -154,7 +154,9 @@ class GenerationActivities:
                 try:
                     info = await asyncio.to_thread(analyze, path)
                 except AudioDecodeError as exc:
-                    raise ProviderError(ErrorCode.BAD_AUDIO, f"audio does not decode: {exc}")
+                    raise ProviderError(
+                        ErrorCode.BAD_AUDIO, f"audio does not decode: {exc}"
+                    ) from exc
             problem = quality_problem(info, track.request.duration_s)
             if problem:
                 raise ProviderError(ErrorCode.BAD_AUDIO, f"audio failed the check: {problem}")

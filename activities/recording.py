@@ -57,7 +57,9 @@ async def recorded_attempt(
         try:
             yield attempt
         except ProviderError as exc:
-            await _record_failure(store, job_id, event, attempt, info.attempt, exc.code, exc.message)
+            await _record_failure(
+                store, job_id, event, attempt, info.attempt, exc.code, exc.message
+            )
             raise ApplicationError(
                 exc.message,
                 type=exc.code.value,

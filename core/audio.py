@@ -39,6 +39,7 @@ _PRIOR_OCTAVES = 1.0
 # Normalised autocorrelation below this at the best lag means "no clear beat".
 _MIN_BEAT_CLARITY = 0.12
 _MIN_TEMPO_AUDIO_S = 3.0
+_SMOOTHING = np.hanning(7)[1:-1] / np.hanning(7)[1:-1].sum()
 
 
 class AudioDecodeError(ValueError):
@@ -183,6 +184,8 @@ def estimate_tempo(mono: FloatArray, sample_rate: int) -> float | None:
     envelope, fps = onset_envelope(mono, sample_rate)
     envelope = envelope - _moving_average(envelope, int(fps))
     envelope = np.maximum(envelope, 0.0)
+    # A little smoothing widens autocorrelation peaks so slightly-off lags still score.
+    envelope = np.convolve(envelope, _SMOOTHING, mode="same").astype(np.float32)
     acf = _autocorrelation(envelope)
     if acf is None:
         return None
@@ -192,7 +195,8 @@ def estimate_tempo(mono: FloatArray, sample_rate: int) -> float | None:
     max_lag = min(max_lag, len(acf) // 2 - 1)
     if max_lag <= min_lag + 2:
         return None
-    lags = np.arange(min_lag, max_lag + 1, dtype=np.float64)
+    # Quarter-frame steps: beat peaks are narrow, and the comb multiplies any lag error.
+    lags = np.arange(min_lag, max_lag + 0.001, 0.25)
     comb = _comb_score(acf, lags)
     bpms = 60.0 * fps / lags
     prior = np.exp(-0.5 * (np.log2(bpms / _PRIOR_CENTER_BPM) / _PRIOR_OCTAVES) ** 2)
@@ -201,7 +205,7 @@ def estimate_tempo(mono: FloatArray, sample_rate: int) -> float | None:
         return None
 
     # Refine to a fractional lag: the comb over many multiples pins the period precisely.
-    fine = np.arange(lags[best] - 1.0, lags[best] + 1.0001, 0.02)
+    fine = np.arange(lags[best] - 0.5, lags[best] + 0.5001, 0.02)
     lag = float(fine[int(np.argmax(_comb_score(acf, fine)))])
     bpm = 60.0 * fps / lag
     if not _MIN_BPM * 0.97 <= bpm <= _MAX_BPM * 1.03:

@@ -48,7 +48,7 @@ class JobStore:
         async with transaction(self.sessions) as session:
             # One conditional UPDATE: two concurrent requests can never both spend the
             # same credits.
-            taken = await session.execute(
+            taken = await session.exec(
                 update(User)
                 .where(col(User.id) == user_id, col(User.credits) >= cost)
                 .values(credits=User.credits - cost)  # type: ignore[operator]
@@ -78,7 +78,7 @@ class JobStore:
 
     async def set_run_id(self, job_id: uuid.UUID, run_id: str) -> None:
         async with transaction(self.sessions) as session:
-            await session.execute(update(Job).where(col(Job.id) == job_id).values(run_id=run_id))
+            await session.exec(update(Job).where(col(Job.id) == job_id).values(run_id=run_id))
 
     async def mark_rendering(self, job_id: uuid.UUID) -> bool:
         return await self._transition(job_id, JobStatus.RENDERING, step=Step.PREPARING)
@@ -90,7 +90,7 @@ class JobStore:
         if attempts is not None:
             values["attempts"] = attempts
         async with transaction(self.sessions) as session:
-            await session.execute(
+            await session.exec(
                 update(Job)
                 .where(col(Job.id) == job_id, col(Job.status).in_(ACTIVE))
                 .values(**values)
@@ -145,12 +145,12 @@ class JobStore:
             job.updated_at = job.finished_at = now
             if not job.credits_refunded and job.credits_reserved:
                 job.credits_refunded = True
-                await session.execute(
+                await session.exec(
                     update(User)
                     .where(col(User.id) == job.user_id)
                     .values(credits=User.credits + job.credits_reserved)  # type: ignore[operator]
                 )
-            await session.execute(
+            await session.exec(
                 update(Track)
                 .where(col(Track.id) == job.track_id)
                 .values(status=status, updated_at=now)
@@ -170,7 +170,7 @@ class JobStore:
             if job is None or job.status not in ACTIVE:
                 return False
             job.status, job.step, job.updated_at = status, step, utcnow()
-            await session.execute(
+            await session.exec(
                 update(Track).where(col(Track.id) == job.track_id).values(status=status)
             )
         return True

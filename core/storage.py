@@ -134,7 +134,9 @@ class LocalStorage(Storage):
         def walk() -> list[str]:
             if not self.root.exists():
                 return []
-            keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+            keys = (
+                p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file()
+            )
             return sorted(k for k in keys if k.startswith(prefix) and ".tmp-" not in k)
 
         return await asyncio.to_thread(walk)
@@ -310,8 +312,12 @@ def build_storage(settings: Settings) -> Storage:
         return S3Storage(
             bucket=settings.s3_bucket,
             endpoint=settings.s3_endpoint,
-            access_key=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
-            secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
+            access_key=settings.s3_access_key.get_secret_value()
+            if settings.s3_access_key
+            else None,
+            secret_key=settings.s3_secret_key.get_secret_value()
+            if settings.s3_secret_key
+            else None,
             region=settings.s3_region,
         )
     return LocalStorage(

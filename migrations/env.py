@@ -33,9 +33,7 @@ def run_migrations_offline() -> None:
 
 def _run(connection: Connection) -> None:
     # Batch mode lets later migrations alter tables on SQLite too.
-    context.configure(
-        connection=connection, target_metadata=target_metadata, render_as_batch=True
-    )
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()
 

@@ -136,7 +136,9 @@ def create(
             err.print(f"[red]{created.status_code}: {created.json().get('detail')}[/]")
             raise typer.Exit(1)
         job = created.json()
-        err.print(f"track {job['track_id']} (job {job['job_id']}, {job['credits_required']} credits)")
+        err.print(
+            f"track {job['track_id']} (job {job['job_id']}, {job['credits_required']} credits)"
+        )
         if not wait:
             print(job["track_id"])
             return
@@ -146,7 +148,10 @@ def create(
             raise typer.Exit(1)
         track = http.get(f"/api/tracks/{job['track_id']}").json()
         out.mkdir(parents=True, exist_ok=True)
-        audio = _download(track["file_url"], out / f"{job['track_id']}.{track['audio']['content_type'].split('/')[-1]}")
+        audio = _download(
+            track["file_url"],
+            out / f"{job['track_id']}.{track['audio']['content_type'].split('/')[-1]}",
+        )
         cover = _download(track["cover_url"], out / f"{job['track_id']}.svg")
         err.print(f"[green]saved[/] {audio} and {cover}")
         print(audio)
@@ -183,7 +188,9 @@ def _download(url: str, dest: Path) -> Path:
 def _dev_token() -> str:
     path = Path(".soundfoundry/dev-token")
     if not path.exists():
-        err.print("[red]no token: pass --token, set SOUNDFOUNDRY_TOKEN, or run `soundfoundry dev`[/]")
+        err.print(
+            "[red]no token: pass --token, set SOUNDFOUNDRY_TOKEN, or run `soundfoundry dev`[/]"
+        )
         raise typer.Exit(2)
     return path.read_text().strip()
 
@@ -191,7 +198,9 @@ def _dev_token() -> str:
 @app.command()
 def replay(
     files: Annotated[list[Path] | None, typer.Argument(help="histories exported as JSON")] = None,
-    query: Annotated[str | None, typer.Option(help="replay recent histories matching a list query")] = None,
+    query: Annotated[
+        str | None, typer.Option(help="replay recent histories matching a list query")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1)] = 50,
 ) -> None:
     """Replay histories against the current workflow code to catch non-determinism."""

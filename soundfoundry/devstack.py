@@ -67,11 +67,15 @@ def temporal_dev_command(
     return command
 
 
-def wait_for_port(port: int, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout_s: float, process: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before port {port} opened")
+            raise RuntimeError(
+                f"process exited with {process.returncode} before port {port} opened"
+            )
         with socket.socket() as sock:
             sock.settimeout(0.5)
             if sock.connect_ex(("127.0.0.1", port)) == 0:
@@ -102,21 +106,26 @@ def dev_environment(api_port: int, temporal_port: int, ui_port: int) -> dict[str
     return env
 
 
-async def ensure_dev_token(settings: Settings, token_file: Path) -> str:
+async def dev_token(settings: Settings, existing: str | None) -> str:
     """Reuse the dev user's token across restarts; make the user the first time."""
     engine = create_engine(settings.database_url)
     sessions = session_factory(engine)
     try:
-        if token_file.exists():
-            token = token_file.read_text().strip()
-            if await user_for_token(sessions, token) is not None:
-                return token
+        if existing and await user_for_token(sessions, existing) is not None:
+            return existing
         _, token = await create_user(sessions, DEV_USER, DEV_CREDITS)
-        token_file.write_text(token + "\n")
-        token_file.chmod(0o600)
         return token
     finally:
         await engine.dispose()
+
+
+def ensure_dev_token(settings: Settings, token_file: Path) -> str:
+    existing = token_file.read_text().strip() if token_file.exists() else None
+    token = asyncio.run(dev_token(settings, existing))
+    if token != existing:
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
+    return token
 
 
 @dataclass
@@ -129,12 +138,13 @@ class DevStack:
 
     def run(self) -> int:
         env = dev_environment(self.api_port, self.temporal_port, self.ui_port)
-        settings = Settings(**{k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields})
+        os.environ.update(env)
+        settings = Settings()
         try:
             self._start_temporal(env, settings)
             with self.console.status("Applying database migrations"):
                 upgrade(settings.database_url)
-            token = asyncio.run(ensure_dev_token(settings, STATE_DIR / "dev-token"))
+            token = ensure_dev_token(settings, STATE_DIR / "dev-token")
             self._spawn("worker", [sys.executable, "-m", "soundfoundry", "worker"], env)
             self._spawn(
                 "api",

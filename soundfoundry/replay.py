@@ -10,10 +10,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
-from temporalio.client import WorkflowHistory
 
 from workflows.track import TrackWorkflow
 
@@ -38,7 +37,11 @@ async def replay_files(paths: list[Path]) -> list[ReplayOutcome]:
 
 async def replay_history(history: WorkflowHistory) -> ReplayOutcome:
     result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
-    error = f"{type(result.replay_failure).__name__}: {result.replay_failure}" if result.replay_failure else None
+    error = (
+        f"{type(result.replay_failure).__name__}: {result.replay_failure}"
+        if result.replay_failure
+        else None
+    )
     return ReplayOutcome(history.workflow_id, error)
 
 
@@ -49,4 +52,6 @@ async def replay_query(client: Client, query: str, limit: int) -> AsyncIterator[
 
 
 async def connect(address: str, namespace: str) -> Client:
-    return await Client.connect(address, namespace=namespace, data_converter=pydantic_data_converter)
+    return await Client.connect(
+        address, namespace=namespace, data_converter=pydantic_data_converter
+    )

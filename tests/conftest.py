@@ -49,8 +49,12 @@ class Stack:
     env: dict[str, str]
     _exit: AsyncExitStack = field(default_factory=AsyncExitStack)
 
-    async def user(self, credits: int = 100, plan: Plan = Plan.FREE) -> tuple[uuid.UUID, dict[str, str]]:
-        user, token = await create_user(self.store.sessions, f"u-{uuid.uuid4().hex[:6]}", credits, plan)
+    async def user(
+        self, credits: int = 100, plan: Plan = Plan.FREE
+    ) -> tuple[uuid.UUID, dict[str, str]]:
+        user, token = await create_user(
+            self.store.sessions, f"u-{uuid.uuid4().hex[:6]}", credits, plan
+        )
         return user.id, {"Authorization": f"Bearer {token}"}
 
     async def create_track(self, auth: dict[str, str], **body: Any) -> dict[str, Any]:
@@ -114,7 +118,9 @@ def worker_command() -> list[str]:
     return [sys.executable, str(PROJECT_ROOT / "worker.py")]
 
 
-async def _assemble(settings: Settings, temporal: TemporalDevServer, start_worker: bool) -> AsyncIterator[Stack]:
+async def _assemble(
+    settings: Settings, temporal: TemporalDevServer, start_worker: bool
+) -> AsyncIterator[Stack]:
     await asyncio.to_thread(upgrade, settings.database_url)
     engine = create_engine(settings.database_url)
     storage = build_storage(settings)

@@ -41,13 +41,17 @@ async def test_track_goes_from_request_to_playable_audio_and_cover(stack: Stack)
     assert abs(len(data) / rate - 8) < 0.1
     svg = ET.fromstring(cover.content)
     assert svg.tag.endswith("svg")
-    assert track["audio"]["duration_s"] == round(len(data) / rate, 3) or abs(
-        track["audio"]["duration_s"] - 8
-    ) < 0.1
+    assert (
+        track["audio"]["duration_s"] == round(len(data) / rate, 3)
+        or abs(track["audio"]["duration_s"] - 8) < 0.1
+    )
 
     keys = await stack.storage.list_keys("")
     assert keys == sorted(
-        [f"tracks/{user_id}/{created['track_id']}.wav", f"covers/{user_id}/{created['track_id']}.svg"]
+        [
+            f"tracks/{user_id}/{created['track_id']}.wav",
+            f"covers/{user_id}/{created['track_id']}.svg",
+        ]
     )
     assert await stack.credits(user_id) == 18  # kept on success
 
@@ -64,7 +68,15 @@ async def test_track_goes_from_request_to_playable_audio_and_cover(stack: Stack)
     assert db_job.workflow_id == track_workflow_id(created["track_id"])
     assert db_job.attempts == 1 and not db_job.credits_refunded
     names = [e.event for e in events]
-    for expected in ("rendering", "submitted", "audio_ready", "audio_checked", "audio_stored", "cover_stored", "complete"):
+    for expected in (
+        "rendering",
+        "submitted",
+        "audio_ready",
+        "audio_checked",
+        "audio_stored",
+        "cover_stored",
+        "complete",
+    ):
         assert expected in names, names
     submitted = next(e for e in events if e.event == "submitted")
     assert submitted.provider == "synth" and submitted.provider_run_id and submitted.attempt == 1

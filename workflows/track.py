@@ -152,9 +152,7 @@ class TrackWorkflow:
             cover_key=cover_key,
         )
 
-    async def _generate(
-        self, track: TrackInput, plan: GenerationPlan
-    ) -> tuple[CheckedAudio, int]:
+    async def _generate(self, track: TrackInput, plan: GenerationPlan) -> tuple[CheckedAudio, int]:
         """Walk the provider chain until one produces audio that passes the check."""
         submissions = 0
         failed: str | None = None

@@ -127,7 +127,9 @@ class MusicProvider(ABC):
         """Why this provider cannot serve the request (too long, no vocals), or None."""
 
     @abstractmethod
-    async def submit(self, request: GenerationRequest, *, track_id: str) -> tuple[str, dict[str, str]]:
+    async def submit(
+        self, request: GenerationRequest, *, track_id: str
+    ) -> tuple[str, dict[str, str]]:
         """Start a paid job; return its id and any URLs needed to follow it."""
 
     @abstractmethod

@@ -249,6 +249,10 @@ class FalProvider(MusicProvider):
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
+            # A client left by a loop that closed without aclose() can never be closed now;
+            # drop it so it does not keep that loop alive through the weak mapping.
+            for stale in [other for other in self._clients if other.is_closed()]:
+                del self._clients[stale]
             client = fal_client.AsyncClient(
                 key=self._key.get_secret_value(), default_timeout=self._request_timeout_s
             )

@@ -67,18 +67,16 @@ _BASS_PATTERNS: tuple[tuple[tuple[int, int, int], ...], ...] = (
 )
 
 _SLOW_WORDS = frozenset(
-    "slow chill calm ambient lofi lo-fi relaxing relaxed sleep peaceful meditation ballad "
-    "soft gentle dreamy".split()
+    ["slow", "chill", "calm", "ambient", "lofi", "lo-fi", "relaxing", "relaxed", "sleep", "peaceful", "meditation", "ballad", "soft", "gentle", "dreamy"]
 )
 _FAST_WORDS = frozenset(
-    "fast energetic dance upbeat house techno edm running workout party driving".split()
+    ["fast", "energetic", "dance", "upbeat", "house", "techno", "edm", "running", "workout", "party", "driving"]
 )
 _MINOR_WORDS = frozenset(
-    "sad dark melancholic melancholy moody night rain rainy lonely minor noir mysterious "
-    "cinematic tense somber".split()
+    ["sad", "dark", "melancholic", "melancholy", "moody", "night", "rain", "rainy", "lonely", "minor", "noir", "mysterious", "cinematic", "tense", "somber"]
 )
 _MAJOR_WORDS = frozenset(
-    "happy bright sunny uplifting joyful cheerful summer major hopeful playful".split()
+    ["happy", "bright", "sunny", "uplifting", "joyful", "cheerful", "summer", "major", "hopeful", "playful"]
 )
 
 

@@ -9,7 +9,12 @@ import uuid
 from fastapi import APIRouter, HTTPException, Query, status
 from sqlalchemy import func
 from sqlmodel import col, select
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
 
 from api.deps import CurrentUser, Services, ServicesDep
 from api.schemas import TrackCreate, TrackCreated, TrackOut, TrackPage
@@ -42,9 +47,11 @@ async def create_track(body: TrackCreate, user: CurrentUser, services: ServicesD
     except InsufficientCredits as exc:
         raise HTTPException(status.HTTP_402_PAYMENT_REQUIRED, str(exc)) from exc
 
-    await _start_workflow(services, TrackInput(
-        track_id=track.id, job_id=job.id, user_id=user.id, request=request
-    ), job)
+    await _start_workflow(
+        services,
+        TrackInput(track_id=track.id, job_id=job.id, user_id=user.id, request=request),
+        job,
+    )
     log.info("track created", track_id=str(track.id), job_id=str(job.id), credits=cost)
     return TrackCreated(
         track_id=track.id,

@@ -266,7 +266,7 @@ def test_fresh_event_loops_get_their_own_client(fake: FalFake, tmp_path: Path) -
         finally:
             await provider.aclose()
 
-    async def finish(sub: Submission) -> str:
+    async def finish(sub: Submission) -> JobState:
         try:
             result, _ = await poll_to_end(provider, sub)
             await provider.download(sub, tmp_path / "x.wav", lambda _: None)
@@ -276,7 +276,6 @@ def test_fresh_event_loops_get_their_own_client(fake: FalFake, tmp_path: Path) -
 
     sub = asyncio.run(start())
     assert asyncio.run(finish(sub)) is JobState.SUCCEEDED
-    # Without aclose the next loop must still get a working client of its own.
     assert asyncio.run(finish(sub)) is JobState.SUCCEEDED
 
 
