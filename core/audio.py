@@ -221,7 +221,7 @@ def onset_envelope(mono: FloatArray, sample_rate: int) -> tuple[FloatArray, floa
     signal = mono[:usable].reshape(-1, factor).mean(axis=1, dtype=np.float32)
     rate = sample_rate / factor
     hop = max(1, round(rate / _ONSET_FPS))
-    n_fft = 4 * hop
+    n_fft = 8 * hop
     window = np.hanning(n_fft).astype(np.float32)
     n_frames = 1 + (len(signal) - n_fft) // hop
     frames_view = np.lib.stride_tricks.sliding_window_view(signal, n_fft)[::hop][:n_frames]

@@ -281,13 +281,11 @@ class FalProvider(MusicProvider):
                 self._redact(f"fal {op}: HTTP {status}: {shorten(exc.message)}"),
                 retry_after_s=parse_retry_after(exc.response.headers.get("retry-after")),
             )
+        code = ErrorCode.OTHER
         if isinstance(exc, TimeoutError | httpx.TimeoutException | httpx.TransportError):
-            return ProviderError(
-                ErrorCode.TIMEOUT, self._redact(f"fal {op}: {type(exc).__name__}: {shorten(exc)}")
-            )
-        return ProviderError(
-            ErrorCode.OTHER, self._redact(f"fal {op}: {type(exc).__name__}: {shorten(exc)}")
-        )
+            code = ErrorCode.TIMEOUT
+        detail = shorten(exc) or f"no answer within {self._request_timeout_s:g} s"
+        return ProviderError(code, self._redact(f"fal {op}: {type(exc).__name__}: {detail}"))
 
 
 def _find_audio(result: Any) -> tuple[str | None, str | None]:

@@ -346,9 +346,8 @@ class ReplicateProvider(MusicProvider):
         code = ErrorCode.OTHER
         if isinstance(exc, TimeoutError | httpx.TimeoutException | httpx.TransportError):
             code = ErrorCode.TIMEOUT
-        return ProviderError(
-            code, self._redact(f"replicate {op}: {type(exc).__name__}: {shorten(exc)}")
-        )
+        detail = shorten(exc) or f"no answer within {self._request_timeout_s:g} s"
+        return ProviderError(code, self._redact(f"replicate {op}: {type(exc).__name__}: {detail}"))
 
 
 def _find_audio(output: Any) -> str | None:

@@ -52,6 +52,10 @@ def submission_for(
     )
 
 
+def files_in(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())
+
+
 async def submit(provider: FalProvider, request: GenerationRequest) -> Submission:
     run_id, urls = await provider.submit(request, track_id=str(uuid.uuid4()))
     return submission_for(provider, request, run_id, urls)
@@ -89,7 +93,7 @@ async def test_instrumental_submit_poll_download(
     info = sf.info(dest)
     assert info.duration == pytest.approx(5.0, abs=0.01)
     assert beats and beats[-1] == 1.0
-    assert not list(tmp_path.glob("*.part"))
+    assert files_in(tmp_path) == ["track.wav"]
     assert fake.submissions == 1
     assert fake.downloads == 1
 
@@ -408,4 +412,4 @@ async def test_download_errors_are_classified(
         await provider.download(sub, tmp_path / "x.wav", lambda _: None)
     assert caught.value.code is ErrorCode.SERVER
     assert caught.value.retry_after_s == 4
-    assert not list(tmp_path.iterdir())
+    assert files_in(tmp_path) == []  # no partial file left behind
