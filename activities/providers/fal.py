@@ -99,9 +99,11 @@ class FalProvider(MusicProvider):
         vocals_model: str = DEFAULT_VOCALS_MODEL,
         instrumental_model: str = DEFAULT_INSTRUMENTAL_MODEL,
         models: Mapping[str, FalModel] = FAL_MODELS,
-        request_timeout_s: float = 30.0,
-        download_timeout_s: float = 60.0,
+        request_timeout_s: float = 15.0,
+        download_timeout_s: float = 15.0,
     ) -> None:
+        # Both stay under the activity heartbeat timeout (20 s by default): an API call is
+        # not heartbeated while it runs, and a download heartbeats once per chunk read.
         for model in (vocals_model, instrumental_model):
             if model not in models:
                 raise ValueError(f"unknown fal model {model!r}: describe it in models=")
@@ -184,11 +186,13 @@ class FalProvider(MusicProvider):
         self, submission: Submission, dest: Path, heartbeat: Heartbeat
     ) -> DownloadedAudio:
         client = self._client()
+        heartbeat(0.0)
         try:
             async with asyncio.timeout(self._request_timeout_s):
                 result = await client.result(self._app(submission), submission.run_id)
         except Exception as exc:
             raise self._error("result", exc) from None
+        heartbeat(0.0)
         url, hinted_type = _find_audio(result)
         if url is None:
             raise ProviderError(

@@ -148,9 +148,11 @@ class ReplicateProvider(MusicProvider):
         vocals_model: str = DEFAULT_VOCALS_MODEL,
         instrumental_model: str = DEFAULT_INSTRUMENTAL_MODEL,
         models: Mapping[str, ReplicateModel] = REPLICATE_MODELS,
-        request_timeout_s: float = 30.0,
-        download_timeout_s: float = 60.0,
+        request_timeout_s: float = 15.0,
+        download_timeout_s: float = 15.0,
     ) -> None:
+        # Both stay under the activity heartbeat timeout (20 s by default): an API call is
+        # not heartbeated while it runs, and a download heartbeats once per chunk read.
         for model in (vocals_model, instrumental_model):
             if _split_ref(model)[0] not in models:
                 raise ValueError(f"unknown Replicate model {model!r}: describe it in models=")
@@ -234,7 +236,9 @@ class ReplicateProvider(MusicProvider):
     async def download(
         self, submission: Submission, dest: Path, heartbeat: Heartbeat
     ) -> DownloadedAudio:
+        heartbeat(0.0)
         prediction = await self._get(submission.run_id)
+        heartbeat(0.0)
         if prediction.status == "failed":
             raise ProviderError(ErrorCode.JOB_FAILED, f"replicate: {prediction.id} failed")
         if prediction.status == "canceled":
