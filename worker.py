@@ -18,6 +18,7 @@ from temporalio.worker import Worker
 
 from activities.assets import AssetActivities
 from activities.generation import GenerationActivities
+from activities.health import HealthActivities
 from activities.jobs import JobActivities
 from activities.providers.registry import ProviderRegistry
 from core.db import create_engine, session_factory
@@ -25,6 +26,7 @@ from core.jobs import JobStore
 from core.logging import configure_logging, get_logger
 from core.settings import Settings, get_settings
 from core.storage import Storage, build_storage
+from workflows.provider_health import ProviderHealthWorkflow
 from workflows.track import TrackWorkflow
 
 log = get_logger("soundfoundry.worker")
@@ -48,10 +50,11 @@ def build_worker(
     jobs = JobActivities(store, providers, settings)
     generation = GenerationActivities(store, storage, providers, settings)
     assets = AssetActivities(store, storage)
+    health = HealthActivities(providers)
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[TrackWorkflow],
+        workflows=[TrackWorkflow, ProviderHealthWorkflow],
         activities=[
             jobs.plan_track,
             jobs.record_job_event,
@@ -63,6 +66,7 @@ def build_worker(
             generation.check_audio,
             assets.store_audio,
             assets.store_cover,
+            health.check_provider_health,
         ],
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,

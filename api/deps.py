@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api.provider_health import ProviderHealthProbe
 from api.temporal import TemporalGateway
 from core.db import SessionFactory
 from core.jobs import JobStore
@@ -26,6 +27,7 @@ class Services:
     jobs: JobStore
     storage: Storage
     temporal: TemporalGateway
+    provider_health: ProviderHealthProbe
 
 
 def get_services(request: Request) -> Services:

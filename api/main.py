@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from api.deps import Services
+from api.provider_health import ProviderHealthProbe
 from api.routes import files, health, jobs, tracks
 from api.temporal import TemporalGateway
 from core.db import create_engine, session_factory
@@ -30,13 +31,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sessions = session_factory(engine)
         storage = build_storage(settings)
         await storage.open()
+        temporal = TemporalGateway(settings)
         app.state.services = Services(
             settings=settings,
             engine=engine,
             sessions=sessions,
             jobs=JobStore(sessions),
             storage=storage,
-            temporal=TemporalGateway(settings),
+            temporal=temporal,
+            provider_health=ProviderHealthProbe(temporal, settings),
         )
         try:
             yield

@@ -31,7 +31,8 @@ _LOUDNESS_BLOCK_S = 0.4
 # from audio decimated to roughly this sample rate, which is plenty for beat periodicity.
 _TEMPO_ANALYSIS_RATE = 11025
 _ONSET_FPS = 172.0
-_FFT_PER_HOP = 4
+_FFT_PER_HOP = 8
+_MIN_RISE = np.float32(0.12)
 _MIN_BPM = 60.0
 _MAX_BPM = 200.0
 # Octave errors (half/double tempo) are resolved with a broad preference around this BPM.
@@ -39,6 +40,11 @@ _PRIOR_CENTER_BPM = 110.0
 _PRIOR_OCTAVES = 1.0
 # Normalised autocorrelation below this at the best lag means "no clear beat".
 _MIN_BEAT_CLARITY = 0.12
+# Folded over one beat in this many slots, the strongest slot must carry this many times
+# the average onset strength (music with a beat: 3-5; steady tones: about 1.2-1.4).
+_SALIENCE_SLOTS = 16
+_MIN_BEAT_SALIENCE = 1.8
+_SALIENCE_WINDOW_S = 8.0
 _MIN_TEMPO_AUDIO_S = 3.0
 _SMOOTHING = np.hanning(7)[1:-1] / np.hanning(7)[1:-1].sum()
 
@@ -178,13 +184,15 @@ def estimate_tempo(mono: FloatArray, sample_rate: int) -> float | None:
 
     Spectral-flux onset envelope, then its autocorrelation scored over a comb of beat
     multiples (so a real beat period beats a lucky single lag), weighted by a broad
-    preference for common tempos to settle half/double-tempo ambiguity.
+    preference for common tempos to settle half/double-tempo ambiguity. A periodicity
+    only counts as a beat if onsets bunch up at one phase of it (see `_beat_salience`).
     """
     if len(mono) < _MIN_TEMPO_AUDIO_S * sample_rate:
         return None
-    envelope, fps = onset_envelope(mono, sample_rate)
-    envelope = envelope - _moving_average(envelope, int(fps))
-    envelope = np.maximum(envelope, 0.0)
+    onsets, fps = onset_envelope(mono, sample_rate)
+    if len(onsets) < 2:
+        return None
+    envelope = np.maximum(onsets - _moving_average(onsets, int(fps)), 0.0)
     # A little smoothing widens autocorrelation peaks so slightly-off lags still score.
     envelope = np.convolve(envelope, _SMOOTHING, mode="same").astype(np.float32)
     acf = _autocorrelation(envelope)
@@ -192,8 +200,7 @@ def estimate_tempo(mono: FloatArray, sample_rate: int) -> float | None:
         return None
 
     min_lag = int(math.floor(60.0 * fps / _MAX_BPM))
-    max_lag = int(math.ceil(60.0 * fps / _MIN_BPM))
-    max_lag = min(max_lag, len(acf) // 2 - 1)
+    max_lag = min(int(math.ceil(60.0 * fps / _MIN_BPM)), len(acf) // 2 - 1)
     if max_lag <= min_lag + 2:
         return None
     # Quarter-frame steps: beat peaks are narrow, and the comb multiplies any lag error.
@@ -202,50 +209,98 @@ def estimate_tempo(mono: FloatArray, sample_rate: int) -> float | None:
     bpms = 60.0 * fps / lags
     prior = np.exp(-0.5 * (np.log2(bpms / _PRIOR_CENTER_BPM) / _PRIOR_OCTAVES) ** 2)
     best = int(np.argmax(comb * prior))
-    if acf[int(lags[best])] < _MIN_BEAT_CLARITY and comb[best] < _MIN_BEAT_CLARITY:
+    if comb[best] < _MIN_BEAT_CLARITY:
         return None
 
-    # Refine to a fractional lag: the comb over many multiples pins the period precisely.
+    # Refine to a fractional lag: the comb over several multiples pins the period down.
     fine = np.arange(lags[best] - 0.5, lags[best] + 0.5001, 0.02)
     lag = float(fine[int(np.argmax(_comb_score(acf, fine)))])
     bpm = 60.0 * fps / lag
     if not _MIN_BPM * 0.97 <= bpm <= _MAX_BPM * 1.03:
         return None
+    if _beat_salience(onsets, fps, lag) < _MIN_BEAT_SALIENCE:
+        return None
     return round(bpm, 1)
 
 
+def _beat_salience(onsets: FloatArray, fps: float, period: float) -> float:
+    """How much onset strength bunches at one phase of the beat (1.0 = not at all).
+
+    Steady tones ripple periodically in any spectrogram, but the ripple is spread evenly
+    over the period; drums and note attacks pile up in one narrow slot. The envelope is
+    folded over short windows so slow tempo drift does not smear the picture.
+    """
+    window = max(int(_SALIENCE_WINDOW_S * fps), int(4 * period))
+    ratios = []
+    for start in range(0, max(1, len(onsets) - window // 2), window):
+        segment = onsets[start : start + window]
+        slots = ((np.arange(len(segment)) / period) % 1.0 * _SALIENCE_SLOTS).astype(np.int64)
+        counts = np.bincount(slots, minlength=_SALIENCE_SLOTS)
+        sums = np.bincount(slots, weights=segment, minlength=_SALIENCE_SLOTS)
+        profile = sums[counts > 0] / counts[counts > 0]
+        if profile.mean() > 0:
+            ratios.append(float(profile.max() / profile.mean()))
+    return float(np.median(ratios)) if ratios else 0.0
+
+
 def onset_envelope(mono: FloatArray, sample_rate: int) -> tuple[FloatArray, float]:
-    """Half-wave rectified log-spectral flux, and its frame rate in frames per second."""
+    """Log-spectral flux (how much louder each frame got), and its frame rate in fps."""
     factor = max(1, round(sample_rate / _TEMPO_ANALYSIS_RATE))
-    usable = len(mono) - len(mono) % factor
-    # Block-averaging is a crude low-pass, good enough for onset timing.
-    signal = mono[:usable].reshape(-1, factor).mean(axis=1, dtype=np.float32)
+    signal = decimate(mono, factor)
     rate = sample_rate / factor
     hop = max(1, round(rate / _ONSET_FPS))
     n_fft = _FFT_PER_HOP * hop
     window = np.hanning(n_fft).astype(np.float32)
     n_frames = 1 + (len(signal) - n_fft) // hop
+    if n_frames < 2:
+        return np.zeros(0, dtype=np.float32), rate / hop
     frames_view = np.lib.stride_tricks.sliding_window_view(signal, n_fft)[::hop][:n_frames]
 
-    # A small magnitude spectrogram (about 5 MB per minute), filled in batches.
+    # A small magnitude spectrogram (about 10 MB per minute), filled in batches.
     magnitude = np.empty((n_frames, n_fft // 2 + 1), dtype=np.float32)
     for start in range(0, n_frames, 2048):
         batch = frames_view[start : start + 2048] * window
         magnitude[start : start + len(batch)] = np.abs(np.fft.rfft(batch, axis=1))
     reference = float(magnitude.max())
     if reference <= 0.0:
-        return np.zeros(max(n_frames - 1, 0), dtype=np.float32), rate / hop
-    # Log compression relative to the loudest bin: level-independent, and ripple more than
-    # ~60 dB down (window side lobes of steady tones) stays negligible.
+        return np.zeros(n_frames - 1, dtype=np.float32), rate / hop
+    # Log compression relative to the loudest bin, so the level of the file does not matter.
     np.log1p(magnitude * np.float32(1000.0 / reference), out=magnitude)
-    flux = np.maximum(np.diff(magnitude, axis=0), 0.0).sum(axis=1, dtype=np.float32)
-    return flux, rate / hop
+    # Bins below ~40 Hz only carry leakage from lower partials, which ripples with phase.
+    lowest = int(np.ceil(40.0 * n_fft / rate))
+    rises = np.diff(magnitude[:, lowest:], axis=0)
+    # Only rises above ~1 dB count: steady tones ripple a little from frame to frame
+    # (beating partials, window leakage), and that ripple must not read as a beat.
+    rises -= _MIN_RISE
+    np.maximum(rises, 0.0, out=rises)
+    return rises.sum(axis=1, dtype=np.float32), rate / hop
+
+
+def decimate(x: FloatArray, factor: int) -> FloatArray:
+    """Low-pass (windowed sinc) and keep every factor-th sample, without aliasing."""
+    if factor == 1:
+        return x
+    taps = 8 * factor + 1
+    n = np.arange(taps) - (taps - 1) / 2
+    kernel = np.sinc(n / factor * 0.9) * np.hamming(taps)
+    kernel = (kernel / kernel.sum()).astype(np.float32)
+    n_out = (len(x) - taps) // factor + 1
+    if n_out <= 0:
+        return np.zeros(0, dtype=np.float32)
+    out = np.zeros(n_out, dtype=np.float32)
+    # Polyphase: only the kept outputs are computed, one strided slice per tap.
+    for k in range(taps):
+        out += kernel[k] * x[k : k + factor * (n_out - 1) + 1 : factor]
+    return out
 
 
 def _moving_average(x: FloatArray, width: int) -> FloatArray:
+    """Centered running mean; near the ends it averages only the samples that exist."""
     width = max(1, min(width, len(x)))
-    kernel = np.full(width, 1.0 / width, dtype=np.float32)
-    return np.convolve(x, kernel, mode="same").astype(np.float32)
+    kernel = np.ones(width, dtype=np.float32)
+    total = np.convolve(x, kernel, mode="same")
+    count = np.convolve(np.ones(len(x), dtype=np.float32), kernel, mode="same")
+    return (total / count).astype(np.float32)
 
 
 def _autocorrelation(x: FloatArray) -> npt.NDArray[np.float64] | None:

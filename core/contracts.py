@@ -13,11 +13,17 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 TRACK_WORKFLOW = "TrackWorkflow"
+PROVIDER_HEALTH_WORKFLOW = "ProviderHealthWorkflow"
 PROGRESS_QUERY = "progress"
 
 
 def track_workflow_id(track_id: uuid.UUID | str) -> str:
     return f"track-{track_id}"
+
+
+def provider_health_workflow_id(task_queue: str) -> str:
+    # Per task queue, so deployments sharing a namespace check their own workers.
+    return f"provider-health-{task_queue}"
 
 
 class JobStatus(StrEnum):
@@ -147,3 +153,22 @@ class Progress(BaseModel):
     progress: float
     provider: str | None = None
     attempt: int = 0
+
+
+class ProviderHealth(BaseModel):
+    status: str  # "ok" | "fail" | "unconfigured"
+    error: str | None = None
+
+
+class ProviderHealthReport(BaseModel):
+    """Checked on a worker, where the provider keys live."""
+
+    providers: dict[str, ProviderHealth]
+
+    def as_flat_dict(self) -> dict[str, str | None]:
+        """The runbooks' shape: {"fal": "ok", "fal_error": null, ...}."""
+        flat: dict[str, str | None] = {}
+        for name, health in self.providers.items():
+            flat[name] = health.status
+            flat[f"{name}_error"] = health.error
+        return flat

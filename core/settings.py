@@ -54,6 +54,16 @@ class Settings(BaseSettings):
     replicate_api_token: SecretStr | None = None
     fal_queue_url: str = "https://queue.fal.run/"
     replicate_base_url: str = "https://api.replicate.com"
+    # The model table (README: "Providers and models"); each id must be a known model.
+    fal_vocals_model: str = "fal-ai/minimax-music/v2"
+    fal_instrumental_model: str = "fal-ai/stable-audio"
+    replicate_vocals_model: str = "minimax/music-1.5"
+    replicate_instrumental_model: str = "meta/musicgen"
+    # Every single call to a provider's API gives up after this long (then our retry
+    # policy decides); it stays below the heartbeat timeout.
+    provider_request_timeout_s: float = Field(default=15.0, gt=0)
+    # /api/health/providers answers from a check at most this old.
+    provider_health_cache_s: float = Field(default=30.0, ge=0)
 
     # Bounds on spend and waiting, read by the worker when it plans a track.
     max_submissions_per_track: int = Field(default=4, ge=1)

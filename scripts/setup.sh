@@ -169,7 +169,9 @@ go_build_tool() {
     "$name" "$version" >&2
   local start=$SECONDS
   if ! CGO_ENABLED=0 GOBIN="$tmp/bin" "$GO" install "$pkg@v$version" >"$log" 2>&1; then
-    if grep -q 'sum.golang.org' "$log" && ! grep -q 'SECURITY ERROR' "$log"; then
+    # Checksum-database trouble (not a checksum *mismatch*, which is a SECURITY ERROR).
+    if grep -Eq 'sum\.golang\.org|sumdb|verifying (module|go\.mod)' "$log" &&
+      ! grep -q 'SECURITY ERROR' "$log"; then
       printf '    checksum database unreachable; retrying once with GOSUMDB=off\n' >&2
       CGO_ENABLED=0 GOBIN="$tmp/bin" GOSUMDB=off "$GO" install "$pkg@v$version" >"$log" 2>&1 || {
         tail -n 30 "$log" >&2

@@ -36,7 +36,8 @@ async def test_failed_job_is_refunded_with_a_reason(stack: Stack, stack_override
     assert await stack.credits(user_id) == 5
     job = await stack.wait_for_job(created["job_id"], auth)
     assert job["status"] == "FAILED"
-    assert job["error_code"] == "unconfigured"
+    assert job["error_code"] == "no_capable_provider"
+    assert "fal: no API key configured" in job["error_message"]
     assert job["credits_refunded"] is True
     assert await stack.credits(user_id) == 10
     track = (await stack.http.get(f"/api/tracks/{created['track_id']}", headers=auth)).json()

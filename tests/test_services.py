@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pathlib
+import tempfile
 import uuid
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -220,3 +222,24 @@ def test_temporal_cli_path_never_downloads(
     monkeypatch.setenv("TEMPORAL_CLI", str(tmp_path_factory.mktemp("none") / "temporal"))
     with pytest.raises(ServiceError, match="TEMPORAL_CLI"):
         temporal_cli_path()
+
+
+def test_failed_starts_leave_nothing_behind(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    work, fakes = tmp_path / "work", tmp_path / "bin"
+    work.mkdir()
+    fakes.mkdir()
+    for name in ("initdb", "pg_ctl", "versitygw"):
+        fake = fakes / name
+        fake.write_text("#!/bin/sh\necho broken-on-purpose\nexit 1\n")
+        fake.chmod(0o755)
+    monkeypatch.setattr(tempfile, "tempdir", str(work))
+    monkeypatch.setenv("PG_BINDIR", str(fakes))
+    monkeypatch.setenv("VERSITYGW", str(fakes / "versitygw"))
+
+    with pytest.raises(ServiceError), PostgresCluster():
+        pass
+    with pytest.raises(ServiceError, match="broken-on-purpose"), VersityGateway(start_timeout=5):
+        pass
+    assert list(work.iterdir()) == []

@@ -50,6 +50,7 @@ BOOKKEEPING_TIMEOUT = timedelta(seconds=60)
 CHECK_TIMEOUT = timedelta(minutes=3)
 SUBMIT_TIMEOUT = timedelta(seconds=60)
 NON_RETRYABLE_TYPES = sorted(code.value for code in NON_RETRYABLE)
+NO_CAPABLE_PROVIDER = "no_capable_provider"
 
 
 class GenerationFailed(Exception):
@@ -156,7 +157,11 @@ class TrackWorkflow:
         """Walk the provider chain until one produces audio that passes the check."""
         submissions = 0
         failed: str | None = None
-        last_code, last_message = ErrorCode.UNCONFIGURED.value, "no provider can serve this track"
+        skipped = "; ".join(f"{p.name}: {p.skip_reason}" for p in plan.providers if p.skip_reason)
+        last_code, last_message = (
+            NO_CAPABLE_PROVIDER,
+            f"no provider can serve this track ({skipped})",
+        )
         for link in plan.providers:
             if link.skip_reason:
                 continue

@@ -124,7 +124,14 @@ class FalProvider(MusicProvider):
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> FalProvider:
         settings = settings or get_settings()
-        return cls(key=settings.fal_key, queue_url=settings.fal_queue_url, **overrides)
+        values: dict[str, Any] = {
+            "key": settings.fal_key,
+            "queue_url": settings.fal_queue_url,
+            "vocals_model": settings.fal_vocals_model,
+            "instrumental_model": settings.fal_instrumental_model,
+            "request_timeout_s": settings.provider_request_timeout_s,
+        }
+        return cls(**{**values, **overrides})
 
     # -- MusicProvider ---------------------------------------------------------------
 

@@ -172,11 +172,14 @@ class ReplicateProvider(MusicProvider):
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> ReplicateProvider:
         settings = settings or get_settings()
-        return cls(
-            api_token=settings.replicate_api_token,
-            base_url=settings.replicate_base_url,
-            **overrides,
-        )
+        values: dict[str, Any] = {
+            "api_token": settings.replicate_api_token,
+            "base_url": settings.replicate_base_url,
+            "vocals_model": settings.replicate_vocals_model,
+            "instrumental_model": settings.replicate_instrumental_model,
+            "request_timeout_s": settings.provider_request_timeout_s,
+        }
+        return cls(**{**values, **overrides})
 
     # -- MusicProvider ---------------------------------------------------------------
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, HTTPException, Response, status
 from sqlalchemy import text
 
 from api.deps import Services, ServicesDep
+from api.provider_health import ProviderHealthUnavailable
 
 router = APIRouter(prefix="/api/health", tags=["health"])
 
@@ -41,3 +42,12 @@ async def ready(services: ServicesDep, response: Response) -> dict[str, object]:
     if not ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return {"status": "ok" if ok else "unavailable", "checks": checks}
+
+
+@router.get("/providers")
+async def provider_health(services: ServicesDep) -> dict[str, str | None]:
+    """{"fal": "ok"|"fail"|"unconfigured", "fal_error": ..., "replicate": ..., ...}"""
+    try:
+        return await services.provider_health.report()
+    except ProviderHealthUnavailable as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc

@@ -43,6 +43,7 @@ __all__ = [
     "FakeServer",
     "Job",
     "Stall",
+    "json_error",
     "render_audio",
 ]
 
