@@ -7,10 +7,11 @@ real API app (in-process over ASGI), so tests exercise every layer but the paid 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,23 @@ class Stack:
         worker = build_worker(self.temporal.client, settings, self.store, self.storage, providers)
         await self._exit.enter_async_context(worker)
         self._exit.push_async_callback(providers.aclose)
+
+
+async def eventually(
+    predicate: Callable[[], Awaitable[bool] | bool], timeout_s: float = 30, what: str = ""
+) -> None:
+    """Wait until `predicate` holds, or fail the test after `timeout_s`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        outcome = predicate()
+        if inspect.isawaitable(outcome):
+            outcome = await outcome
+        if outcome:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or predicate}")
+        await asyncio.sleep(0.1)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

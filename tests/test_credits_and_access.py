@@ -24,7 +24,9 @@ async def test_short_balance_is_402_and_starts_nothing(stack: Stack) -> None:
     async with stack.store.sessions() as session:
         assert (await session.exec(select(func.count()).select_from(Track))).one() == 0
         assert (await session.exec(select(func.count()).select_from(Job))).one() == 0
-    count = await stack.temporal.client.count_workflows(f"TaskQueue = '{stack.settings.task_queue}'")
+    count = await stack.temporal.client.count_workflows(
+        f"TaskQueue = '{stack.settings.task_queue}'"
+    )
     assert count.count == 0
 
 

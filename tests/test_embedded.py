@@ -34,7 +34,9 @@ async def test_embedded_default_end_to_end(embedded_stack: Stack) -> None:
     query = parse_qs(parts.query)
     expired = f"{parts.path}?expires={int(time.time()) - 1}&sig={query['sig'][0]}"
     assert (await stack.http.get(expired)).status_code == 403
-    other_key = track["file_url"].replace(str(created["track_id"]), "00000000-0000-0000-0000-000000000000")
+    other_key = track["file_url"].replace(
+        str(created["track_id"]), "00000000-0000-0000-0000-000000000000"
+    )
     assert (await stack.http.get(other_key)).status_code == 403
 
     assert await stack.storage.list_keys("") == sorted(

@@ -42,7 +42,9 @@ async def test_sqlite_schema_matches_models(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
-async def test_downgrade_to_base_and_back(backend: str, pg_database_url: str, tmp_path: Path) -> None:
+async def test_downgrade_to_base_and_back(
+    backend: str, pg_database_url: str, tmp_path: Path
+) -> None:
     from alembic import command
 
     from core.migrate import alembic_config

@@ -6,7 +6,6 @@ else is the product as deployed.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Stack
+from tests.conftest import Stack, eventually
 from tests.fakes import Audio, Fail, Job
 from tests.fakes.fal_server import FalFake
 from tests.fakes.replicate_server import ReplicateFake
@@ -165,9 +164,7 @@ async def test_job_failed_at_provider_falls_back(
     assert replicate.submissions == 1
 
 
-async def test_cancel_mid_generation_cancels_the_provider_job(
-    stack: Stack, fal: FalFake
-) -> None:
+async def test_cancel_mid_generation_cancels_the_provider_job(stack: Stack, fal: FalFake) -> None:
     fal.script(jobs=[Job(running_s=60)])
     user_id, auth = await stack.user(credits=50)
     created = await stack.create_track(auth, duration_s=10)
@@ -253,8 +250,8 @@ async def test_sigkill_after_submit_completes_with_one_submission(
     second = None
     try:
         created = await stack.create_track(auth, duration_s=10)
-        while fake.polls < 2:  # submitted, and being polled by the first worker
-            await asyncio.sleep(0.1)
+        # Submitted, and being polled by the first worker.
+        await eventually(lambda: fake.polls >= 2, what="the first worker to poll")
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         second = spawn()

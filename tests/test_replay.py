@@ -7,6 +7,7 @@ broke it must be guarded with `workflow.patched`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -61,7 +62,8 @@ async def test_exported_history_of_a_fresh_run_replays(
         await stack.http.post(f"/api/jobs/{created['job_id']}/cancel", headers=auth)
     job = await stack.wait_for_job(created["job_id"], auth)
     assert job["status"] == scenario.upper()
-    exported = subprocess.run(
+    done = await asyncio.to_thread(
+        subprocess.run,
         [
             str(temporal_cli_path()), "workflow", "show",
             "--workflow-id", job["workflow_id"],
@@ -69,7 +71,8 @@ async def test_exported_history_of_a_fresh_run_replays(
             "--output", "json",
         ],
         check=True, capture_output=True, text=True, timeout=60,
-    ).stdout  # fmt: skip
+    )  # fmt: skip
+    exported = done.stdout
     path = tmp_path / f"{job['workflow_id']}.json"
     path.write_text(exported)
     if capture := os.environ.get("CAPTURE_HISTORIES_TO"):

@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_env_example_documents_every_setting() -> None:
-    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    documented = set(
+        re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
+    )
     expected = {name.upper() for name in Settings.model_fields} - {"VERSION"}
     assert expected <= documented, sorted(expected - documented)
     assert documented <= expected, sorted(documented - expected)
@@ -30,7 +32,9 @@ def test_env_example_documents_every_setting() -> None:
         ({"MUSIC_PROVIDERS": "fal,replicate", "MUSIC_PROVIDER": "replicate"}, ["replicate", "fal"]),
     ],
 )
-def test_provider_chain(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], chain: list[str]) -> None:
+def test_provider_chain(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], chain: list[str]
+) -> None:
     for name in ("FAL_KEY", "REPLICATE_API_TOKEN", "MUSIC_PROVIDERS", "MUSIC_PROVIDER"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():

@@ -12,7 +12,7 @@ import pytest
 from sqlmodel import col, select
 
 from core.models import JobEvent
-from tests.conftest import Stack
+from tests.conftest import Stack, eventually
 
 SLOW_SYNTH = {"synth_pace": 0.5, "heartbeat_timeout_s": 2}
 
@@ -30,9 +30,7 @@ def spawn_worker(stack: Stack, command: list[str]) -> subprocess.Popen[bytes]:
 
 async def events_of(stack: Stack, job_id: str) -> list[JobEvent]:
     async with stack.store.sessions() as session:
-        rows = await session.exec(
-            select(JobEvent).where(col(JobEvent.job_id) == uuid.UUID(job_id))
-        )
+        rows = await session.exec(select(JobEvent).where(col(JobEvent.job_id) == uuid.UUID(job_id)))
         return list(rows)
 
 
@@ -48,9 +46,12 @@ async def test_sigkilled_worker_job_is_finished_by_another_worker_exactly_once(
         await stack.wait_for_job(
             created["job_id"], auth, until=lambda j: j["step"] == "generating", timeout_s=30
         )
+
         # Let the render get well under way, then kill the worker without warning.
-        while not any(e.event == "submitted" for e in await events_of(stack, created["job_id"])):
-            await asyncio.sleep(0.1)
+        async def was_submitted() -> bool:
+            return any(e.event == "submitted" for e in await events_of(stack, created["job_id"]))
+
+        await eventually(was_submitted, what="the submission")
         await asyncio.sleep(1.5)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
