@@ -28,6 +28,7 @@ MIN_GO_MINOR=25 # go 1.25 or newer builds both tools
 #   "chromium:chromium"  "prometheus:prometheus"
 TEST_APT_PACKAGES=(
   "postgresql:have_postgres"
+  "prometheus:promtool"
 )
 
 usage() {
@@ -246,6 +247,19 @@ ensure_apt_packages() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+  # The tests only need promtool from the prometheus package, but on a host with an init
+  # system (systemd, or SysV with a runlevel) the package also starts and enables a
+  # Prometheus server on :9090. Stop and disable it (without an init system, as in
+  # containers, the package does not start it).
+  if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+    if [[ -d /run/systemd/system ]]; then
+      as_root systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    elif [[ -x /etc/init.d/prometheus ]]; then
+      as_root /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+      as_root update-rc.d prometheus disable >/dev/null 2>&1 || true
+    fi
+  fi
 }
 
 # ---------------------------------------------------------------------------------------

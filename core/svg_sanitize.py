@@ -1,0 +1,366 @@
+"""Strict validation of user-supplied SVG cover art.
+
+`sanitize_svg` either raises `SvgRejected` (with a short reason fit for a 400 response) or
+returns the document re-serialized from the parsed tree, so what gets stored is exactly what
+was checked: no comments, no XML declaration, no byte-level tricks that a browser might parse
+differently from us. The policy is a rejection policy, never a silent clean-up: a user whose
+file contained a script should hear about it, not get a quietly different picture.
+
+Policy, in the order it is applied:
+
+* Size: more than `max_bytes` (UTF-8) raises `SvgTooLarge` before any parsing.
+* Parsing: defusedxml with DTDs, entity declarations and external references forbidden (no
+  XXE, no billion laughs). This rejects every DOCTYPE, even the harmless SVG 1.1 one.
+  Processing instructions (e.g. xml-stylesheet) are rejected; the XML declaration is not a
+  PI and is accepted (and dropped from the output). Comments are dropped.
+* Root: must be `<svg>` in the SVG namespace. A root `<svg>` with no namespace at all (a
+  common hand-written mistake that browsers render inline but not as a file) is accepted
+  and every namespace-less element is moved into the SVG namespace before checking, so the
+  stored file renders standalone.
+* Elements: only the SVG namespace plus a few inert editor/metadata namespaces (Inkscape,
+  Sodipodi, RDF, Creative Commons, Dublin Core). XHTML, MathML and unknown namespaces are
+  rejected. Script-capable or embedding elements (script, foreignObject, iframe, ...) are
+  rejected by case-insensitive local name in any namespace.
+* Attributes: no event handlers (local name starting with "on", any case, any namespace);
+  no `xml:base`; `href` in any namespace must be a same-document fragment `#id` once
+  surrounding whitespace/control characters are trimmed. That rejects http(s):, file:,
+  javascript:, protocol-relative and relative URLs, and also all `data:` URLs, including
+  embedded rasters: a data: image is an opaque blob we cannot inspect (and data:image/svg+xml is a
+  whole second document), so covers have to be pure vector.
+* CSS: every attribute value (presentation attributes such as fill, filter, mask or cursor
+  take url() too) and every `<style>` element is checked after decoding CSS escapes, both
+  with and without comments: `url()` may only point at `#id`; `@import`, `expression()` and
+  the other URL-taking functions (src, image, image-set, cross-fade) are rejected.
+* Animation: `attributeName` may not target `href` or an event handler.
+* Nesting deeper than `MAX_DEPTH` is rejected (keeps the serializer's recursion bounded).
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+
+from defusedxml import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
+from defusedxml.ElementTree import DefusedXMLParser
+
+__all__ = ["DEFAULT_MAX_BYTES", "MAX_DEPTH", "SvgRejected", "SvgTooLarge", "sanitize_svg"]
+
+DEFAULT_MAX_BYTES = 1_000_000
+MAX_DEPTH = 200
+
+SVG_NS = "http://www.w3.org/2000/svg"
+XLINK_NS = "http://www.w3.org/1999/xlink"
+XML_NS = "http://www.w3.org/XML/1998/namespace"
+
+# Editor bookkeeping namespaces. Browsers treat their elements as inert unknown XML, and
+# rejecting them would refuse most files saved by Inkscape.
+_EDITOR_NAMESPACES = {
+    "http://www.inkscape.org/namespaces/inkscape": "inkscape",
+    "http://sodipodi.sourceforge.net/DTD/sodipodi-0.dtd": "sodipodi",
+    "http://www.w3.org/1999/02/22-rdf-syntax-ns#": "rdf",
+    "http://creativecommons.org/ns#": "cc",
+    "http://purl.org/dc/elements/1.1/": "dc",
+}
+# Output prefix for every namespace that can survive the checks ("" = default namespace).
+_PREFIXES = {SVG_NS: "", XLINK_NS: "xlink", XML_NS: "xml", **_EDITOR_NAMESPACES}
+_ELEMENT_NAMESPACES = frozenset({SVG_NS, *_EDITOR_NAMESPACES})
+_ATTRIBUTE_NAMESPACES = frozenset({"", XLINK_NS, XML_NS, *_EDITOR_NAMESPACES})
+_XML_ATTRIBUTES = frozenset({"space", "lang", "id"})  # i.e. not xml:base, which moves "#id"
+
+# Elements that run script, embed other documents or media, or attach event listeners.
+_FORBIDDEN_ELEMENTS = frozenset(
+    {
+        "script",
+        "foreignobject",
+        "iframe",
+        "frame",
+        "frameset",
+        "embed",
+        "object",
+        "applet",
+        "audio",
+        "video",
+        "handler",
+        "listener",
+        "base",
+        "link",
+        "meta",
+    }
+)
+
+# URL-bearing attributes with no use in a cover (HTML ones in case a browser honours them;
+# `ping` is SVG 2's click-tracking list on <a>). href is the only link attribute allowed.
+_URL_ATTRIBUTES = frozenset({"ping", "src", "srcset", "action", "formaction", "background"})
+
+# A same-document reference: "#" and an id, nothing that could be a scheme, path or host.
+_FRAGMENT = re.compile(r"#[\w.\-:]+")
+_URL_TRIM = "".join(map(chr, range(0x21))) + "\x7f"  # C0 controls, space and DEL
+_CSS_URL_ARGUMENT = re.compile(r"""\s*(['"]?)#[\w.\-:]+\1\s*\)""")
+# CSS functions and at-rules other than url() that fetch or run something.
+_CSS_FORBIDDEN = ("@import", "expression(", "src(", "image(", "image-set(", "cross-fade(")
+_CSS_ESCAPE = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\n\r\f]?|(\r\n|[\n\r\f])|(.))", re.DOTALL)
+_CSS_COMMENT = re.compile(r"/\*.*?(?:\*/|\Z)", re.DOTALL)
+
+
+class SvgRejected(ValueError):
+    """The SVG failed validation; `reason` is short and safe to show to the uploader."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SvgTooLarge(SvgRejected):
+    """The SVG is over the size limit (the API answers 413 rather than 400)."""
+
+
+def sanitize_svg(data: str | bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
+    """Validate user SVG and return it re-serialized from the checked tree, or raise.
+
+    Raises SvgTooLarge if the input is over `max_bytes`, SvgRejected for anything else.
+    The result is idempotent: sanitizing it again returns the same string.
+    """
+    _check_size(data, max_bytes)
+    root = _parse(data)
+    _adopt_namespaceless_svg(root)
+    _check_root(root)
+    _check_depth(root)
+    for elem in root.iter():
+        _check_element(elem)
+    return _serialize(root)
+
+
+# --------------------------------------------------------------------------- input
+
+
+def _check_size(data: str | bytes, max_bytes: int) -> None:
+    if isinstance(data, str):
+        # Each code point is at least one UTF-8 byte, so a huge string is refused without
+        # encoding it; only strings that might fit pay for the exact count.
+        size = len(data)
+        if size <= max_bytes:
+            size = len(data.encode("utf-8", "surrogatepass"))
+    elif isinstance(data, bytes | bytearray):
+        size = len(data)
+    else:
+        raise TypeError(f"SVG must be str or bytes, not {type(data).__name__}")
+    if size > max_bytes:
+        raise SvgTooLarge(f"SVG is larger than {max_bytes} bytes")
+
+
+class _Builder(ET.TreeBuilder):
+    """A TreeBuilder that remembers processing instructions, which ElementTree drops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pi_targets: list[str] = []
+
+    def pi(self, target: str, text: str | None = None) -> ET.Element:
+        self.pi_targets.append(target)
+        return super().pi(target, text)
+
+
+def _parse(data: str | bytes) -> ET.Element:
+    builder = _Builder()
+    parser = DefusedXMLParser(
+        target=builder, forbid_dtd=True, forbid_entities=True, forbid_external=True
+    )
+    try:
+        parser.feed(data)
+        root = parser.close()
+    except DTDForbidden:
+        raise SvgRejected("DOCTYPE declarations are not allowed; remove the <!DOCTYPE>") from None
+    except (EntitiesForbidden, ExternalReferenceForbidden):
+        raise SvgRejected("entity declarations and external references are not allowed") from None
+    except ET.ParseError as exc:
+        raise SvgRejected(f"not well-formed XML: {exc}") from None
+    except (ValueError, LookupError):  # includes UnicodeError: undecodable input
+        raise SvgRejected("not well-formed XML: could not decode the document") from None
+    if builder.pi_targets:
+        # xml-stylesheet and friends can pull in XSLT or CSS from elsewhere.
+        raise SvgRejected(f"processing instruction <?{builder.pi_targets[0][:40]}?> is not allowed")
+    if not isinstance(root, ET.Element):
+        raise SvgRejected("not well-formed XML: no root element")
+    return root
+
+
+# --------------------------------------------------------------------------- document checks
+
+
+def _split(name: str) -> tuple[str, str]:
+    """'{ns}local' -> ('ns', 'local'); 'local' -> ('', 'local')."""
+    if name.startswith("{"):
+        ns, _, local = name[1:].partition("}")
+        return ns, local
+    return "", name
+
+
+def _adopt_namespaceless_svg(root: ET.Element) -> None:
+    # A bare <svg> root means the author forgot xmlns; treat the document as SVG. All checks
+    # below run after the move, so they see exactly what will be stored.
+    if root.tag != "svg":
+        return
+    for elem in root.iter():
+        if not elem.tag.startswith("{"):
+            elem.tag = f"{{{SVG_NS}}}{elem.tag}"
+
+
+def _check_root(root: ET.Element) -> None:
+    ns, local = _split(root.tag)
+    if local != "svg":
+        raise SvgRejected(f"root element must be <svg>, not <{local[:40]}>")
+    if ns != SVG_NS:
+        raise SvgRejected(f'root <svg> must be in the SVG namespace (xmlns="{SVG_NS}")')
+
+
+def _check_depth(root: ET.Element) -> None:
+    stack = [(root, 1)]
+    while stack:
+        elem, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise SvgRejected(f"elements are nested more than {MAX_DEPTH} deep")
+        stack.extend((child, depth + 1) for child in elem)
+
+
+def _check_element(elem: ET.Element) -> None:
+    ns, local = _split(elem.tag)
+    if local.lower() in _FORBIDDEN_ELEMENTS:
+        raise SvgRejected(f"<{local}> elements are not allowed")
+    if ns not in _ELEMENT_NAMESPACES:
+        where = f"namespace {ns[:60]}" if ns else "no namespace"
+        raise SvgRejected(f"<{local[:40]}> in {where} is not allowed; only SVG elements are")
+    for key, value in elem.attrib.items():
+        _check_attribute(local, key, value)
+    if local.lower() == "style":
+        _check_css("".join(elem.itertext()), f"<{local}>")
+
+
+def _check_attribute(element: str, key: str, value: str) -> None:
+    ns, local = _split(key)
+    lname = local.lower()
+    if lname.startswith("on"):
+        raise SvgRejected(f"event handler attribute {local[:40]!r} on <{element}> is not allowed")
+    if ns not in _ATTRIBUTE_NAMESPACES or (ns == XML_NS and lname not in _XML_ATTRIBUTES):
+        name = "xml:" + local if ns == XML_NS else f"{local[:40]}' in namespace '{ns[:60]}"
+        raise SvgRejected(f"attribute '{name}' is not allowed")
+    if lname in _URL_ATTRIBUTES:
+        raise SvgRejected(f"attribute {local!r} on <{element}> is not allowed")
+    if lname == "href":
+        _check_href(element, value)
+    if lname == "attributename":
+        _check_animation_target(element, value)
+    _check_css(value, f"attribute {local[:40]!r} on <{element}>")
+
+
+def _check_href(element: str, value: str) -> None:
+    # URL parsers trim surrounding spaces and control characters, so we do too; what is
+    # left must be exactly "#id". Anything else, including whitespace inside
+    # ("java\nscript:", which browsers also ignore), could leave the document.
+    if not _FRAGMENT.fullmatch(value.strip(_URL_TRIM)):
+        raise SvgRejected(
+            f"<{element}> links to {_preview(value)}; only same-document '#id' links are allowed"
+        )
+
+
+def _check_animation_target(element: str, value: str) -> None:
+    # <set attributeName="href" to="javascript:..."> would write a link after our checks.
+    target = value.strip().lower().rpartition(":")[2]
+    if target == "href" or target in _URL_ATTRIBUTES or target.startswith("on"):
+        raise SvgRejected(f"<{element}> may not animate {_preview(value)}")
+
+
+# --------------------------------------------------------------------------- CSS
+
+
+def _decode_css_escapes(css: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        hex_digits, newline, char = match.groups()
+        if hex_digits is not None:
+            code = int(hex_digits, 16)
+            valid = 0 < code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF
+            return chr(code) if valid else "\ufffd"
+        if newline is not None:
+            return ""  # an escaped newline is a line continuation
+        return str(char)
+
+    return _CSS_ESCAPE.sub(replace, css)
+
+
+def _css_views(css: str) -> tuple[str, ...]:
+    """The CSS decoded two ways, lowercased.
+
+    Keeping comments catches anything a modern tokenizer sees (even when "/*" sits inside a
+    string or is escaped); dropping them catches old parsers that joined "u/**/rl(" into
+    url(. Checking both is stricter than either alone.
+    """
+    views = (_decode_css_escapes(css), _decode_css_escapes(_CSS_COMMENT.sub("", css)))
+    return tuple(view.lower() for view in views)
+
+
+def _check_css(css: str, where: str) -> None:
+    if not any(marker in css for marker in ("(", "@", "\\")):
+        return  # fast path: nothing that could form a function, at-rule or escape
+    for view in _css_views(css):
+        for forbidden in _CSS_FORBIDDEN:
+            if forbidden in view:
+                raise SvgRejected(f"CSS {forbidden!r} in {where} is not allowed")
+        for match in re.finditer(r"url\(", view):
+            if not _CSS_URL_ARGUMENT.match(view, match.end()):
+                raise SvgRejected(f"CSS url() in {where} may only reference '#id'")
+
+
+def _preview(value: str) -> str:
+    return repr(value[:40] + ("..." if len(value) > 40 else ""))
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _escape_text(text: str) -> str:
+    # \r is escaped because a parser would turn a literal one into \n.
+    return (
+        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
+    )
+
+
+def _escape_attr(value: str) -> str:
+    # Whitespace other than space is escaped so attribute-value normalization on re-parse
+    # cannot change the value (keeps sanitize idempotent).
+    return _escape_text(value).replace('"', "&quot;").replace("\n", "&#10;").replace("\t", "&#9;")
+
+
+def _qname(name: str) -> str:
+    ns, local = _split(name)
+    prefix = _PREFIXES[ns] if ns else ""
+    return f"{prefix}:{local}" if prefix else local
+
+
+def _serialize(root: ET.Element) -> str:
+    """Write the checked tree with fixed prefixes: `<svg xmlns="...SVG...">` first."""
+    used = {_split(name)[0] for elem in root.iter() for name in (elem.tag, *elem.attrib)}
+    declarations = "".join(
+        f' xmlns:{prefix}="{ns}"'
+        for ns, prefix in _PREFIXES.items()
+        if ns in used and prefix not in ("", "xml")  # xml: is predeclared
+    )
+    out: list[str] = []
+    _write(root, out, f' xmlns="{SVG_NS}"{declarations}')
+    return "".join(out)
+
+
+def _write(elem: ET.Element, out: list[str], declarations: str = "") -> None:
+    # Recursion is bounded by MAX_DEPTH, checked before serializing.
+    name = _qname(elem.tag)
+    out.append(f"<{name}{declarations}")
+    out.extend(f' {_qname(key)}="{_escape_attr(value)}"' for key, value in elem.attrib.items())
+    if not elem.text and len(elem) == 0:
+        out.append("/>")
+        return
+    out.append(">")
+    if elem.text:
+        out.append(_escape_text(elem.text))
+    for child in elem:
+        _write(child, out)
+        if child.tail:
+            out.append(_escape_text(child.tail))
+    out.append(f"</{name}>")
