@@ -62,8 +62,7 @@ class SynthProvider(MusicProvider):
         # Vocals are "sung" by a voice-like lead, so only absurd lengths are refused.
         if not MIN_DURATION_S <= request.duration_s <= MAX_DURATION_S:
             return (
-                f"duration {request.duration_s} s is outside "
-                f"{MIN_DURATION_S}..{MAX_DURATION_S} s"
+                f"duration {request.duration_s} s is outside {MIN_DURATION_S}..{MAX_DURATION_S} s"
             )
         return None
 

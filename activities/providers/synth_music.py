@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -28,17 +29,18 @@ CHANNELS = 2
 BEATS_PER_BAR = 4
 
 FloatArray = npt.NDArray[np.float64]
+Table = npt.NDArray[np.float32]
 
 # Peak level of the master: a soft knee above _LIMIT_KNEE approaches this ceiling (-1 dBFS)
 # without ever reaching it, so no sample can clip whatever the arrangement stacks up.
 _CEILING = 10 ** (-1.0 / 20)
 _LIMIT_KNEE = 0.6
 # The probe render sets the master gain so the busiest bars peak here (before the knee).
-_PROBE_TARGET_PEAK = 0.8
+_PROBE_TARGET_PEAK = 1.0
 _FADE_IN_S = 0.02
 _FADE_OUT_MAX_S = 1.5
 
-_TABLE_SIZE = 4096
+_TABLE_SIZE = 4096  # a power of two: phases wrap with a bit mask
 
 _MAJOR = (0, 2, 4, 5, 7, 9, 11)
 _MINOR = (0, 2, 3, 5, 7, 8, 10)
@@ -58,7 +60,8 @@ _MELODY_RHYTHMS: tuple[tuple[tuple[int, int], ...], ...] = (
 )
 _CADENCE_RHYTHM = ((0, 2), (2, 6))
 
-# Bass patterns: (start, length, chord tone: 0 root / 4 fifth / 7 octave) in eighths.
+# Bass patterns: (start, length) in eighths, and the scale steps above the chord root
+# (0 root, 4 fifth, 7 octave), so every bass note stays in the key.
 _BASS_PATTERNS: tuple[tuple[tuple[int, int, int], ...], ...] = (
     ((0, 2, 0), (2, 2, 0), (4, 2, 0), (6, 2, 0)),
     ((0, 3, 0), (3, 1, 0), (4, 2, 4), (6, 2, 0)),
@@ -67,16 +70,71 @@ _BASS_PATTERNS: tuple[tuple[tuple[int, int, int], ...], ...] = (
 )
 
 _SLOW_WORDS = frozenset(
-    ["slow", "chill", "calm", "ambient", "lofi", "lo-fi", "relaxing", "relaxed", "sleep", "peaceful", "meditation", "ballad", "soft", "gentle", "dreamy"]
+    [
+        "slow",
+        "chill",
+        "calm",
+        "ambient",
+        "lofi",
+        "lo-fi",
+        "relaxing",
+        "relaxed",
+        "sleep",
+        "peaceful",
+        "meditation",
+        "ballad",
+        "soft",
+        "gentle",
+        "dreamy",
+    ]
 )
 _FAST_WORDS = frozenset(
-    ["fast", "energetic", "dance", "upbeat", "house", "techno", "edm", "running", "workout", "party", "driving"]
+    [
+        "fast",
+        "energetic",
+        "dance",
+        "upbeat",
+        "house",
+        "techno",
+        "edm",
+        "running",
+        "workout",
+        "party",
+        "driving",
+    ]
 )
 _MINOR_WORDS = frozenset(
-    ["sad", "dark", "melancholic", "melancholy", "moody", "night", "rain", "rainy", "lonely", "minor", "noir", "mysterious", "cinematic", "tense", "somber"]
+    [
+        "sad",
+        "dark",
+        "melancholic",
+        "melancholy",
+        "moody",
+        "night",
+        "rain",
+        "rainy",
+        "lonely",
+        "minor",
+        "noir",
+        "mysterious",
+        "cinematic",
+        "tense",
+        "somber",
+    ]
 )
 _MAJOR_WORDS = frozenset(
-    ["happy", "bright", "sunny", "uplifting", "joyful", "cheerful", "summer", "major", "hopeful", "playful"]
+    [
+        "happy",
+        "bright",
+        "sunny",
+        "uplifting",
+        "joyful",
+        "cheerful",
+        "summer",
+        "major",
+        "hopeful",
+        "playful",
+    ]
 )
 
 
@@ -92,7 +150,7 @@ class Voice(StrEnum):
 class LeadTimbre(StrEnum):
     PLUCK = "pluck"
     SQUARE = "square"
-    BELL = "bell"
+    MALLET = "mallet"
     VOICE = "voice"  # "sung" lead for vocal requests: formants and vibrato
 
 
@@ -163,7 +221,7 @@ def plan_music(request: GenerationRequest) -> MusicPlan:
         minor = bool(rng.random() < 0.5)
     progressions = _MINOR_PROGRESSIONS if minor else _MAJOR_PROGRESSIONS
 
-    timbres = (LeadTimbre.PLUCK, LeadTimbre.SQUARE, LeadTimbre.BELL)
+    timbres = (LeadTimbre.PLUCK, LeadTimbre.SQUARE, LeadTimbre.MALLET)
     lead = LeadTimbre.VOICE if request.has_vocals else timbres[int(rng.integers(len(timbres)))]
     return MusicPlan(
         seed=seed,
@@ -235,10 +293,10 @@ def _chord_tones(chord: int) -> tuple[int, int, int]:
 
 
 def _pad_bar(plan: MusicPlan, start: float, chord: int) -> list[Note]:
-    # Fold the triad into one octave above the tonic so chords move smoothly (voice leading).
+    # Fold the triad into the octave above the tonic so chords move smoothly (voice leading).
     notes = []
     for i, degree in enumerate(_chord_tones(chord)):
-        midi = degree_to_midi(plan, degree % 7, octave_offset=1)
+        midi = degree_to_midi(plan, degree % 7)
         pan = (-0.5, 0.0, 0.5)[i]
         notes.append(Note(start, plan.bar_s + 0.05, Voice.PAD, midi, 0.55, pan))
     return notes
@@ -246,13 +304,11 @@ def _pad_bar(plan: MusicPlan, start: float, chord: int) -> list[Note]:
 
 def _bass_bar(plan: MusicPlan, start: float, chord: int) -> list[Note]:
     notes = []
-    root = degree_to_midi(plan, chord % 7, octave_offset=-1)
-    for eighth, length, interval in _BASS_PATTERNS[plan.bass_pattern]:
+    for eighth, length, steps in _BASS_PATTERNS[plan.bass_pattern]:
+        midi = degree_to_midi(plan, chord % 7 + steps, octave_offset=-1)
         gate = length * plan.beat_s / 2 * 0.85
         velocity = 0.9 if eighth % 4 == 0 else 0.75
-        notes.append(
-            Note(_eighth_time(plan, start, eighth), gate, Voice.BASS, root + interval, velocity)
-        )
+        notes.append(Note(_eighth_time(plan, start, eighth), gate, Voice.BASS, midi, velocity))
     return notes
 
 
@@ -269,10 +325,14 @@ def _drum_bar(plan: MusicPlan, bar: int, start: float, section: str) -> list[Not
     if section == "main":
         for beat in (1, 3):
             velocity = level * float(rng.uniform(0.85, 1.0))
-            notes.append(Note(start + beat * plan.beat_s, 0.0, Voice.SNARE, velocity=velocity, pan=-0.15))
+            notes.append(
+                Note(start + beat * plan.beat_s, 0.0, Voice.SNARE, velocity=velocity, pan=-0.15)
+            )
         if style > 0.8:
             notes.append(
-                Note(_eighth_time(plan, start, 7), 0.0, Voice.SNARE, velocity=0.25 * level, pan=-0.15)
+                Note(
+                    _eighth_time(plan, start, 7), 0.0, Voice.SNARE, velocity=0.25 * level, pan=-0.15
+                )
             )
     if section == "intro" and bar == 0:
         return notes
@@ -303,8 +363,9 @@ def _lead_bar(plan: MusicPlan, bar: int, start: float, chord: int) -> list[Note]
         if in_phrase == 3
         else _MELODY_RHYTHMS[int(rng.integers(len(_MELODY_RHYTHMS)))]
     )
-    # Melody degrees live in roughly the octave above the pad.
-    chord_tones = [d + 7 for d in _chord_tones(chord % 7)] + [chord % 7 + 14]
+    # Melody degrees (5..16) sit mostly in the octave above the pad.
+    root = chord % 7
+    chord_tones = [d for d in (root + 7, root + 9, root + 11, root + 14) if d <= 16]
     previous = int(rng.choice(chord_tones))
     notes = []
     for index, (eighth, length) in enumerate(rhythm):
@@ -317,9 +378,9 @@ def _lead_bar(plan: MusicPlan, bar: int, start: float, chord: int) -> list[Note]
                 degree = int(rng.choice(chord_tones))
         else:
             degree = previous + int(rng.choice((-2, -1, 1, 2)))
-        degree = int(np.clip(degree, 4, 16))
+        degree = int(np.clip(degree, 5, 16))
         previous = degree
-        midi = degree_to_midi(plan, degree, octave_offset=1)
+        midi = degree_to_midi(plan, degree)
         time = _eighth_time(plan, start, eighth)
         gate = length * plan.beat_s / 2 * 0.9
         velocity = float(rng.uniform(0.75, 1.0))
@@ -338,22 +399,27 @@ def midi_to_hz(midi: float) -> float:
     return 440.0 * 2.0 ** ((midi - 69.0) / 12.0)
 
 
-def harmonic_table(amplitudes: npt.ArrayLike) -> FloatArray:
-    """One band-limited cycle with the given harmonic amplitudes, peak 1, plus a guard point."""
+def harmonic_table(amplitudes: npt.ArrayLike) -> Table:
+    """One band-limited cycle with the given harmonic amplitudes, peak 1, plus a guard point.
+
+    Summing only harmonics below Nyquist is what keeps saws and squares free of aliasing.
+    """
     amps = np.asarray(amplitudes, dtype=np.float64)
     x = np.arange(_TABLE_SIZE + 1) / _TABLE_SIZE
     k = np.arange(1, len(amps) + 1)
     table = (amps[:, None] * np.sin(2 * np.pi * k[:, None] * x[None, :])).sum(axis=0)
-    return np.asarray(table / np.max(np.abs(table)), dtype=np.float64)
+    return (table / np.max(np.abs(table))).astype(np.float32)
 
 
-def wavetable_osc(table: FloatArray, cycles: FloatArray) -> FloatArray:
-    """Read a table at the given phases (in cycles) with linear interpolation."""
-    position = (cycles % 1.0) * _TABLE_SIZE
-    index = position.astype(np.int64)
-    frac = position - index
-    low = table[index]
-    return np.asarray(low + frac * (table[index + 1] - low), dtype=np.float64)
+def wavetable_osc(table: Table, cycles: FloatArray) -> Table:
+    """Read a table at the given phases (in cycles, >= 0) with linear interpolation."""
+    # float32 samples and a power-of-two wrap keep this, the hot loop, cheap.
+    position = cycles * _TABLE_SIZE
+    whole = position.astype(np.int64)
+    frac = (position - whole).astype(np.float32)
+    index = whole & (_TABLE_SIZE - 1)
+    low = table.take(index)
+    return low + frac * (table.take(index + 1) - low)
 
 
 def adsr(
@@ -396,8 +462,15 @@ class _Envelope:
 _LEAD_ENVELOPES = {
     LeadTimbre.PLUCK: _Envelope(0.004, 0.25, 0.2, 0.12),
     LeadTimbre.SQUARE: _Envelope(0.01, 0.2, 0.6, 0.08),
-    LeadTimbre.BELL: _Envelope(0.002, 0.5, 0.1, 0.3),
+    LeadTimbre.MALLET: _Envelope(0.002, 0.45, 0.05, 0.3),
     LeadTimbre.VOICE: _Envelope(0.07, 0.3, 0.8, 0.15),
+}
+# Harmonic recipes: a soft saw, a hollow square (odd harmonics), and a marimba-like
+# mallet whose strong 4th and 10th harmonics stand in for a bar's overtones.
+_LEAD_HARMONICS: dict[LeadTimbre, list[float]] = {
+    LeadTimbre.PLUCK: [1.0 / k**1.3 for k in range(1, 13)],
+    LeadTimbre.SQUARE: [(1.0 / k if k % 2 else 0.0) for k in range(1, 12)],
+    LeadTimbre.MALLET: [1.0, 0.0, 0.0, 0.35, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1],
 }
 _BASS_ENVELOPE = _Envelope(0.005, 0.25, 0.55, 0.05)
 _PAD_RELEASE_S = 1.2
@@ -411,15 +484,20 @@ _VOICE_GAIN = {
 }
 
 
-def _drum_samples(seed: int) -> dict[Voice, FloatArray]:
-    """One-shot kick, snare and hat, synthesised once per track from its seed."""
-    rng = np.random.default_rng([seed, 99])
+def _drum_samples(plan: MusicPlan) -> dict[Voice, FloatArray]:
+    """One-shot kick, snare and hat, synthesised once per track from its seed.
+
+    Kick and snare bodies are tuned to the tonic, as producers do, so they sit in the key.
+    """
+    rng = np.random.default_rng([plan.seed, 99])
     sr = SAMPLE_RATE
+    tonic = plan.key_root_midi % 12
 
     t = np.arange(int(0.45 * sr)) / sr
     # Kick: a sine whose pitch drops fast (the "thump"), plus a tiny click for attack.
     tau = 0.035
-    phase = 2 * np.pi * (48 * t + (150 - 48) * tau * (1 - np.exp(-t / tau)))
+    low = midi_to_hz(29 + (tonic - 29) % 12)  # 44..82 Hz
+    phase = 2 * np.pi * (low * t + (150 - low) * tau * (1 - np.exp(-t / tau)))
     kick = np.sin(phase) * np.exp(-t / 0.16)
     kick[: int(0.003 * sr)] += rng.uniform(-0.3, 0.3, int(0.003 * sr))
     kick = np.tanh(1.6 * kick)
@@ -427,9 +505,8 @@ def _drum_samples(seed: int) -> dict[Voice, FloatArray]:
     t = np.arange(int(0.3 * sr)) / sr
     # Snare: high-passed noise (first difference) over a short body tone.
     noise = rng.uniform(-1, 1, len(t) + 1)
-    snare = 0.7 * np.diff(noise) * np.exp(-t / 0.06) + 0.5 * np.sin(2 * np.pi * 185 * t) * np.exp(
-        -t / 0.04
-    )
+    body = np.sin(2 * np.pi * midi_to_hz(53 + (tonic - 53) % 12) * t)  # 175..330 Hz
+    snare = 0.7 * np.diff(noise) * np.exp(-t / 0.06) + 0.5 * body * np.exp(-t / 0.04)
 
     t = np.arange(int(0.09 * sr)) / sr
     # Hat: noise differenced twice keeps only the top octaves, with a very short decay.
@@ -449,13 +526,13 @@ class SynthRenderer:
     def __init__(self, plan: MusicPlan) -> None:
         self.plan = plan
         self.notes = compose(plan)
-        self._drums = _drum_samples(plan.seed)
+        self._drums = _drum_samples(plan)
         self._starts = np.array([round(n.start_s * SAMPLE_RATE) for n in self.notes], np.int64)
         self._ends = self._starts + np.array([self._length(n) for n in self.notes], np.int64)
         # The pad "filter": a dark (steep roll-off) and a bright (saw-like) cycle, blended.
         self._pad_dark = harmonic_table([1.0 / k**2.2 for k in range(1, 17)])
         self._pad_bright = harmonic_table([1.0 / k for k in range(1, 17)])
-        self._tables: dict[tuple[Voice, float, int], FloatArray] = {}
+        self._tables: dict[tuple[Voice, float, int], Table] = {}
         self._gain = 1.0
         self._gain = self._probe_gain()
 
@@ -526,23 +603,23 @@ class SynthRenderer:
             return _pan(mono, note.pan)
         t = np.arange(lo, hi, dtype=np.float64) / SAMPLE_RATE
         if note.voice is Voice.PAD:
-            return self._pad(note, t, (note_start + lo) / SAMPLE_RATE, gain)
+            return self._pad(note, t, note_start / SAMPLE_RATE, gain)
         if note.voice is Voice.BASS:
             env = adsr(t, note.gate_s, *_env_args(_BASS_ENVELOPE))
             freq = midi_to_hz(note.midi)
             # Fundamental plus a little 2nd/3rd harmonic so the bass reads on small speakers.
-            table = self._table(Voice.BASS, note.midi, 0, [1.0, 0.35, 0.15])
+            table = self._table((Voice.BASS, 0.0, 0), lambda: [1.0, 0.35, 0.15])
             return _pan(wavetable_osc(table, freq * t) * env * gain, note.pan)
         return self._lead(note, t, gain)
 
     def _pad(
-        self, note: Note, t: FloatArray, abs_start_s: float, gain: float
+        self, note: Note, t: FloatArray, note_start_s: float, gain: float
     ) -> tuple[FloatArray, FloatArray]:
         plan = self.plan
         env = adsr(t, note.gate_s, plan.pad_attack_s, 1.0, 1.0, _PAD_RELEASE_S)
-        # Slow sweep of the blend over 4 bars, on absolute time so notes sweep together.
-        abs_t = abs_start_s + (t - t[0]) if len(t) else t
-        sweep = plan.brightness + 0.25 * np.sin(2 * np.pi * abs_t / (4 * plan.bar_s))
+        # Slow sweep of the blend over 4 bars, on track time so all pad notes sweep together.
+        track_t = note_start_s + t
+        sweep = plan.brightness + 0.25 * np.sin(2 * np.pi * track_t / (4 * plan.bar_s))
         bright = np.clip(sweep, 0.0, 1.0)
         freq = midi_to_hz(note.midi)
         sides = []
@@ -561,31 +638,27 @@ class SynthRenderer:
         env = adsr(t, note.gate_s, *_env_args(_LEAD_ENVELOPES[timbre]))
         freq = midi_to_hz(note.midi)
         if timbre is LeadTimbre.VOICE:
-            # Delayed vibrato, integrated in closed form so phase stays continuous.
-            rate, depth = 5.5, 0.012 * np.clip((t - 0.15) / 0.3, 0.0, 1.0)
-            cycles = freq * t + freq * depth * (1 - np.cos(2 * np.pi * rate * t)) / (
-                2 * np.pi * rate
-            )
+            # Vibrato that fades in after the attack, like a singer's. Phase is a smooth
+            # function of note time, so it stays continuous across chunks.
+            rate = 5.5
+            depth = 0.012 * np.clip((t - 0.15) / 0.3, 0.0, 1.0)
+            wobble = freq * depth * (1 - np.cos(2 * np.pi * rate * t)) / (2 * np.pi * rate)
+            cycles = freq * t + wobble
             table = self._table(
-                Voice.LEAD, note.midi, note.variant, _formant_amplitudes(freq, note.variant)
+                (Voice.LEAD, note.midi, note.variant),
+                lambda: _formant_amplitudes(freq, note.variant),
             )
         else:
             cycles = freq * t
-            amplitudes = {
-                LeadTimbre.PLUCK: [1.0 / k**1.3 for k in range(1, 13)],
-                LeadTimbre.SQUARE: [(1.0 / k if k % 2 else 0.0) for k in range(1, 12)],
-                LeadTimbre.BELL: [1.0, 0.0, 0.45, 0.0, 0.0, 0.2, 0.0, 0.1],
-            }[timbre]
-            table = self._table(Voice.LEAD, 0.0, 0, amplitudes)
+            table = self._table((Voice.LEAD, 0.0, 0), lambda: _LEAD_HARMONICS[timbre])
         return _pan(wavetable_osc(table, cycles) * env * gain, note.pan)
 
     def _table(
-        self, voice: Voice, midi: float, variant: int, amplitudes: npt.ArrayLike
-    ) -> FloatArray:
-        key = (voice, midi, variant)
+        self, key: tuple[Voice, float, int], amplitudes: Callable[[], npt.ArrayLike]
+    ) -> Table:
         table = self._tables.get(key)
         if table is None:
-            table = self._tables[key] = harmonic_table(amplitudes)
+            table = self._tables[key] = harmonic_table(amplitudes())
         return table
 
 
