@@ -19,7 +19,8 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # An empty variable (FAL_KEY=) means unset, so it cannot put a keyless provider in the chain.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
 
     environment: Literal["development", "test", "staging", "production"] = "development"
     version: str = "0.1.0"
