@@ -8,12 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import timedelta
 
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+)
+from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.assets import AssetActivities
@@ -21,23 +33,43 @@ from activities.generation import GenerationActivities
 from activities.health import HealthActivities
 from activities.jobs import JobActivities
 from activities.providers.registry import ProviderRegistry
+from activities.reconcile import ReconcileActivities
+from core.contracts import RECONCILE_WORKFLOW, reconcile_schedule_id
 from core.db import create_engine, session_factory
 from core.jobs import JobStore
 from core.logging import configure_logging, get_logger
+from core.metrics import WORKER_REGISTRY, MetricsServer, RemoteTextCollector, init_worker_series
 from core.settings import Settings, get_settings
 from core.storage import Storage, build_storage
+from core.telemetry import configure_tracing, init_sentry
 from workflows.provider_health import ProviderHealthWorkflow
+from workflows.reconcile import ReconcileWorkflow
 from workflows.track import TrackWorkflow
 
 log = get_logger("soundfoundry.worker")
 
 
-async def connect_temporal(settings: Settings) -> Client:
+async def connect_temporal(settings: Settings, runtime: Runtime | None = None) -> Client:
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=pydantic_data_converter,
+        # On the client, so every worker built from it continues the traces started by
+        # the API (workflow and activity spans).
+        interceptors=[TracingInterceptor()],
+        runtime=runtime,
     )
+
+
+def sdk_metrics_runtime() -> tuple[Runtime, str]:
+    """A Temporal runtime exporting the SDK's metrics on a private loopback port; the
+    worker's /metrics re-exports them. Returns the runtime and that endpoint's URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # `_total` on counters: the names the re-export would give them anyway.
+    config = PrometheusConfig(bind_address=f"127.0.0.1:{port}", counters_total_suffix=True)
+    return Runtime(telemetry=TelemetryConfig(metrics=config)), f"http://127.0.0.1:{port}/metrics"
 
 
 def build_worker(
@@ -51,10 +83,16 @@ def build_worker(
     generation = GenerationActivities(store, storage, providers, settings)
     assets = AssetActivities(store, storage)
     health = HealthActivities(providers)
+    reconcile = ReconcileActivities(store, client, settings)
+    init_worker_series()
+    # A client connected elsewhere (tests, bench) lacks the tracing interceptor; add it
+    # here then, and not twice when the client has it.
+    traced = any(isinstance(i, TracingInterceptor) for i in client.config()["interceptors"])
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[TrackWorkflow, ProviderHealthWorkflow],
+        interceptors=[] if traced else [TracingInterceptor()],
+        workflows=[TrackWorkflow, ProviderHealthWorkflow, ReconcileWorkflow],
         activities=[
             jobs.plan_track,
             jobs.record_job_event,
@@ -67,6 +105,7 @@ def build_worker(
             assets.store_audio,
             assets.store_cover,
             health.check_provider_health,
+            reconcile.reconcile_jobs,
         ],
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
@@ -74,6 +113,25 @@ def build_worker(
         # resumed by another worker from their heartbeat, so nothing waits on a deploy.
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_s),
     )
+
+
+async def ensure_reconcile_schedule(client: Client, settings: Settings) -> None:
+    """One schedule per task queue; every worker makes sure it exists."""
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            RECONCILE_WORKFLOW,
+            id=f"{reconcile_schedule_id(settings.task_queue)}-run",
+            task_queue=settings.task_queue,
+            execution_timeout=timedelta(minutes=5),
+        ),
+        spec=ScheduleSpec(
+            intervals=[ScheduleIntervalSpec(every=timedelta(seconds=settings.reconcile_interval_s))]
+        ),
+        # A slow pass must not pile up behind itself.
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+    with suppress(ScheduleAlreadyRunningError):
+        await client.create_schedule(reconcile_schedule_id(settings.task_queue), schedule)
 
 
 @asynccontextmanager
@@ -93,9 +151,27 @@ async def worker_resources(
 
 
 async def run_worker(settings: Settings) -> None:
-    client = await connect_temporal(settings)
+    configure_tracing("soundfoundry-worker")
+    init_sentry(settings)
+    runtime, metrics = None, None
+    if settings.worker_metrics_port:
+        runtime, sdk_url = sdk_metrics_runtime()
+        metrics = MetricsServer(
+            settings.worker_metrics_port, [WORKER_REGISTRY, RemoteTextCollector(sdk_url)]
+        )
+        metrics.start()
+    try:
+        await _serve(settings, runtime)
+    finally:
+        if metrics is not None:
+            metrics.stop()
+
+
+async def _serve(settings: Settings, runtime: Runtime | None) -> None:
+    client = await connect_temporal(settings, runtime)
     async with worker_resources(settings) as (store, storage, providers):
         worker = build_worker(client, settings, store, storage, providers)
+        await ensure_reconcile_schedule(client, settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

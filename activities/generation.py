@@ -21,6 +21,7 @@ from core.audio import AudioDecodeError, analyze, quality_problem
 from core.contracts import CheckedAudio, StagedAudio, Step, Submission, TrackInput
 from core.jobs import JobStore
 from core.logging import get_logger
+from core.metrics import count_fallback
 from core.settings import Settings
 from core.storage import Storage, staging_key
 
@@ -73,6 +74,8 @@ class GenerationActivities:
                     track.job_id, "fallback", message, level="warning", provider=provider.name
                 )
                 log.warning(message, provider=provider.name)
+                # falling_back_from reads "fal (http_403)"; the label is the provider alone.
+                count_fallback(submit.falling_back_from.split(" ", 1)[0], provider.name)
             log.info(f"Using provider: {provider.name}", provider=provider.name)
             run_id, urls = await provider.submit(track.request, track_id=str(track.track_id))
             attempt.provider_run_id = run_id

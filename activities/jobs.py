@@ -6,6 +6,7 @@ import uuid
 
 from pydantic import BaseModel
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.providers.registry import ProviderRegistry
 from activities.recording import recorded_attempt
@@ -17,7 +18,7 @@ from core.contracts import (
     StoredTrack,
     TrackInput,
 )
-from core.jobs import JobStore
+from core.jobs import InsufficientCredits, JobStore
 from core.settings import Settings
 
 
@@ -57,7 +58,12 @@ class JobActivities:
         async with recorded_attempt(
             self.store, track_id=track.track_id, job_id=track.job_id, event="rendering"
         ) as attempt:
-            await self.store.mark_rendering(track.job_id)
+            try:
+                await self.store.mark_rendering(track.job_id, activity.info().workflow_run_id)
+            except InsufficientCredits as exc:
+                raise ApplicationError(
+                    str(exc), type="insufficient_credits", non_retryable=True
+                ) from exc
             s = self.settings
             providers = self.providers.plan(s.provider_chain, track.request)
             attempt.message = "Provider chain: " + ", ".join(
@@ -79,6 +85,7 @@ class JobActivities:
                 ),
                 generation_timeout_s=s.generation_timeout_s,
                 heartbeat_timeout_s=s.heartbeat_timeout_s,
+                search_attributes=s.search_attributes_enabled,
             )
 
     @activity.defn(name="record_job_event")
@@ -107,6 +114,7 @@ class JobActivities:
                 done.stored,
                 done.checked.info,
                 done.checked.staged.content_type,
+                run_id=activity.info().workflow_run_id,
             )
             attempt.message = f"Track complete, audio from {done.stored.provider}"
             if done.fallbacks:
@@ -122,7 +130,11 @@ class JobActivities:
             event=finish.status.value.lower(),
         ) as attempt:
             changed = await self.store.finish_unsuccessfully(
-                finish.track.job_id, finish.status, finish.error_code, finish.message
+                finish.track.job_id,
+                finish.status,
+                finish.error_code,
+                finish.message,
+                run_id=activity.info().workflow_run_id,
             )
             attempt.message = f"Job {finish.status.value}" + (
                 f" ({finish.error_code})" if finish.error_code else ""

@@ -20,8 +20,13 @@ from temporalio.exceptions import ApplicationError
 from activities.providers.base import ProviderError
 from core.jobs import JobStore
 from core.logging import get_logger
+from core.metrics import count_provider_attempt
 
 log = get_logger("soundfoundry.activities")
+
+# The activities whose attempts are calls on a provider (or a check of what it returned):
+# provider_attempts_total counts these, not bookkeeping that merely names a provider.
+PROVIDER_ACTIVITIES = frozenset({"submit_generation", "await_generation", "check_audio"})
 
 
 @dataclass
@@ -53,6 +58,8 @@ async def recorded_attempt(
         "activity": info.activity_type,
         "attempt": info.attempt,
     }
+    if provider:
+        context["provider"] = provider
     with structlog.contextvars.bound_contextvars(**context):
         try:
             yield attempt
@@ -77,6 +84,7 @@ async def recorded_attempt(
                 store, job_id, event, attempt, info.attempt, type(exc).__name__, str(exc)
             )
             raise
+        _count_provider_attempt(attempt, None)
         await store.add_event(
             job_id,
             event,
@@ -104,6 +112,7 @@ async def _record_failure(
     code: str,
     message: str,
 ) -> None:
+    _count_provider_attempt(attempt, code)
     text = f"{event} failed: {message}"
     if attempt.provider:
         text = f"Provider {attempt.provider} failed: {message}"
@@ -124,3 +133,8 @@ async def _record_failure(
         provider_run_id=attempt.provider_run_id,
         error_code=code,
     )
+
+
+def _count_provider_attempt(attempt: Attempt, error_code: str | None) -> None:
+    if attempt.provider and activity.info().activity_type in PROVIDER_ACTIVITIES:
+        count_provider_attempt(attempt.provider, error_code)

@@ -8,22 +8,28 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
+from api import web
 from api.deps import Services
+from api.metrics import install_metrics
 from api.provider_health import ProviderHealthProbe
-from api.routes import files, health, jobs, tracks
+from api.routes import admin, files, health, job_events, jobs, me, tracks
 from api.temporal import TemporalGateway
 from core.db import create_engine, session_factory
 from core.jobs import JobStore
 from core.logging import get_logger
 from core.settings import Settings, get_settings
 from core.storage import build_storage
+from core.telemetry import configure_tracing, init_sentry
 
 log = get_logger("soundfoundry.api")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_tracing("soundfoundry-api")
+    init_sentry(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,6 +68,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled error", path=request.url.path)
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
-    for module in (health, tracks, jobs, files):
+    for module in (health, me, tracks, jobs, job_events, admin, files):
         app.include_router(module.router)
+    web.install(app)  # the HTML pages and /static
+    install_metrics(app)
+    # Scrapes and health probes would be most traces and say nothing about a job. The job
+    # event stream is long-lived and may carry its token in the query (EventSource).
+    FastAPIInstrumentor.instrument_app(
+        app,
+        excluded_urls="/metrics$,/api/health,/api/jobs/[^/]+/events$",
+        exclude_spans=["receive", "send"],
+    )
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from temporalio.client import Client
+from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from core.settings import Settings
@@ -23,6 +24,9 @@ class TemporalGateway:
                     self._settings.temporal_address,
                     namespace=self._settings.temporal_namespace,
                     data_converter=pydantic_data_converter,
+                    # Puts the request's trace context in the workflow's headers, so the
+                    # workflow and its activities join the request's trace.
+                    interceptors=[TracingInterceptor()],
                 )
             return self._client
 

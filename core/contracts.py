@@ -14,11 +14,16 @@ from pydantic import BaseModel, Field
 
 TRACK_WORKFLOW = "TrackWorkflow"
 PROVIDER_HEALTH_WORKFLOW = "ProviderHealthWorkflow"
+RECONCILE_WORKFLOW = "ReconcileWorkflow"
 PROGRESS_QUERY = "progress"
 
 
 def track_workflow_id(track_id: uuid.UUID | str) -> str:
     return f"track-{track_id}"
+
+
+def reconcile_schedule_id(task_queue: str) -> str:
+    return f"reconcile-{task_queue}"
 
 
 def provider_health_workflow_id(task_queue: str) -> str:
@@ -91,6 +96,8 @@ class GenerationPlan(BaseModel):
     poll_retry: RetryBounds
     generation_timeout_s: float
     heartbeat_timeout_s: float
+    # Whether TrackId/UserId/Provider/JobStatus are registered on the namespace.
+    search_attributes: bool = False
 
 
 class Submission(BaseModel):
@@ -172,3 +179,10 @@ class ProviderHealthReport(BaseModel):
             flat[name] = health.status
             flat[f"{name}_error"] = health.error
         return flat
+
+
+class ReconcileReport(BaseModel):
+    checked: int = 0
+    # job id -> the status the database was brought to
+    fixed: dict[str, JobStatus] = Field(default_factory=dict)
+    restarted: list[str] = Field(default_factory=list)

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.contracts import (
     AudioInfo,
@@ -23,6 +24,7 @@ from core.contracts import (
 )
 from core.db import SessionFactory, transaction
 from core.logging import get_logger
+from core.metrics import observe_job_end, observe_queue_latency
 from core.models import Job, JobEvent, Track, User, utcnow
 
 log = get_logger("soundfoundry.jobs")
@@ -35,6 +37,26 @@ class InsufficientCredits(Exception):
         super().__init__(f"this track needs {required} credits and the balance is {balance}")
         self.required = required
         self.balance = balance
+
+
+def _owns(job: Job, run_id: str | None) -> bool:
+    """May this run change the job? Yes while it is active, and also when a newer run
+    than the one that finished it asks (an operator's `temporal workflow reset`)."""
+    return job.status in ACTIVE or (run_id is not None and job.run_id != run_id)
+
+
+async def _charge(session: AsyncSession, job: Job, *, allow_negative: bool) -> None:
+    """Take a refunded job's credits again."""
+    condition = [col(User.id) == job.user_id]
+    if not allow_negative:
+        condition.append(col(User.credits) >= job.credits_reserved)
+    taken = await session.exec(
+        update(User).where(*condition).values(credits=User.credits - job.credits_reserved)  # type: ignore[operator]
+    )
+    if taken.rowcount != 1:
+        user = await session.get(User, job.user_id)
+        raise InsufficientCredits(job.credits_reserved, user.credits if user else 0)
+    job.credits_refunded = False
 
 
 class JobStore:
@@ -80,8 +102,29 @@ class JobStore:
         async with transaction(self.sessions) as session:
             await session.exec(update(Job).where(col(Job.id) == job_id).values(run_id=run_id))
 
-    async def mark_rendering(self, job_id: uuid.UUID) -> bool:
-        return await self._transition(job_id, JobStatus.RENDERING, step=Step.PREPARING)
+    async def mark_rendering(self, job_id: uuid.UUID, run_id: str | None = None) -> bool:
+        """Start (or, after `temporal workflow reset`, restart) rendering for a run."""
+        async with transaction(self.sessions) as session:
+            job = await session.get(Job, job_id, with_for_update=True)
+            if job is None or not _owns(job, run_id):
+                return False
+            if job.credits_refunded:
+                # A reset revived a job whose credits went back: take them again.
+                await _charge(session, job, allow_negative=False)
+            # Only the first start ends the wait in the queue; retries and resets do not.
+            queued_since = job.created_at if job.status == JobStatus.QUEUED else None
+            now = utcnow()
+            job.status, job.step, job.updated_at = JobStatus.RENDERING, Step.PREPARING, now
+            job.finished_at = job.error_code = job.error_message = None
+            job.run_id = run_id or job.run_id
+            await session.exec(
+                update(Track)
+                .where(col(Track.id) == job.track_id)
+                .values(status=JobStatus.RENDERING, updated_at=now)
+            )
+        if queued_since is not None:
+            observe_queue_latency(queued_since)
+        return True
 
     async def set_step(
         self, job_id: uuid.UUID, step: Step, progress: float, attempts: int | None = None
@@ -97,12 +140,22 @@ class JobStore:
             )
 
     async def mark_complete(
-        self, job_id: uuid.UUID, stored: StoredTrack, info: AudioInfo, content_type: str
+        self,
+        job_id: uuid.UUID,
+        stored: StoredTrack,
+        info: AudioInfo,
+        content_type: str,
+        run_id: str | None = None,
     ) -> bool:
         async with transaction(self.sessions) as session:
-            job = await session.get(Job, job_id)
-            if job is None or job.status not in ACTIVE:
+            job = await session.get(Job, job_id, with_for_update=True)
+            if job is None or not _owns(job, run_id):
                 return False
+            if job.credits_refunded:
+                # A reset past the start finished a job that had been refunded; the
+                # operator chose to deliver it, so it is charged again.
+                await _charge(session, job, allow_negative=True)
+            job.run_id = run_id or job.run_id
             now = utcnow()
             job.status, job.step, job.progress = JobStatus.COMPLETE, Step.DONE, 1.0
             job.updated_at = job.finished_at = now
@@ -123,6 +176,9 @@ class JobStore:
             track.bpm = info.bpm
             track.peaks = info.peaks or None
             track.updated_at = now
+            created_at, duration_s = job.created_at, track.duration_s
+        # Observed once committed, and only on a change, so a retried activity adds nothing.
+        observe_job_end("complete", created_at, duration_s)
         return True
 
     async def finish_unsuccessfully(
@@ -131,13 +187,15 @@ class JobStore:
         status: JobStatus,
         error_code: str | None,
         message: str | None,
+        run_id: str | None = None,
     ) -> bool:
         """FAILED, CANCELLED or TERMINATED: record it and refund, exactly once."""
         assert status in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TERMINATED)
         async with transaction(self.sessions) as session:
             job = await session.get(Job, job_id, with_for_update=True)
-            if job is None or job.status not in ACTIVE:
+            if job is None or not _owns(job, run_id):
                 return False
+            job.run_id = run_id or job.run_id
             now = utcnow()
             job.status = status
             job.error_code = error_code
@@ -155,6 +213,11 @@ class JobStore:
                 .where(col(Track.id) == job.track_id)
                 .values(status=status, updated_at=now)
             )
+            created_at = job.created_at
+            duration_s = (
+                await session.exec(select(Track.duration_s).where(col(Track.id) == job.track_id))
+            ).one()
+        observe_job_end(status.value.lower(), created_at, duration_s)
         log.info(
             "job finished",
             job_id=str(job_id),
@@ -162,17 +225,6 @@ class JobStore:
             error_code=error_code,
             refunded=job.credits_reserved,
         )
-        return True
-
-    async def _transition(self, job_id: uuid.UUID, status: JobStatus, step: Step) -> bool:
-        async with transaction(self.sessions) as session:
-            job = await session.get(Job, job_id)
-            if job is None or job.status not in ACTIVE:
-                return False
-            job.status, job.step, job.updated_at = status, step, utcnow()
-            await session.exec(
-                update(Track).where(col(Track.id) == job.track_id).values(status=status)
-            )
         return True
 
     async def add_event(
@@ -211,3 +263,15 @@ class JobStore:
                 .order_by(col(JobEvent.ts), col(JobEvent.id))
             )
             return list(rows)
+
+    async def active_jobs(self, limit: int = 500) -> list[tuple[Job, Track]]:
+        """Jobs not yet finished, oldest first (the reconciler's work list)."""
+        async with self.sessions() as session:
+            rows = await session.exec(
+                select(Job, Track)
+                .join(Track, col(Track.id) == col(Job.track_id))
+                .where(col(Job.status).in_(ACTIVE))
+                .order_by(col(Job.created_at))
+                .limit(limit)
+            )
+            return [(job, track) for job, track in rows]

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 from structlog.types import EventDict, Processor
 
 REDACTED = "[redacted]"
@@ -35,6 +36,15 @@ class SecretScrubber:
         return {key: self.scrub(value) for key, value in event_dict.items()}
 
 
+def add_trace_context(_logger: Any, _name: str, event_dict: EventDict) -> EventDict:
+    """trace_id/span_id of the current OpenTelemetry span, so a job's lines join its trace."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", trace.format_trace_id(context.trace_id))
+        event_dict.setdefault("span_id", trace.format_span_id(context.span_id))
+    return event_dict
+
+
 def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     scrubber = SecretScrubber(secrets)
     shared: list[Processor] = [
@@ -43,6 +53,7 @@ def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.stdlib.ExtraAdder(),
+        add_trace_context,
     ]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

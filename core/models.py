@@ -46,6 +46,8 @@ class User(SQLModel, table=True):
     name: str = Field(max_length=100)
     plan: Plan = _enum(Plan, default=Plan.FREE)
     credits: int = Field(default=0)
+    # Admins may list stuck jobs and cancel jobs in bulk through /api/admin.
+    is_admin: bool = Field(default=False)
     created_at: datetime = _ts()
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 KNOWN_PROVIDERS = ("fal", "replicate", "synth")
 
@@ -78,12 +79,25 @@ class Settings(BaseSettings):
     # Wall-clock seconds the synth spends per second of audio; 0 renders as fast as it can.
     synth_pace: float = Field(default=0.0, ge=0)
 
+    # The reconcile schedule brings the database in line with workflows an operator closed
+    # without running workflow code (`temporal workflow terminate`, timeouts).
+    reconcile_interval_s: float = Field(default=5.0, gt=0)
+    # A QUEUED job whose workflow never started (the API died mid-request) is started
+    # after this long.
+    reconcile_start_after_s: float = Field(default=60.0, gt=0)
     worker_max_concurrent_activities: int = Field(default=8, ge=1)
     worker_max_concurrent_workflow_tasks: int = Field(default=16, ge=1)
     worker_graceful_shutdown_s: float = Field(default=30.0, ge=0)
+    # Prometheus /metrics of the worker (its own series and the Temporal SDK's); 0 disables.
+    worker_metrics_port: int = Field(default=9464, ge=0, le=65535)
 
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Web pages opened from this machine (loopback) sign in as the dev user by themselves;
+    # `soundfoundry dev` turns it on. Never on unless set.
+    dev_autologin: bool = False
     log_level: str = "INFO"
+    # Errors go to Sentry when set (API and worker); off when unset.
+    sentry_dsn: SecretStr | None = None
 
     _split = field_validator("music_providers", "cors_origins", mode="before")(_split_csv)
 
@@ -115,8 +129,18 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every configured secret, so logs can scrub them."""
-        values = [self.secret_key, self.fal_key, self.replicate_api_token, self.s3_secret_key]
-        return [v.get_secret_value() for v in values if v is not None]
+        values = [
+            self.secret_key,
+            self.fal_key,
+            self.replicate_api_token,
+            self.s3_secret_key,
+            self.sentry_dsn,
+        ]
+        secrets = [v.get_secret_value() for v in values if v is not None]
+        database_password = make_url(self.database_url).password
+        if database_password:
+            secrets.append(str(database_password))
+        return secrets
 
     @property
     def is_sqlite(self) -> bool:

@@ -13,18 +13,28 @@ import os
 import shutil
 import time
 from abc import ABC, abstractmethod
-from contextlib import AsyncExitStack
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager, suppress
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
+from opentelemetry.trace import Span, SpanKind
+from opentelemetry.util.types import AttributeValue
 
+from core.metrics import count_s3_error, init_storage_series
 from core.settings import Settings
+from core.telemetry import tracer
 
 CHUNK = 1024 * 1024
+# What a failing S3 call raises: S3's answer, botocore's connection and timeout errors, and
+# aiohttp's while a body streams.
+S3_FAILURES = (ClientError, BotoCoreError, aiohttp.ClientError)
+_tracer = tracer("soundfoundry.storage")
 
 
 class StorageError(Exception):
@@ -202,6 +212,7 @@ class S3Storage(Storage):
         }
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
+        init_storage_series()
 
     async def open(self) -> None:
         if self._client is not None:
@@ -224,56 +235,66 @@ class S3Storage(Storage):
         return self._client
 
     async def put_file(self, key: str, path: Path, content_type: str) -> None:
-        with path.open("rb") as body:
+        with self._call("PutObject", key), path.open("rb") as body:
             await self.client.put_object(
                 Bucket=self.bucket, Key=validate_key(key), Body=body, ContentType=content_type
             )
 
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        await self.client.put_object(
-            Bucket=self.bucket, Key=validate_key(key), Body=data, ContentType=content_type
-        )
+        with self._call("PutObject", key):
+            await self.client.put_object(
+                Bucket=self.bucket, Key=validate_key(key), Body=data, ContentType=content_type
+            )
 
     async def download(self, key: str, dest: Path) -> None:
-        response = await self._get(key)
-        async with response["Body"] as stream:
-            with dest.open("wb") as out:
-                while chunk := await stream.read(CHUNK):
-                    out.write(chunk)
+        # The span and the error count cover streaming the body too, where a dropped
+        # connection shows up.
+        with self._call("GetObject", key):
+            response = await self._get(key)
+            async with response["Body"] as stream:
+                with dest.open("wb") as out:
+                    while chunk := await stream.read(CHUNK):
+                        out.write(chunk)
 
     async def get_bytes(self, key: str) -> bytes:
-        response = await self._get(key)
-        async with response["Body"] as stream:
-            data: bytes = await stream.read()
-            return data
+        with self._call("GetObject", key):
+            response = await self._get(key)
+            async with response["Body"] as stream:
+                data: bytes = await stream.read()
+                return data
 
     async def copy(self, src: str, dst: str) -> None:
-        try:
-            await self.client.copy_object(
-                Bucket=self.bucket,
-                Key=validate_key(dst),
-                CopySource={"Bucket": self.bucket, "Key": validate_key(src)},
-            )
-        except ClientError as exc:
-            raise _translate(exc, src) from exc
+        with self._call("CopyObject", dst, {"aws.s3.copy_source": f"{self.bucket}/{src}"}):
+            try:
+                await self.client.copy_object(
+                    Bucket=self.bucket,
+                    Key=validate_key(dst),
+                    CopySource={"Bucket": self.bucket, "Key": validate_key(src)},
+                )
+            except ClientError as exc:
+                raise _translate(exc, src) from exc
 
     async def delete(self, key: str) -> None:
-        await self.client.delete_object(Bucket=self.bucket, Key=validate_key(key))
+        with self._call("DeleteObject", key):
+            await self.client.delete_object(Bucket=self.bucket, Key=validate_key(key))
 
     async def exists(self, key: str) -> bool:
-        try:
-            await self.client.head_object(Bucket=self.bucket, Key=validate_key(key))
-        except ClientError as exc:
-            if _is_missing(exc):
-                return False
-            raise
+        with self._call("HeadObject", key):
+            try:
+                await self.client.head_object(Bucket=self.bucket, Key=validate_key(key))
+            except ClientError as exc:
+                # The expected answer for a missing key: neither an error nor counted.
+                if _is_missing(exc):
+                    return False
+                raise
         return True
 
     async def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            keys.extend(item["Key"] for item in page.get("Contents", []))
+        with self._call("ListObjectsV2", attributes={"aws.s3.prefix": prefix}):
+            paginator = self.client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                keys.extend(item["Key"] for item in page.get("Contents", []))
         return sorted(keys)
 
     async def signed_url(self, key: str, ttl_s: int, download_name: str | None = None) -> str:
@@ -286,10 +307,45 @@ class S3Storage(Storage):
         return url
 
     async def ensure_bucket(self) -> None:
-        try:
+        # Any answer but success to HEAD means "create it"; that is expected, not an error.
+        with self._call("HeadBucket"), suppress(ClientError):
             await self.client.head_bucket(Bucket=self.bucket)
-        except ClientError:
+            return
+        with self._call("CreateBucket"):
             await self.client.create_bucket(Bucket=self.bucket)
+
+    @contextmanager
+    def _call(
+        self,
+        operation: str,
+        key: str | None = None,
+        attributes: dict[str, AttributeValue] | None = None,
+    ) -> Iterator[Span]:
+        """One S3 operation: a client span (aiobotocore has no instrumentation of its own)
+        and `s3_errors_total{operation}` when an S3 failure escapes it, also when it
+        escapes translated into a StorageError."""
+        span_attributes: dict[str, AttributeValue] = {
+            "rpc.system": "aws-api",
+            "rpc.service": "S3",
+            "rpc.method": operation,
+            "aws.s3.bucket": self.bucket,
+            **(attributes or {}),
+        }
+        if key is not None:
+            span_attributes["aws.s3.key"] = key
+        with _tracer.start_as_current_span(
+            f"s3.{operation}", kind=SpanKind.CLIENT, attributes=span_attributes
+        ) as span:
+            try:
+                yield span
+            except Exception as exc:
+                failure = exc if isinstance(exc, S3_FAILURES) else exc.__cause__
+                if isinstance(failure, S3_FAILURES):
+                    count_s3_error(operation)
+                    if isinstance(failure, ClientError):
+                        code = str(failure.response.get("Error", {}).get("Code", ""))
+                        span.set_attribute("aws.s3.error_code", code)
+                raise
 
     async def _get(self, key: str) -> Any:
         try:

@@ -10,12 +10,17 @@ from core.tokens import hash_token, new_token
 
 
 async def create_user(
-    sessions: SessionFactory, name: str, credits: int, plan: Plan = Plan.FREE
+    sessions: SessionFactory,
+    name: str,
+    credits: int,
+    plan: Plan = Plan.FREE,
+    *,
+    is_admin: bool = False,
 ) -> tuple[User, str]:
     """Create a user with one API token; the token is returned once and never stored."""
     token = new_token()
     async with transaction(sessions) as session:
-        user = User(name=name, credits=credits, plan=plan)
+        user = User(name=name, credits=credits, plan=plan, is_admin=is_admin)
         session.add(user)
         await session.flush()
         session.add(ApiToken(user_id=user.id, token_hash=hash_token(token)))

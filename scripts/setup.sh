@@ -29,6 +29,7 @@ MIN_GO_MINOR=25 # go 1.25 or newer builds both tools
 TEST_APT_PACKAGES=(
   "postgresql:have_postgres"
   "prometheus:promtool"
+  "chromium:chromium"
 )
 
 usage() {

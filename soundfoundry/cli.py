@@ -18,6 +18,8 @@ from core.settings import get_settings
 app = typer.Typer(help="SoundFoundry: prompt in, finished track out.", no_args_is_help=True)
 users_app = typer.Typer(help="Manage users and their tokens.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+admin_app = typer.Typer(help="Operator tools: stuck jobs, bulk cancel.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
 err = Console(stderr=True)
 
 
@@ -68,6 +70,8 @@ def api(
         workers=workers,
         log_config=None,
         proxy_headers=True,
+        # Open event streams (the web UI's live status) must not hold a shutdown up.
+        timeout_graceful_shutdown=5,
     )
 
 
@@ -84,6 +88,7 @@ def users_create(
     credits: Annotated[int, typer.Option(min=0, help="starting credits")] = 100,
     name: Annotated[str, typer.Option()] = "user",
     plan: Annotated[str, typer.Option(help="free or pro")] = "free",
+    admin: Annotated[bool, typer.Option(help="may use /api/admin")] = False,
 ) -> None:
     """Create a user; the API token is printed alone on the last line."""
     from core.db import create_engine, session_factory
@@ -98,7 +103,9 @@ def users_create(
     async def run() -> str:
         engine = create_engine(get_settings().database_url)
         try:
-            user, token = await create_user(session_factory(engine), name, credits, chosen)
+            user, token = await create_user(
+                session_factory(engine), name, credits, chosen, is_admin=admin
+            )
             err.print(f"created user {user.id} ({name}, {chosen.value}, {credits} credits)")
             return token
         finally:
@@ -193,6 +200,82 @@ def _dev_token() -> str:
         )
         raise typer.Exit(2)
     return path.read_text().strip()
+
+
+@app.command()
+def doctor() -> None:
+    """Check the database, Temporal, storage and providers: one pass/fail line each."""
+    from core.logging import SecretScrubber
+    from soundfoundry.doctor import run_checks
+
+    settings = get_settings()
+    scrub = SecretScrubber(settings.secret_values()).scrub
+    checks = asyncio.run(run_checks(settings))
+    out = Console()
+    for check in checks:
+        mark = "[green]PASS[/]" if check.ok else "[red]FAIL[/]"
+        out.print(f"{mark}  {check.name:<20} {scrub(check.detail)}", highlight=False)
+    failed = sum(not check.ok for check in checks)
+    out.print(f"{len(checks) - failed} passed, {failed} failed")
+    raise typer.Exit(1 if failed else 0)
+
+
+@admin_app.command("stuck")
+def admin_stuck(
+    minutes: Annotated[
+        float, typer.Option(min=0, help="in the same state at least this long")
+    ] = 15,
+    state: Annotated[str | None, typer.Option(help="QUEUED or RENDERING")] = None,
+) -> None:
+    """List jobs stuck in QUEUED or RENDERING for longer than --minutes."""
+    from rich.table import Table
+
+    from core.admin import stuck_jobs
+    from core.contracts import JobStatus
+    from core.db import create_engine, session_factory
+
+    async def run() -> list[dict[str, object]]:
+        engine = create_engine(get_settings().database_url)
+        try:
+            status = JobStatus(state.upper()) if state else None
+            jobs = await stuck_jobs(session_factory(engine), minutes, status)
+            return [job.model_dump(mode="json") for job in jobs]
+        finally:
+            await engine.dispose()
+
+    jobs = asyncio.run(run())
+    table = Table("job", "workflow", "status", "step", "minutes")
+    for job in jobs:
+        table.add_row(
+            str(job["job_id"]),
+            str(job["workflow_id"]),
+            str(job["status"]),
+            str(job["step"]),
+            str(job["minutes_in_state"]),
+        )
+    Console(width=200).print(table)
+    err.print(f"{len(jobs)} stuck job(s)")
+
+
+@admin_app.command("cancel")
+def admin_cancel(
+    query: Annotated[str, typer.Option(help="visibility query, e.g. \"Provider='fal'\"")],
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
+) -> None:
+    """Cancel every running track workflow matching --query (refunds, cancels provider jobs)."""
+    from core.admin import cancel_by_query
+    from worker import connect_temporal
+
+    if not yes and not typer.confirm(f"Cancel every running track matching: {query}?"):
+        raise typer.Exit(1)
+
+    async def run() -> list[str]:
+        return await cancel_by_query(await connect_temporal(get_settings()), query)
+
+    cancelled = asyncio.run(run())
+    for workflow_id in cancelled:
+        print(workflow_id)
+    err.print(f"cancelled {len(cancelled)} workflow(s)")
 
 
 @app.command()

@@ -99,6 +99,8 @@ def dev_environment(api_port: int, temporal_port: int, ui_port: int) -> dict[str
         "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
         "TEMPORAL_UI_URL": f"http://localhost:{ui_port}",
         "SECRET_KEY": secret_file.read_text().strip(),
+        # The web UI at the API address signs in as the dev user (loopback requests only).
+        "DEV_AUTOLOGIN": "true",
     }
     env = dict(os.environ)
     for key, value in defaults.items():

@@ -51,11 +51,10 @@ class Stack:
     _exit: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     async def user(
-        self, credits: int = 100, plan: Plan = Plan.FREE
+        self, credits: int = 100, plan: Plan = Plan.FREE, *, admin: bool = False
     ) -> tuple[uuid.UUID, dict[str, str]]:
-        user, token = await create_user(
-            self.store.sessions, f"u-{uuid.uuid4().hex[:6]}", credits, plan
-        )
+        name = f"u-{uuid.uuid4().hex[:6]}"
+        user, token = await create_user(self.store.sessions, name, credits, plan, is_admin=admin)
         return user.id, {"Authorization": f"Bearer {token}"}
 
     async def create_track(self, auth: dict[str, str], **body: Any) -> dict[str, Any]:

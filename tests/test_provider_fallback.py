@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -17,43 +16,10 @@ import pytest
 from tests.conftest import Stack, eventually
 from tests.fakes import Audio, Fail, Job
 from tests.fakes.fal_server import FalFake
+from tests.fakes.fixtures import extra_overrides, fal, replicate, stack_overrides
 from tests.fakes.replicate_server import ReplicateFake
 
-FAL_KEY = "fal-test-key-0123456789abcdef"
-REPLICATE_TOKEN = "r8_test-token-0123456789abcdef"
-
-
-@pytest.fixture
-def fal() -> Iterator[FalFake]:
-    with FalFake(key=FAL_KEY) as fake:
-        yield fake
-
-
-@pytest.fixture
-def replicate() -> Iterator[ReplicateFake]:
-    with ReplicateFake(key=REPLICATE_TOKEN) as fake:
-        yield fake
-
-
-@pytest.fixture
-def extra_overrides() -> dict[str, Any]:
-    return {}
-
-
-@pytest.fixture
-def stack_overrides(
-    fal: FalFake, replicate: ReplicateFake, extra_overrides: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        "music_providers": ["fal", "replicate"],
-        "fal_key": FAL_KEY,
-        "replicate_api_token": REPLICATE_TOKEN,
-        "fal_queue_url": fal.url,
-        "replicate_base_url": replicate.url,
-        "submit_max_attempts": 3,
-        "poll_max_attempts": 3,
-        **extra_overrides,
-    }
+__all__ = ["extra_overrides", "fal", "replicate", "stack_overrides"]
 
 
 async def logs_of(stack: Stack, job_id: str, auth: dict[str, str]) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -52,6 +52,11 @@ SUBMIT_TIMEOUT = timedelta(seconds=60)
 NON_RETRYABLE_TYPES = sorted(code.value for code in NON_RETRYABLE)
 NO_CAPABLE_PROVIDER = "no_capable_provider"
 
+# Added after the first release: runs recorded before it replay without these upserts.
+SEARCH_ATTRIBUTES_PATCH = "search-attributes-v1"
+PROVIDER_ATTRIBUTE = SearchAttributeKey.for_keyword("Provider")
+JOB_STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("JobStatus")
+
 
 class GenerationFailed(Exception):
     def __init__(self, code: str, message: str) -> None:
@@ -88,6 +93,7 @@ class TrackWorkflow:
     def __init__(self) -> None:
         self._progress = Progress(step=Step.QUEUED, progress=0.0)
         self._submission: Submission | None = None
+        self._publish_attributes = False
 
     @workflow.query(name=PROGRESS_QUERY)
     def progress(self) -> Progress:
@@ -105,6 +111,7 @@ class TrackWorkflow:
                 await self._on_cancel(track)
                 raise
             code = exc.code if isinstance(exc, GenerationFailed) else _error_code(exc)
+            self._publish(status=JobStatus.FAILED)
             await self._finish(track, JobStatus.FAILED, code, _error_message(exc))
             raise ApplicationError(
                 f"track failed: {_error_message(exc)}", type=code, non_retryable=True
@@ -118,6 +125,10 @@ class TrackWorkflow:
             start_to_close_timeout=BOOKKEEPING_TIMEOUT,
             retry_policy=BOOKKEEPING_RETRY,
         )
+        self._publish_attributes = plan.search_attributes and workflow.patched(
+            SEARCH_ATTRIBUTES_PATCH
+        )
+        self._publish(status=JobStatus.RENDERING)
         checked, fallbacks = await self._generate(track, plan)
 
         self._set(Step.STORING, 0.8)
@@ -145,6 +156,7 @@ class TrackWorkflow:
             retry_policy=BOOKKEEPING_RETRY,
         )
         self._set(Step.DONE, 1.0)
+        self._publish(status=JobStatus.COMPLETE)
         return TrackResult(
             track_id=track.track_id,
             status=JobStatus.COMPLETE,
@@ -172,6 +184,7 @@ class TrackWorkflow:
             self._progress = Progress(
                 step=Step.GENERATING, progress=0.1, provider=link.name, attempt=submissions
             )
+            self._publish(provider=link.name)
             try:
                 self._submission = await workflow.execute_activity_method(
                     GenerationActivities.submit_generation,
@@ -212,6 +225,7 @@ class TrackWorkflow:
         raise GenerationFailed(last_code, f"every provider failed; last: {last_message}")
 
     async def _on_cancel(self, track: TrackInput) -> None:
+        self._publish(status=JobStatus.CANCELLED)
         await self._cancel_provider_job()
         await self._finish(track, JobStatus.CANCELLED, None, "cancelled by request")
 
@@ -238,6 +252,17 @@ class TrackWorkflow:
             start_to_close_timeout=BOOKKEEPING_TIMEOUT,
             retry_policy=BOOKKEEPING_RETRY,
         )
+
+    def _publish(self, status: JobStatus | None = None, provider: str | None = None) -> None:
+        """Keep the JobStatus and Provider search attributes current for operators."""
+        if not self._publish_attributes:
+            return
+        updates = []
+        if status is not None:
+            updates.append(JOB_STATUS_ATTRIBUTE.value_set(status.value))
+        if provider is not None:
+            updates.append(PROVIDER_ATTRIBUTE.value_set(provider))
+        workflow.upsert_search_attributes(updates)
 
     def _set(self, step: Step, progress: float) -> None:
         self._progress = Progress(

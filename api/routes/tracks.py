@@ -29,6 +29,7 @@ log = get_logger("soundfoundry.api")
 
 TRACK_ID = SearchAttributeKey.for_keyword("TrackId")
 USER_ID = SearchAttributeKey.for_keyword("UserId")
+JOB_STATUS = SearchAttributeKey.for_keyword("JobStatus")
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TrackCreated)
@@ -95,6 +96,7 @@ def _search_attributes(services: Services, track: TrackInput) -> TypedSearchAttr
         [
             SearchAttributePair(TRACK_ID, str(track.track_id)),
             SearchAttributePair(USER_ID, str(track.user_id)),
+            SearchAttributePair(JOB_STATUS, JobStatus.QUEUED.value),
         ]
     )
 
@@ -171,6 +173,7 @@ async def track_out(services: Services, track: Track, job: Job) -> TrackOut:
             "loudness_lufs": track.loudness_lufs,
             "bpm": track.bpm,
             "content_type": track.audio_content_type,
+            "peaks": track.peaks,
         }
     if track.cover_key:
         cover_url = await services.storage.signed_url(track.cover_key, ttl)

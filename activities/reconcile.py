@@ -1,0 +1,105 @@
+"""Keep the database true when workflows close without running workflow code.
+
+`temporal workflow terminate` and execution timeouts end a run without letting it mark
+its job; a job whose API request died between the database commit and the workflow start
+has no run at all. A Temporal Schedule runs this every few seconds.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from core.contracts import (
+    TRACK_WORKFLOW,
+    GenerationRequest,
+    JobStatus,
+    ReconcileReport,
+    TrackInput,
+)
+from core.jobs import JobStore
+from core.logging import get_logger
+from core.models import Job, Track
+from core.settings import Settings
+
+log = get_logger("soundfoundry.reconcile")
+
+# What the database should say for a workflow that closed on its own terms but whose
+# job is still active (its final activity never ran).
+CLOSED = {
+    WorkflowExecutionStatus.TERMINATED: (JobStatus.TERMINATED, "terminated"),
+    WorkflowExecutionStatus.TIMED_OUT: (JobStatus.TERMINATED, "timed_out"),
+    WorkflowExecutionStatus.CANCELED: (JobStatus.CANCELLED, None),
+    WorkflowExecutionStatus.FAILED: (JobStatus.FAILED, "workflow_failed"),
+}
+
+
+class ReconcileActivities:
+    def __init__(self, store: JobStore, client: Client, settings: Settings) -> None:
+        self.store = store
+        self.client = client
+        self.settings = settings
+
+    @activity.defn(name="reconcile_jobs")
+    async def reconcile_jobs(self) -> ReconcileReport:
+        report = ReconcileReport()
+        for job, track in await self.store.active_jobs():
+            report.checked += 1
+            activity.heartbeat(report.checked)
+            try:
+                description = await self.client.get_workflow_handle(job.workflow_id).describe()
+            except RPCError as exc:
+                if exc.status is RPCStatusCode.NOT_FOUND and await self._restart_if_lost(
+                    job, track
+                ):
+                    report.restarted.append(str(job.id))
+                continue
+            run_status = description.status
+            closed = CLOSED.get(run_status) if run_status else None
+            if run_status is None or closed is None:
+                continue
+            status, code = closed
+            message = f"workflow {run_status.name.lower()} outside the workflow"
+            if await self.store.finish_unsuccessfully(job.id, status, code, message):
+                await self.store.add_event(
+                    job.id,
+                    "reconciled",
+                    f"Job {status.value}: {message}; credits refunded",
+                    level="warning",
+                    error_code=code,
+                )
+                log.warning("job reconciled", job_id=str(job.id), status=status.value)
+                report.fixed[str(job.id)] = status
+        return report
+
+    async def _restart_if_lost(self, job: Job, track: Track) -> bool:
+        age = (datetime.now(UTC) - _aware(job.created_at)).total_seconds()
+        if job.status is not JobStatus.QUEUED or age < self.settings.reconcile_start_after_s:
+            return False
+        request = GenerationRequest(
+            prompt=track.prompt,
+            duration_s=track.duration_s,
+            has_vocals=track.has_vocals,
+            style_strength=track.style_strength,
+            lyrics=track.lyrics,
+            seed=track.seed,
+        )
+        handle = await self.client.start_workflow(
+            TRACK_WORKFLOW,
+            TrackInput(track_id=track.id, job_id=job.id, user_id=job.user_id, request=request),
+            id=job.workflow_id,
+            task_queue=self.settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+        await self.store.set_run_id(job.id, handle.result_run_id or "")
+        await self.store.add_event(job.id, "restarted", "Workflow started by the reconciler")
+        return True
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; they were written in UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

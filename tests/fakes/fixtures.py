@@ -1,0 +1,48 @@
+"""Pytest fixtures that run the fal and Replicate fakes and point a stack at them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.fakes.fal_server import FalFake
+from tests.fakes.replicate_server import ReplicateFake
+
+FAL_KEY = "fal-test-key-0123456789abcdef"
+REPLICATE_TOKEN = "r8_test-token-0123456789abcdef"
+
+
+@pytest.fixture
+def fal() -> Iterator[FalFake]:
+    with FalFake(key=FAL_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def replicate() -> Iterator[ReplicateFake]:
+    with ReplicateFake(key=REPLICATE_TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+def extra_overrides() -> dict[str, Any]:
+    """Per-test settings on top of the providers' (parametrize to change)."""
+    return {}
+
+
+@pytest.fixture
+def stack_overrides(
+    fal: FalFake, replicate: ReplicateFake, extra_overrides: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "music_providers": ["fal", "replicate"],
+        "fal_key": FAL_KEY,
+        "replicate_api_token": REPLICATE_TOKEN,
+        "fal_queue_url": fal.url,
+        "replicate_base_url": replicate.url,
+        "submit_max_attempts": 3,
+        "poll_max_attempts": 3,
+        **extra_overrides,
+    }
