@@ -51,6 +51,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
+# The cover PNGs (link previews) are drawn by resvg from the resvg-py wheel, which needs
+# no system library; it does need a font for the title on the cover, and slim has none.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends fonts-dejavu-core \
+ && rm -rf /var/lib/apt/lists/*
+
 # A fixed uid/gid so volume permissions and Kubernetes runAsUser stay predictable.
 RUN groupadd --system --gid 10001 soundfoundry \
  && useradd --system --uid 10001 --gid soundfoundry --create-home \
@@ -69,8 +75,10 @@ COPY soundfoundry ./soundfoundry
 COPY workflows ./workflows
 COPY worker.py ./
 
-# Fail the build, not the first render, if the audio stack or the CLI cannot load.
+# Fail the build, not the first render, if the audio stack, the cover renderer or the CLI
+# cannot load.
 RUN python -c "import soundfile, pyloudnorm, numpy; print('libsndfile', soundfile.__libsndfile_version__)" \
+ && python -c "import resvg_py; png = resvg_py.svg_to_bytes(svg_string='<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"8\" height=\"8\"/>'); assert png[1:4] == b'PNG'" \
  && soundfoundry --help > /dev/null
 
 USER 10001:10001

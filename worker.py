@@ -34,6 +34,7 @@ from activities.health import HealthActivities
 from activities.jobs import JobActivities
 from activities.providers.registry import ProviderRegistry
 from activities.reconcile import ReconcileActivities
+from activities.webhooks import WebhookActivities
 from core.contracts import RECONCILE_WORKFLOW, reconcile_schedule_id
 from core.db import create_engine, session_factory
 from core.jobs import JobStore
@@ -81,9 +82,10 @@ def build_worker(
 ) -> Worker:
     jobs = JobActivities(store, providers, settings)
     generation = GenerationActivities(store, storage, providers, settings)
-    assets = AssetActivities(store, storage)
+    assets = AssetActivities(store, storage, settings)
     health = HealthActivities(providers)
     reconcile = ReconcileActivities(store, client, settings)
+    webhooks = WebhookActivities(store, settings)
     init_worker_series()
     # A client connected elsewhere (tests, bench) lacks the tracing interceptor; add it
     # here then, and not twice when the client has it.
@@ -106,6 +108,7 @@ def build_worker(
             assets.store_cover,
             health.check_provider_health,
             reconcile.reconcile_jobs,
+            webhooks.deliver_webhook,
         ],
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
@@ -143,7 +146,7 @@ async def worker_resources(
     providers = ProviderRegistry.from_settings(settings)
     await storage.open()
     try:
-        yield JobStore(session_factory(engine)), storage, providers
+        yield JobStore(session_factory(engine), settings.secret_values()), storage, providers
     finally:
         await providers.aclose()
         await storage.close()

@@ -7,9 +7,10 @@ from temporalio import activity
 
 from activities.recording import recorded_attempt
 from core.contracts import CheckedAudio, Step, TrackInput
-from core.cover import render_cover_svg
+from core.covers import draw_track_cover, store_generated_cover
 from core.jobs import JobStore
-from core.storage import Storage, audio_key, cover_key
+from core.settings import Settings
+from core.storage import Storage, audio_key
 
 
 class StoreAudioInput(BaseModel):
@@ -23,9 +24,11 @@ class CoverInput(BaseModel):
 
 
 class AssetActivities:
-    def __init__(self, store: JobStore, storage: Storage) -> None:
+    def __init__(self, store: JobStore, storage: Storage, settings: Settings | None = None) -> None:
         self.store = store
         self.storage = storage
+        # Covers follow the user's style seed only when STYLE_SEED_ENABLED.
+        self.style_seed_enabled = settings.style_seed_enabled if settings else False
 
     @activity.defn(name="store_audio")
     async def store_audio(self, job: StoreAudioInput) -> str:
@@ -59,8 +62,25 @@ class AssetActivities:
             self.store, track_id=track.track_id, job_id=track.job_id, event="cover_stored"
         ) as attempt:
             await self.store.set_step(track.job_id, Step.COVER, 0.9)
-            svg = render_cover_svg(track.request.prompt, track.request.seed, job.visual_version)
-            key = cover_key(track.user_id, track.track_id)
-            await self.storage.put_bytes(key, svg.encode(), "image/svg+xml")
-            attempt.message = f"Cover stored at {key}"
-            return key
+            # SVG and PNG, drawn from the track row (its visual_version) and its user's
+            # style seed; the PNG key is recorded on the track, the SVG key returned.
+            drawn = await draw_track_cover(
+                self.store.sessions,
+                self.storage,
+                track.track_id,
+                style_seed_enabled=self.style_seed_enabled,
+            )
+            if drawn is None:  # no track row (not expected): draw from the input alone
+                key, _ = await store_generated_cover(
+                    self.storage,
+                    track.user_id,
+                    track.track_id,
+                    track.request.prompt,
+                    track.request.seed,
+                    job.visual_version,
+                )
+                attempt.message = f"Cover stored at {key}"
+                return key
+            kept = " (the user's own cover, kept)" if drawn.skipped else ""
+            attempt.message = f"Cover stored at {drawn.svg_key} and {drawn.png_key}{kept}"
+            return drawn.svg_key

@@ -67,14 +67,15 @@ async def recorded_attempt(
             await _record_failure(
                 store, job_id, event, attempt, info.attempt, exc.code, exc.message
             )
+            # Scrubbed and without the cause: both would be stored in the workflow history.
             raise ApplicationError(
-                exc.message,
+                store.scrub(exc.message),
                 type=exc.code.value,
                 non_retryable=not exc.retryable,
                 next_retry_delay=(
                     timedelta(seconds=exc.retry_after_s) if exc.retry_after_s else None
                 ),
-            ) from exc
+            ) from None
         except ApplicationError as exc:
             code = exc.type or "error"
             await _record_failure(store, job_id, event, attempt, info.attempt, code, exc.message)

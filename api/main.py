@@ -10,11 +10,24 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-from api import web
+from api import security, web
 from api.deps import Services
 from api.metrics import install_metrics
 from api.provider_health import ProviderHealthProbe
-from api.routes import admin, files, health, job_events, jobs, me, tracks
+from api.routes import (
+    admin,
+    admin_users,
+    covers,
+    files,
+    health,
+    job_events,
+    jobs,
+    me,
+    share,
+    style,
+    tracks,
+    webhooks,
+)
 from api.temporal import TemporalGateway
 from core.db import create_engine, session_factory
 from core.jobs import JobStore
@@ -42,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings,
             engine=engine,
             sessions=sessions,
-            jobs=JobStore(sessions),
+            jobs=JobStore(sessions, settings.secret_values()),
             storage=storage,
             temporal=temporal,
             provider_health=ProviderHealthProbe(temporal, settings),
@@ -61,14 +74,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["*"],
             allow_headers=["*"],
         )
+    security.install(app, settings)  # after CORS: security headers wrap every response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Log the detail; never send a stack trace to the client.
         log.exception("unhandled error", path=request.url.path)
-        return JSONResponse({"detail": "internal error"}, status_code=500)
+        # Answered outside the middleware stack, so it carries the security headers itself.
+        return JSONResponse(
+            {"detail": "internal error"}, status_code=500, headers=security.BASE_HEADERS
+        )
 
-    for module in (health, me, tracks, jobs, job_events, admin, files):
+    for module in (
+        health,
+        me,
+        webhooks,
+        tracks,
+        covers,
+        share,
+        style,
+        jobs,
+        job_events,
+        admin,
+        admin_users,
+        files,
+    ):
         app.include_router(module.router)
     web.install(app)  # the HTML pages and /static
     install_metrics(app)

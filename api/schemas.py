@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.contracts import JobStatus, Step
+from core.webhooks import check_url_shape
 
 
 def _no_control_chars(value: str | None) -> str | None:
@@ -27,8 +28,22 @@ class TrackCreate(BaseModel):
     style_strength: float = Field(default=0.5, ge=0.0, le=1.0)
     lyrics: str | None = Field(default=None, max_length=5000)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    webhook_url: str | None = Field(
+        default=None, max_length=2048, description="POSTed a signed event when the job ends"
+    )
+    series_id: uuid.UUID | None = Field(
+        default=None,
+        description="one of your series (STYLE_SERIES_ENABLED); default series if omitted",
+    )
 
-    _clean = field_validator("prompt", "lyrics")(_no_control_chars)
+    _clean = field_validator("prompt", "lyrics", "webhook_url")(_no_control_chars)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_shape(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_url_shape(value)  # a ValueError becomes a field-level 422
+        return value
 
     @field_validator("prompt")
     @classmethod
@@ -62,6 +77,8 @@ class TrackOut(BaseModel):
     file_url: str | None = None
     cover_url: str | None = None
     audio: dict[str, Any] | None = None
+    cover_source: str = "generated"  # generated | user
+    series_id: uuid.UUID | None = None
 
 
 class TrackPage(BaseModel):
@@ -107,3 +124,11 @@ class MeOut(BaseModel):
     name: str
     plan: str
     credits: int
+
+
+class WebhookSettingsOut(BaseModel):
+    secret: str
+    signature_header: str
+    timestamp_header: str
+    event_id_header: str
+    scheme: str

@@ -92,7 +92,7 @@ async def main(runs: int) -> None:
             )
             await asyncio.to_thread(upgrade, settings.database_url)
             engine = create_engine(settings.database_url)
-            store = JobStore(session_factory(engine))
+            store = JobStore(session_factory(engine), settings.secret_values())
             storage = build_storage(settings)
             providers = ProviderRegistry.from_settings(settings)
             _, token = await create_user(store.sessions, "bench", 10_000)

@@ -71,6 +71,8 @@ class TrackInput(BaseModel):
     job_id: uuid.UUID
     user_id: uuid.UUID
     request: GenerationRequest
+    # Told when the job ends (COMPLETE, FAILED or CANCELLED); None for most tracks.
+    webhook_url: str | None = None
 
 
 class RetryBounds(BaseModel):
@@ -186,3 +188,9 @@ class ReconcileReport(BaseModel):
     # job id -> the status the database was brought to
     fixed: dict[str, JobStatus] = Field(default_factory=dict)
     restarted: list[str] = Field(default_factory=list)
+
+
+class WebhookInput(BaseModel):
+    track: TrackInput
+    status: JobStatus
+    error_code: str | None = None

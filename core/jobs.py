@@ -8,6 +8,7 @@ credits are taken once and given back at most once.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import update
@@ -23,9 +24,11 @@ from core.contracts import (
     track_workflow_id,
 )
 from core.db import SessionFactory, transaction
-from core.logging import get_logger
+from core.idempotency import IdempotencyClaim
+from core.logging import SecretScrubber, get_logger
 from core.metrics import observe_job_end, observe_queue_latency
 from core.models import Job, JobEvent, Track, User, utcnow
+from core.webhooks import new_secret as new_webhook_secret
 
 log = get_logger("soundfoundry.jobs")
 
@@ -34,7 +37,10 @@ ACTIVE = (JobStatus.QUEUED, JobStatus.RENDERING)
 
 class InsufficientCredits(Exception):
     def __init__(self, required: int, balance: int) -> None:
-        super().__init__(f"this track needs {required} credits and the balance is {balance}")
+        message = f"this track needs {required} credits and the balance is {balance}"
+        if balance <= 0:
+            message += "; add credits to create tracks"
+        super().__init__(message)
         self.required = required
         self.balance = balance
 
@@ -60,19 +66,35 @@ async def _charge(session: AsyncSession, job: Job, *, allow_negative: bool) -> N
 
 
 class JobStore:
-    def __init__(self, sessions: SessionFactory) -> None:
+    def __init__(self, sessions: SessionFactory, secrets: Iterable[str] = ()) -> None:
         self.sessions = sessions
+        # Job events and error messages are shown to users: scrub every configured secret
+        # (a provider's error may quote another provider's key), not just log lines.
+        self.scrub = SecretScrubber(secrets).scrub
 
     async def create_track(
-        self, user_id: uuid.UUID, request: GenerationRequest, cost: int
+        self,
+        user_id: uuid.UUID,
+        request: GenerationRequest,
+        cost: int,
+        *,
+        webhook_url: str | None = None,
+        idempotency: IdempotencyClaim | None = None,
+        series_id: uuid.UUID | None = None,
     ) -> tuple[Track, Job]:
-        """Reserve the credits and write the track and its job, all or nothing."""
+        """Reserve the credits and write the track and its job, all or nothing.
+
+        With `idempotency`, the key and its response are written in the same transaction;
+        IdempotencyKeyTaken means a concurrent request with that key won, and nothing of
+        this one is kept.
+        """
         async with transaction(self.sessions) as session:
             # One conditional UPDATE: two concurrent requests can never both spend the
             # same credits.
             taken = await session.exec(
                 update(User)
-                .where(col(User.id) == user_id, col(User.credits) >= cost)
+                # A balance of 0 or less never creates anything, whatever the cost.
+                .where(col(User.id) == user_id, col(User.credits) >= cost, col(User.credits) > 0)
                 .values(credits=User.credits - cost)  # type: ignore[operator]
             )
             if taken.rowcount != 1:  # type: ignore[attr-defined]
@@ -86,6 +108,8 @@ class JobStore:
                 style_strength=request.style_strength,
                 lyrics=request.lyrics,
                 seed=request.seed,
+                webhook_url=webhook_url,
+                series_id=series_id,
             )
             job = Job(
                 track_id=track.id,
@@ -96,6 +120,8 @@ class JobStore:
             session.add(track)
             await session.flush()
             session.add(job)
+            if idempotency is not None:
+                await idempotency.store(session, user_id, track, job)
         return track, job
 
     async def set_run_id(self, job_id: uuid.UUID, run_id: str) -> None:
@@ -199,7 +225,7 @@ class JobStore:
             now = utcnow()
             job.status = status
             job.error_code = error_code
-            job.error_message = (message or "")[:1000] or None
+            job.error_message = self.scrub(message or "")[:1000] or None
             job.updated_at = job.finished_at = now
             if not job.credits_refunded and job.credits_reserved:
                 job.credits_refunded = True
@@ -245,7 +271,7 @@ class JobStore:
                 JobEvent(
                     job_id=job_id,
                     event=event,
-                    message=message[:2000],
+                    message=self.scrub(message)[:2000],
                     level=level,
                     provider=provider,
                     attempt=attempt,
@@ -254,6 +280,15 @@ class JobStore:
                     data=data,
                 )
             )
+
+    async def webhook_secret(self, user_id: uuid.UUID, *, rotate: bool = False) -> str:
+        """The user's signing secret, made on first use."""
+        async with transaction(self.sessions) as session:
+            user = await session.get(User, user_id, with_for_update=True)
+            assert user is not None
+            if rotate or not user.webhook_secret:
+                user.webhook_secret = new_webhook_secret()
+            return user.webhook_secret
 
     async def events(self, job_id: uuid.UUID) -> list[JobEvent]:
         async with self.sessions() as session:

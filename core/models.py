@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index
+from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
@@ -48,6 +48,10 @@ class User(SQLModel, table=True):
     credits: int = Field(default=0)
     # Admins may list stuck jobs and cancel jobs in bulk through /api/admin.
     is_admin: bool = Field(default=False)
+    # Drives the look of every cover this user gets (STYLE_SEED_ENABLED).
+    user_style_seed: int | None = None
+    # Signs this user's webhook events (HMAC-SHA256); shown only to the user.
+    webhook_secret: str | None = Field(default=None, max_length=64)
     created_at: datetime = _ts()
 
 
@@ -79,7 +83,13 @@ class Track(SQLModel, table=True):
     audio_key: str | None = Field(default=None, max_length=512)
     audio_content_type: str | None = Field(default=None, max_length=64)
     cover_key: str | None = Field(default=None, max_length=512)
+    # PNG rendering of the cover, for link previews (og:image).
+    cover_png_key: str | None = Field(default=None, max_length=512)
+    cover_source: str = Field(default="generated", max_length=16)  # generated | user
+    cover_dark: bool | None = None
     visual_version: int = 1
+    series_id: uuid.UUID | None = Field(default=None, foreign_key="series.id", index=True)
+    webhook_url: str | None = Field(default=None, max_length=2048)
     # Audio metadata measured by the audio check.
     audio_duration_s: float | None = None
     sample_rate: int | None = None
@@ -129,3 +139,58 @@ class JobEvent(SQLModel, table=True):
     error_code: str | None = Field(default=None, max_length=64)
     message: str = Field(default="", max_length=2000)
     data: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class Series(SQLModel, table=True):
+    __tablename__ = "series"
+    __table_args__ = (UniqueConstraint("user_id", "slug"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", index=True)
+    slug: str = Field(max_length=100)
+    title: str = Field(max_length=200)
+    created_at: datetime = _ts()
+
+
+class StyleUnlock(SQLModel, table=True):
+    __tablename__ = "style_unlocks"
+    __table_args__ = (UniqueConstraint("user_id", "kind", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", index=True)
+    kind: str = Field(max_length=32)  # e.g. "palette"
+    name: str = Field(max_length=64)
+    unlocked_at: datetime = _ts()
+
+
+class ShareLink(SQLModel, table=True):
+    __tablename__ = "share_links"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    track_id: uuid.UUID = Field(foreign_key="tracks.id", index=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id")
+    # Unguessable: the slug alone grants access to the public page.
+    slug: str = Field(max_length=64, unique=True)
+    created_at: datetime = _ts()
+    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class IdempotencyKey(SQLModel, table=True):
+    __tablename__ = "idempotency_keys"
+
+    user_id: uuid.UUID = Field(foreign_key="users.id", primary_key=True)
+    key: str = Field(max_length=255, primary_key=True)
+    request_hash: str = Field(max_length=64)
+    status_code: int
+    response: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _ts()
+
+
+class RateLimitCounter(SQLModel, table=True):
+    """Fixed-window counters shared by every API process."""
+
+    __tablename__ = "rate_limit_counters"
+
+    key: str = Field(max_length=255, primary_key=True)
+    count: int = 0
+    expires_at: datetime = Field(sa_type=DateTime(timezone=True))  # type: ignore[call-overload]

@@ -92,6 +92,22 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(default=9464, ge=0, le=65535)
 
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Webhook targets must resolve to public addresses; hosts listed here are exempt
+    # (tests use loopback receivers).
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    # Plans: the longest track each plan may ask for (README: "Plans, credits and limits").
+    free_max_duration_s: int = Field(default=60, ge=5, le=300)
+    pro_max_duration_s: int = Field(default=300, ge=5, le=300)
+    # Per-user fixed windows, shared by every API process through the database.
+    rate_limit_create_track_free: int = Field(default=5, ge=1)
+    rate_limit_create_track_pro: int = Field(default=20, ge=1)
+    rate_limit_cover_save: int = Field(default=30, ge=1)
+    rate_limit_window_s: int = Field(default=60, ge=1)
+    rate_limit_series_create: int = Field(default=10, ge=1)
+    rate_limit_series_window_s: int = Field(default=3600, ge=1)
+    # Larger request bodies get 413; the cover upload carries a 1 MB SVG inside JSON.
+    max_request_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     # Web pages opened from this machine (loopback) sign in as the dev user by themselves;
     # `soundfoundry dev` turns it on. Never on unless set.
     dev_autologin: bool = False
@@ -99,7 +115,17 @@ class Settings(BaseSettings):
     # Errors go to Sentry when set (API and worker); off when unset.
     sentry_dsn: SecretStr | None = None
 
-    _split = field_validator("music_providers", "cors_origins", mode="before")(_split_csv)
+    # Covers and style (README: "Covers and style"). Users may save their own SVG covers
+    # unless this is off; generated covers work either way.
+    feature_cover_save: bool = True
+    # The style system ships dark: each part is switched on on its own.
+    style_seed_enabled: bool = False
+    style_unlocks_enabled: bool = False
+    style_series_enabled: bool = False
+
+    _split = field_validator(
+        "music_providers", "cors_origins", "webhook_allowed_hosts", mode="before"
+    )(_split_csv)
 
     @field_validator("music_providers")
     @classmethod

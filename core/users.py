@@ -6,6 +6,8 @@ from sqlmodel import col, select
 
 from core.db import SessionFactory, transaction
 from core.models import ApiToken, Plan, User
+from core.settings import Settings, get_settings
+from core.style import ensure_default_series, new_style_seed
 from core.tokens import hash_token, new_token
 
 
@@ -16,14 +18,23 @@ async def create_user(
     plan: Plan = Plan.FREE,
     *,
     is_admin: bool = False,
+    settings: Settings | None = None,
 ) -> tuple[User, str]:
-    """Create a user with one API token; the token is returned once and never stored."""
+    """Create a user with one API token; the token is returned once and never stored.
+
+    With the style flags on, the user also gets a style seed and a default series.
+    """
+    settings = settings or get_settings()
     token = new_token()
     async with transaction(sessions) as session:
         user = User(name=name, credits=credits, plan=plan, is_admin=is_admin)
+        if settings.style_seed_enabled:
+            user.user_style_seed = new_style_seed()
         session.add(user)
         await session.flush()
         session.add(ApiToken(user_id=user.id, token_hash=hash_token(token)))
+        if settings.style_series_enabled:
+            await ensure_default_series(session, user.id)
     return user, token
 
 

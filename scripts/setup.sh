@@ -30,6 +30,7 @@ TEST_APT_PACKAGES=(
   "postgresql:have_postgres"
   "prometheus:promtool"
   "chromium:chromium"
+  "fonts-dejavu-core:have_dejavu_font"
 )
 
 usage() {
@@ -215,6 +216,11 @@ ensure_tool() {
 # ---------------------------------------------------------------------------------------
 # System packages (--test)
 # ---------------------------------------------------------------------------------------
+# The cover PNGs draw their titles with resvg, which needs a sans-serif font (not a library).
+have_dejavu_font() {
+  [[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]]
+}
+
 have_postgres() {
   if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
     return 0

@@ -6,7 +6,7 @@ import asyncio
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -14,12 +14,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from core.settings import get_settings
+from soundfoundry.backfill import backfill_app
 
 app = typer.Typer(help="SoundFoundry: prompt in, finished track out.", no_args_is_help=True)
 users_app = typer.Typer(help="Manage users and their tokens.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 admin_app = typer.Typer(help="Operator tools: stuck jobs, bulk cancel.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
+app.add_typer(backfill_app, name="backfill")
 err = Console(stderr=True)
 
 
@@ -112,6 +114,62 @@ def users_create(
             await engine.dispose()
 
     print(asyncio.run(run()))
+
+
+def _change_account(user: str, change: Any) -> tuple[str, str, int]:
+    """Run `change(sessions, user_id)` for the user with this id or unique name; returns
+    (id, plan, credits) after it."""
+    from core.accounts import UserNotFound, find_user
+    from core.db import create_engine, session_factory
+
+    async def run() -> tuple[str, str, int]:
+        engine = create_engine(get_settings().database_url)
+        try:
+            sessions = session_factory(engine)
+            changed = await change(sessions, (await find_user(sessions, user)).id)
+            return str(changed.id), changed.plan.value, changed.credits
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except UserNotFound as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+
+
+@users_app.command("grant")
+def users_grant(
+    user: Annotated[str, typer.Argument(help="the user's id or name")],
+    credits: Annotated[int, typer.Option(min=1, help="credits to add")],
+) -> None:
+    """Add credits to a user; the new balance is printed alone on the last line."""
+    from core.accounts import grant_credits
+
+    user_id, _, balance = _change_account(
+        user, lambda sessions, user_id: grant_credits(sessions, user_id, credits)
+    )
+    err.print(f"granted {credits} credits to {user_id}")
+    print(balance)
+
+
+@users_app.command("set-plan")
+def users_set_plan(
+    user: Annotated[str, typer.Argument(help="the user's id or name")],
+    plan: Annotated[str, typer.Argument(help="free or pro")],
+) -> None:
+    """Move a user to the free or pro plan (limits apply from the next request)."""
+    from core.accounts import set_plan
+    from core.models import Plan
+
+    try:
+        chosen = Plan(plan)
+    except ValueError:
+        raise typer.BadParameter("plan must be free or pro", param_hint="PLAN") from None
+    user_id, now_on, _ = _change_account(
+        user, lambda sessions, user_id: set_plan(sessions, user_id, chosen)
+    )
+    print(f"{user_id} is on the {now_on} plan")
 
 
 @app.command()
@@ -211,7 +269,7 @@ def doctor() -> None:
     settings = get_settings()
     scrub = SecretScrubber(settings.secret_values()).scrub
     checks = asyncio.run(run_checks(settings))
-    out = Console()
+    out = Console(soft_wrap=True)
     for check in checks:
         mark = "[green]PASS[/]" if check.ok else "[red]FAIL[/]"
         out.print(f"{mark}  {check.name:<20} {scrub(check.detail)}", highlight=False)

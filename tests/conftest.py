@@ -153,7 +153,7 @@ async def _assemble(
         stack = Stack(
             settings=settings,
             http=http,
-            store=JobStore(session_factory(engine)),
+            store=JobStore(session_factory(engine), settings.secret_values()),
             storage=storage,
             temporal=temporal,
             env=settings_env(settings),

@@ -247,9 +247,9 @@ class TestHostedProviders:
         for secret in (FAL_KEY, REPLICATE_TOKEN):
             assert not [text for text in log_lines.raw if secret in text], secret
         assert any("[redacted]" in text for text in log_lines.raw)
-        # Job events are redacted by the provider, of its own key (SecretScrubber only
-        # sees log lines), so only fal's key is checked there.
-        assert FAL_KEY not in json.dumps(events)
+        # Job events are shown to users: neither key may appear there either.
+        for secret in (FAL_KEY, REPLICATE_TOKEN):
+            assert secret not in json.dumps(events), secret
 
 
 def _url(span: ReadableSpan) -> str:

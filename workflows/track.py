@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.generation import CheckInput, GenerationActivities, SubmitInput
     from activities.jobs import CompleteInput, FinishInput, JobActivities
     from activities.providers.base import NON_RETRYABLE, ErrorCode
+    from activities.webhooks import WebhookActivities
     from core.contracts import (
         PROGRESS_QUERY,
         TRACK_WORKFLOW,
@@ -37,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         Submission,
         TrackInput,
         TrackResult,
+        WebhookInput,
     )
 
 # Bookkeeping (database, storage) is cheap and must eventually succeed: retry patiently.
@@ -48,12 +50,20 @@ BOOKKEEPING_RETRY = RetryPolicy(
 )
 BOOKKEEPING_TIMEOUT = timedelta(seconds=60)
 CHECK_TIMEOUT = timedelta(minutes=3)
+# A receiver that is down gets about an hour of retries before we give up on it.
+WEBHOOK_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=10),
+    maximum_attempts=12,
+)
 SUBMIT_TIMEOUT = timedelta(seconds=60)
 NON_RETRYABLE_TYPES = sorted(code.value for code in NON_RETRYABLE)
 NO_CAPABLE_PROVIDER = "no_capable_provider"
 
 # Added after the first release: runs recorded before it replay without these upserts.
 SEARCH_ATTRIBUTES_PATCH = "search-attributes-v1"
+WEBHOOKS_PATCH = "webhooks-v1"
 PROVIDER_ATTRIBUTE = SearchAttributeKey.for_keyword("Provider")
 JOB_STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("JobStatus")
 
@@ -113,6 +123,7 @@ class TrackWorkflow:
             code = exc.code if isinstance(exc, GenerationFailed) else _error_code(exc)
             self._publish(status=JobStatus.FAILED)
             await self._finish(track, JobStatus.FAILED, code, _error_message(exc))
+            await self._notify(track, JobStatus.FAILED, code)
             raise ApplicationError(
                 f"track failed: {_error_message(exc)}", type=code, non_retryable=True
             ) from exc
@@ -157,6 +168,7 @@ class TrackWorkflow:
         )
         self._set(Step.DONE, 1.0)
         self._publish(status=JobStatus.COMPLETE)
+        await self._notify(track, JobStatus.COMPLETE)
         return TrackResult(
             track_id=track.track_id,
             status=JobStatus.COMPLETE,
@@ -228,6 +240,7 @@ class TrackWorkflow:
         self._publish(status=JobStatus.CANCELLED)
         await self._cancel_provider_job()
         await self._finish(track, JobStatus.CANCELLED, None, "cancelled by request")
+        await self._notify(track, JobStatus.CANCELLED)
 
     async def _cancel_provider_job(self) -> None:
         if self._submission is None:
@@ -252,6 +265,22 @@ class TrackWorkflow:
             start_to_close_timeout=BOOKKEEPING_TIMEOUT,
             retry_policy=BOOKKEEPING_RETRY,
         )
+
+    async def _notify(
+        self, track: TrackInput, status: JobStatus, error_code: str | None = None
+    ) -> None:
+        """Tell the user's webhook how the job ended; its failure never changes the job."""
+        if not track.webhook_url or not workflow.patched(WEBHOOKS_PATCH):
+            return
+        try:
+            await workflow.execute_activity_method(
+                WebhookActivities.deliver_webhook,
+                WebhookInput(track=track, status=status, error_code=error_code),
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=WEBHOOK_RETRY,
+            )
+        except ActivityError:
+            workflow.logger.warning("webhook delivery gave up")
 
     def _publish(self, status: JobStatus | None = None, provider: str | None = None) -> None:
         """Keep the JobStatus and Provider search attributes current for operators."""

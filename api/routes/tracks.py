@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.responses import JSONResponse
 from sqlalchemy import func
 from sqlmodel import col, select
 from temporalio.common import (
@@ -17,12 +19,19 @@ from temporalio.common import (
 )
 
 from api.deps import CurrentUser, Services, ServicesDep
+from api.idempotency import IdempotencyKeyHeader, claim, replay
+from api.rate_limit import rate_limit
+from api.routes.style import after_track_created, series_for_new_track
 from api.schemas import TrackCreate, TrackCreated, TrackOut, TrackPage
 from core.contracts import TRACK_WORKFLOW, GenerationRequest, JobStatus, TrackInput
+from core.idempotency import IdempotencyKeyTaken, request_hash
+from core.idempotency import forget as forget_idempotency_key
 from core.jobs import InsufficientCredits
 from core.logging import get_logger
-from core.models import Job, Track
+from core.models import Job, Track, User
+from core.plans import DurationOverPlan, check_duration
 from core.pricing import credits_required
+from core.webhooks import WebhookTargetRejected, check_target
 
 router = APIRouter(prefix="/api/tracks", tags=["tracks"])
 log = get_logger("soundfoundry.api")
@@ -33,7 +42,22 @@ JOB_STATUS = SearchAttributeKey.for_keyword("JobStatus")
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TrackCreated)
-async def create_track(body: TrackCreate, user: CurrentUser, services: ServicesDep) -> TrackCreated:
+async def create_track(
+    body: TrackCreate,
+    user: Annotated[User, rate_limit("create_track")],
+    services: ServicesDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> TrackCreated | JSONResponse:
+    body_hash = request_hash(body.model_dump(mode="json"))
+    if idempotency_key is not None:
+        previous = await replay(services.sessions, user.id, idempotency_key, body_hash)
+        if previous is not None:
+            return previous
+    try:
+        # Before anything is reserved or written.
+        check_duration(services.settings, user.plan, body.duration_s)
+    except DurationOverPlan as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from exc
     cost = credits_required(body.duration_s, body.has_vocals)
     request = GenerationRequest(
         prompt=body.prompt,
@@ -43,17 +67,63 @@ async def create_track(body: TrackCreate, user: CurrentUser, services: ServicesD
         lyrics=body.lyrics,
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
     )
+    if body.webhook_url:
+        try:
+            await check_target(body.webhook_url, services.settings.webhook_allowed_hosts)
+        except WebhookTargetRejected as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    # 403 while series are off, 404 for a series that is not the user's.
+    series_id = await series_for_new_track(services, user.id, body.series_id)
     try:
-        track, job = await services.jobs.create_track(user.id, request, cost)
-    except InsufficientCredits as exc:
+        track, job = await services.jobs.create_track(
+            user.id,
+            request,
+            cost,
+            webhook_url=body.webhook_url,
+            series_id=series_id,
+            idempotency=claim(
+                idempotency_key,
+                body_hash,
+                status.HTTP_201_CREATED,
+                lambda track, job: _created(track, job, cost).model_dump(mode="json"),
+            ),
+        )
+    except (InsufficientCredits, IdempotencyKeyTaken) as exc:
+        # A concurrent request with the same key won (maybe spending the last credits).
+        if idempotency_key is not None:
+            previous = await replay(services.sessions, user.id, idempotency_key, body_hash)
+            if previous is not None:
+                return previous
+        if isinstance(exc, IdempotencyKeyTaken):
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                "a concurrent request with this Idempotency-Key did not complete; retry",
+            ) from exc
         raise HTTPException(status.HTTP_402_PAYMENT_REQUIRED, str(exc)) from exc
 
-    await _start_workflow(
-        services,
-        TrackInput(track_id=track.id, job_id=job.id, user_id=user.id, request=request),
-        job,
-    )
+    try:
+        await _start_workflow(
+            services,
+            TrackInput(
+                track_id=track.id,
+                job_id=job.id,
+                user_id=user.id,
+                request=request,
+                webhook_url=body.webhook_url,
+            ),
+            job,
+        )
+    except HTTPException:
+        if idempotency_key is not None:
+            # The track failed and was refunded: the client's retry must make a new one.
+            await forget_idempotency_key(services.sessions, user.id, idempotency_key)
+        raise
     log.info("track created", track_id=str(track.id), job_id=str(job.id), credits=cost)
+    await after_track_created(services, user.id)  # style unlocks, when turned on
+    return _created(track, job, cost)
+
+
+def _created(track: Track, job: Job, cost: int) -> TrackCreated:
     return TrackCreated(
         track_id=track.id,
         job_id=job.id,
@@ -193,4 +263,6 @@ async def track_out(services: Services, track: Track, job: Job) -> TrackOut:
         file_url=file_url,
         cover_url=cover_url,
         audio=audio,
+        cover_source=track.cover_source,
+        series_id=track.series_id,
     )

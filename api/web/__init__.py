@@ -11,8 +11,8 @@ pages carry no user data themselves, so they need no session or cookie on the se
 
 With DEV_AUTOLOGIN=true (`soundfoundry dev` sets it) a page requested from this machine
 carries the dev user's token (from `.soundfoundry/dev-token`) in a meta tag, so the dev
-user is signed in without pasting anything. Pages are sent with a Content-Security-Policy
-that allows only our own scripts (`script-src 'self'`): no inline script, no CDN.
+user is signed in without pasting anything. The pages work under the app's strict
+Content-Security-Policy (`script-src 'self'`): no inline script or style, no CDN.
 """
 
 from __future__ import annotations
@@ -37,23 +37,6 @@ templates = Jinja2Templates(directory=HERE / "templates")
 DEV_TOKEN_FILE = Path(".soundfoundry") / "dev-token"
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
-
-# Scripts only from this origin. Audio and images may live in S3 (another origin).
-CSP = "; ".join(
-    [
-        "default-src 'self'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self' data: blob: http: https:",
-        "media-src 'self' blob: http: https:",
-        "connect-src 'self'",
-        "font-src 'self'",
-        "object-src 'none'",
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
-    ]
-)
 
 router = APIRouter(include_in_schema=False)
 
@@ -103,9 +86,7 @@ def _page(
         **extra,
     }
     response = templates.TemplateResponse(request, template, context, status_code=status_code)
-    response.headers["Content-Security-Policy"] = CSP
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "same-origin"
+    # The app's security middleware (api/security.py) adds the CSP, script-src 'self'.
     # A page with a token in it must never be kept by a cache.
     response.headers["Cache-Control"] = "no-store" if token else "no-cache"
     return response

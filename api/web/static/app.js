@@ -560,8 +560,10 @@
       $("progress-fill").style.width = pct + "%";
       var err = $("job-error");
       if (s.status === "FAILED" || s.status === "TERMINATED") {
-        var why = s.error_message || "The track could not be made.";
+        var why = s.error_message || "The track could not be made";
+        why = why.charAt(0).toUpperCase() + why.slice(1);
         if (s.error_code) why += " (" + s.error_code + ")";
+        if (!/[.!?]$/.test(why)) why += ".";
         setText(err, why + " Your credits were refunded.");
         show(err, true);
       } else if (s.status === "CANCELLED") {

@@ -1,0 +1,103 @@
+"""Deliver a job's final state to the user's webhook, signed, retried by Temporal."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+
+import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.recording import recorded_attempt
+from core.contracts import JobStatus, WebhookInput
+from core.jobs import JobStore
+from core.models import Track
+from core.settings import Settings
+from core.webhooks import (
+    EVENT_ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookTargetRejected,
+    check_target,
+    sign,
+)
+
+EVENT_TYPES = {
+    JobStatus.COMPLETE: "track.completed",
+    JobStatus.FAILED: "track.failed",
+    JobStatus.CANCELLED: "track.cancelled",
+}
+
+
+class WebhookActivities:
+    def __init__(self, store: JobStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+
+    @activity.defn(name="deliver_webhook")
+    async def deliver_webhook(self, delivery: WebhookInput) -> None:
+        track = delivery.track
+        assert track.webhook_url is not None
+        async with recorded_attempt(
+            self.store, track_id=track.track_id, job_id=track.job_id, event="webhook"
+        ) as attempt:
+            try:
+                await check_target(track.webhook_url, self.settings.webhook_allowed_hosts)
+            except WebhookTargetRejected as exc:
+                raise ApplicationError(
+                    str(exc), type="webhook_target_rejected", non_retryable=True
+                ) from exc
+            # The same id on every attempt, so receivers can drop duplicates.
+            event_id = f"evt_{track.job_id.hex}_{delivery.status.value.lower()}"
+            body = json.dumps(await self._event(delivery, event_id), separators=(",", ":"))
+            timestamp = int(time.time())
+            secret = await self.store.webhook_secret(track.user_id)
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": "SoundFoundry-Webhooks/1",
+                SIGNATURE_HEADER: sign(secret, timestamp, body.encode()),
+                TIMESTAMP_HEADER: str(timestamp),
+                EVENT_ID_HEADER: event_id,
+            }
+            async with httpx.AsyncClient(
+                timeout=self.settings.webhook_timeout_s, follow_redirects=False
+            ) as http:
+                try:
+                    response = await http.post(track.webhook_url, content=body, headers=headers)
+                except httpx.HTTPError as exc:
+                    raise ApplicationError(
+                        f"webhook unreachable: {type(exc).__name__}", type="webhook_unreachable"
+                    ) from exc
+            if response.status_code >= 300:
+                # 4xx other than 408/429 will not get better by retrying.
+                permanent = 400 <= response.status_code < 500 and response.status_code not in (
+                    408,
+                    429,
+                )
+                raise ApplicationError(
+                    f"webhook answered {response.status_code}",
+                    type=f"webhook_http_{response.status_code}",
+                    non_retryable=permanent,
+                )
+            attempt.message = f"Webhook delivered ({EVENT_TYPES[delivery.status]}, {event_id})"
+
+    async def _event(self, delivery: WebhookInput, event_id: str) -> dict[str, object]:
+        track = delivery.track
+        async with self.store.sessions() as session:
+            row = await session.get(Track, track.track_id)
+        return {
+            "id": event_id,
+            "type": EVENT_TYPES[delivery.status],
+            "created_at": datetime.now(UTC).isoformat(),
+            "data": {
+                "track_id": str(track.track_id),
+                "job_id": str(track.job_id),
+                "status": delivery.status.value,
+                "error_code": delivery.error_code,
+                "provider": row.provider if row else None,
+                "duration_s": track.request.duration_s,
+                "prompt": track.request.prompt,
+            },
+        }

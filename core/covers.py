@@ -1,0 +1,262 @@
+"""Storing covers: the generated art and the user's own, each as SVG plus a PNG.
+
+Both kinds live at the same keys, `covers/<user>/<track>.svg` and `.png`, so a track has
+exactly one cover at a time and the rest of the product (signed links, the share page)
+never needs to know which kind it is. The PNG exists for link previews (og:image): the
+crawlers of chat apps and social networks do not render SVG.
+
+PNGs are rendered with resvg (the `resvg-py` wheel: Rust, no system library). Everything
+is checked and rendered before the first write, so a rejected cover stores nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from dataclasses import dataclass
+
+import resvg_py
+from sqlalchemy import update
+from sqlmodel import col
+
+from core.contracts import JobStatus
+from core.cover import render_cover_svg
+from core.db import SessionFactory, transaction
+from core.models import Track, User, utcnow
+from core.storage import Storage, cover_key
+from core.svg_sanitize import sanitize_svg
+
+PNG_SIZE = 800  # px, square; large enough for summary_large_image cards, small to fetch
+# What shows through transparent parts of a user's cover: the UI's dark or light page.
+BACKDROP = {True: "#121119", False: "#ffffff"}
+# A sanitized SVG can still be slow to draw (a stack of filters); give up rather than hold
+# a request. The render thread finishes on its own; its result is dropped.
+RENDER_TIMEOUT_S = 20.0
+
+SANS_FALLBACK = "DejaVu Sans"
+
+GENERATED = "generated"
+USER = "user"
+
+
+class CoverRenderError(ValueError):
+    """The SVG passed the sanitizer but could not be drawn as a PNG."""
+
+
+def cover_svg_key(user_id: object, track_id: object) -> str:
+    return cover_key(user_id, track_id)
+
+
+def cover_png_key(user_id: object, track_id: object) -> str:
+    return f"covers/{user_id}/{track_id}.png"
+
+
+def cover_seed(track_seed: int, user_style_seed: int | None, style_seed_enabled: bool) -> int:
+    """The seed the art is drawn from: the user's style seed when that feature is on and
+    the user has one, so all their covers share a look; otherwise the track's own."""
+    if style_seed_enabled and user_style_seed is not None:
+        return user_style_seed
+    return track_seed
+
+
+# Root start tag of a serialized SVG. Both writers (core.cover and the sanitizer's) escape
+# ">" inside attribute values, so the first ">" ends the tag.
+_ROOT = re.compile(r"\A\s*<svg\b([^>]*?)(/?)>")
+_ATTRIBUTE = re.compile(r'\s([^\s=]+)="([^"]*)"')
+_LENGTH = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*(px|in|cm|mm|pt|pc)?\s*")
+_PX_PER_UNIT = {"px": 1.0, "in": 96.0, "cm": 96 / 2.54, "mm": 96 / 25.4, "pt": 96 / 72, "pc": 16.0}
+
+
+def _square(svg: str) -> str:
+    """The same document sized PNG_SIZE by PNG_SIZE, its drawing centred with its aspect
+    kept, so every preview has one shape whatever the document's size or units.
+
+    Only the root's width, height, viewBox and preserveAspectRatio change. A missing
+    viewBox is derived from absolute width and height (what the browser would draw).
+    """
+    root = _ROOT.match(svg)
+    if root is None:
+        return svg  # not ours to rewrite; resvg reports what is wrong with it
+    attributes = dict(_ATTRIBUTE.findall(root.group(1)))
+    view_box = attributes.pop("viewBox", None)
+    width, height = attributes.pop("width", None), attributes.pop("height", None)
+    attributes.pop("preserveAspectRatio", None)
+    if view_box is None and width and height:
+        sizes = [_LENGTH.fullmatch(width), _LENGTH.fullmatch(height)]
+        if sizes[0] and sizes[1]:
+            w, h = (float(m.group(1)) * _PX_PER_UNIT[m.group(2) or "px"] for m in sizes if m)
+            view_box = f"0 0 {w:g} {h:g}"
+    attributes |= {"width": str(PNG_SIZE), "height": str(PNG_SIZE)}
+    attributes["preserveAspectRatio"] = "xMidYMid meet"
+    if view_box is not None:
+        attributes["viewBox"] = view_box
+    tag = "<svg" + "".join(f' {k}="{v}"' for k, v in attributes.items())
+    return f"{tag}{root.group(2)}>{svg[root.end() :]}"
+
+
+async def render_png(svg: str, *, dark: bool = True) -> bytes:
+    """A square PNG (PNG_SIZE px) of the SVG over the dark or light backdrop."""
+
+    def draw() -> bytes:
+        try:
+            data = resvg_py.svg_to_bytes(
+                svg_string=_square(svg),
+                background=BACKDROP[dark],
+                # resvg's default of 0 makes absolute units (mm, in) collapse to nothing.
+                dpi=96,
+                # fontdb maps sans-serif to Arial, absent on Linux; DejaVu is (Dockerfile).
+                sans_serif_family=SANS_FALLBACK,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise CoverRenderError(f"the SVG could not be drawn: {exc}") from exc
+        return bytes(data)
+
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(draw), RENDER_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise CoverRenderError(
+            f"the SVG took longer than {RENDER_TIMEOUT_S:.0f} s to draw; simplify it"
+        ) from exc
+
+
+async def _put_both(
+    storage: Storage, user_id: object, track_id: object, svg: str, png: bytes
+) -> tuple[str, str]:
+    svg_key, png_key = cover_svg_key(user_id, track_id), cover_png_key(user_id, track_id)
+    # PNG first: a reader that finds the SVG (the key the track row points at) finds a
+    # preview beside it.
+    await storage.put_bytes(png_key, png, "image/png")
+    await storage.put_bytes(svg_key, svg.encode(), "image/svg+xml")
+    return svg_key, png_key
+
+
+async def store_generated_cover(
+    storage: Storage,
+    user_id: uuid.UUID,
+    track_id: uuid.UUID,
+    prompt: str,
+    seed: int,
+    visual_version: int,
+) -> tuple[str, str]:
+    """Draw the generated cover and store it; returns (svg_key, png_key)."""
+    svg = render_cover_svg(prompt, seed, visual_version)
+    png = await render_png(svg)
+    return await _put_both(storage, user_id, track_id, svg, png)
+
+
+async def store_user_cover(
+    storage: Storage, user_id: uuid.UUID, track_id: uuid.UUID, svg: str, dark: bool
+) -> tuple[str, str]:
+    """Sanitize, draw and store a user's own cover; returns (svg_key, png_key).
+
+    Raises SvgTooLarge, SvgRejected or CoverRenderError before anything is written. What
+    is stored is the sanitizer's re-serialization, exactly what was checked.
+    """
+    clean = sanitize_svg(svg)
+    png = await render_png(clean, dark=dark)
+    return await _put_both(storage, user_id, track_id, clean, png)
+
+
+async def record_cover(
+    sessions: SessionFactory,
+    track_id: uuid.UUID,
+    svg_key: str,
+    png_key: str,
+    *,
+    source: str,
+    dark: bool | None = None,
+) -> None:
+    async with transaction(sessions) as session:
+        await session.exec(
+            update(Track)
+            .where(col(Track.id) == track_id)
+            .values(
+                cover_key=svg_key,
+                cover_png_key=png_key,
+                cover_source=source,
+                cover_dark=dark,
+                updated_at=utcnow(),
+            )
+        )
+
+
+@dataclass
+class DrawnCover:
+    svg_key: str
+    png_key: str
+    skipped: bool  # the track carries the user's own cover, left as it is
+
+
+async def draw_track_cover(
+    sessions: SessionFactory,
+    storage: Storage,
+    track_id: uuid.UUID,
+    *,
+    style_seed_enabled: bool,
+) -> DrawnCover | None:
+    """The worker's cover step: draw the generated cover from the track row and its user.
+
+    None when the track row is gone. A user's own cover is never drawn over (only the
+    owner's explicit re-roll replaces it). Safe to repeat: the same row draws the same
+    bytes to the same keys.
+    """
+    async with sessions() as session:
+        track = await session.get(Track, track_id)
+        user = await session.get(User, track.user_id) if track is not None else None
+    if track is None or user is None:
+        return None
+    if track.cover_source == USER and track.cover_key and track.cover_png_key:
+        return DrawnCover(track.cover_key, track.cover_png_key, skipped=True)
+    seed = cover_seed(track.seed, user.user_style_seed, style_seed_enabled)
+    svg_key, png_key = await store_generated_cover(
+        storage, track.user_id, track.id, track.prompt, seed, track.visual_version
+    )
+    # Only the PNG is recorded here: the SVG key becomes the track's cover when the job
+    # completes (mark_complete), so an unfinished track shows no cover.
+    async with transaction(sessions) as session:
+        await session.exec(
+            update(Track)
+            .where(col(Track.id) == track_id)
+            .values(cover_png_key=png_key, cover_source=GENERATED, cover_dark=None)
+        )
+    return DrawnCover(svg_key, png_key, skipped=False)
+
+
+class TrackNotReady(Exception):
+    """The track has no finished cover yet (it is not COMPLETE)."""
+
+
+async def redraw_generated_cover(
+    sessions: SessionFactory,
+    storage: Storage,
+    track_id: uuid.UUID,
+    *,
+    style_seed_enabled: bool,
+) -> Track:
+    """Bump the track's visual_version and draw the generated cover for the new version.
+
+    The bump is the transaction's first statement, so it takes the row's write lock
+    (Postgres) or the database's (SQLite) and concurrent re-rolls queue up instead of
+    drawing the same version twice. It commits only once both files are stored. This
+    also replaces a user's own cover: a re-roll asks for generated art.
+    """
+    async with transaction(sessions) as session:
+        bumped = await session.exec(
+            update(Track)
+            .where(col(Track.id) == track_id, col(Track.status) == JobStatus.COMPLETE)
+            .values(visual_version=col(Track.visual_version) + 1, updated_at=utcnow())
+        )
+        if bumped.rowcount != 1:  # type: ignore[attr-defined]
+            raise TrackNotReady(str(track_id))
+        track = await session.get(Track, track_id)
+        assert track is not None
+        user = await session.get(User, track.user_id)
+        assert user is not None
+        seed = cover_seed(track.seed, user.user_style_seed, style_seed_enabled)
+        svg_key, png_key = await store_generated_cover(
+            storage, track.user_id, track.id, track.prompt, seed, track.visual_version
+        )
+        track.cover_key, track.cover_png_key = svg_key, png_key
+        track.cover_source, track.cover_dark = GENERATED, None
+    return track
