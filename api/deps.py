@@ -40,17 +40,15 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 _bearer = HTTPBearer(auto_error=False)
 
 
-async def current_user(
-    services: ServicesDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+async def authenticate(
+    services: Services, token: str | None, missing: str = "missing bearer token"
 ) -> User:
-    if credentials is None or credentials.scheme.lower() != "bearer":
+    """The user holding this API token, or 401."""
+    if not token:
         raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing bearer token",
-            headers={"WWW-Authenticate": "Bearer"},
+            status.HTTP_401_UNAUTHORIZED, missing, headers={"WWW-Authenticate": "Bearer"}
         )
-    user = await user_for_token(services.sessions, credentials.credentials)
+    user = await user_for_token(services.sessions, token)
     if user is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -58,6 +56,16 @@ async def current_user(
             headers={"WWW-Authenticate": "Bearer"},
         )
     return user
+
+
+async def current_user(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    token = None
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        token = credentials.credentials
+    return await authenticate(services, token)
 
 
 CurrentUser = Annotated[User, Depends(current_user)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -79,6 +80,17 @@ class Stack:
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"job did not get there in {timeout_s} s: {job}")
             await asyncio.sleep(0.2)
+
+    async def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run `soundfoundry ARGS` with this stack's settings (plus `env`)."""
+        return await asyncio.to_thread(
+            subprocess.run,
+            [str(Path(sys.executable).parent / "soundfoundry"), *args],
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     async def credits(self, user_id: uuid.UUID) -> int:
         from core.models import User

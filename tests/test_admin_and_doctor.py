@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,23 +10,11 @@ import pytest
 from tests.conftest import Stack
 from tests.services import PostgresCluster
 
-SOUNDFOUNDRY = Path(sys.executable).parent / "soundfoundry"
 SLOW = {"synth_pace": 1.0}
 
 
-async def cli(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        [str(SOUNDFOUNDRY), *args],
-        env={**stack.env, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 async def test_doctor_passes_on_a_healthy_stack(stack: Stack) -> None:
-    done = await cli(stack, "doctor")
+    done = await stack.cli("doctor")
     assert done.returncode == 0, done.stdout + done.stderr
     for name in ("database", "temporal", "storage", "provider synth"):
         assert f"PASS  {name}" in done.stdout, done.stdout
@@ -41,8 +26,7 @@ async def test_doctor_fails_clearly_and_keeps_secrets_out(
     stack: Stack, pg_cluster: PostgresCluster
 ) -> None:
     unmigrated = pg_cluster.create_database("doctor_unmigrated")
-    done = await cli(
-        stack,
+    done = await stack.cli(
         "doctor",
         DATABASE_URL=unmigrated,
         S3_BUCKET="no-such-bucket",
@@ -105,12 +89,12 @@ async def test_admin_cli_stuck_and_bulk_cancel(stack: Stack, stack_overrides: An
     await stack.wait_for_job(created["job_id"], auth, until=lambda j: j["step"] == "generating")
     await asyncio.sleep(0.2)
 
-    stuck = await cli(stack, "admin", "stuck", "--minutes", "0.001")
+    stuck = await stack.cli("admin", "stuck", "--minutes", "0.001")
     assert stuck.returncode == 0, stuck.stderr
     assert created["workflow_id"] in stuck.stdout and "1 stuck job(s)" in stuck.stderr
 
-    cancel = await cli(
-        stack, "admin", "cancel", "--query", f"TrackId = '{created['track_id']}'", "--yes"
+    cancel = await stack.cli(
+        "admin", "cancel", "--query", f"TrackId = '{created['track_id']}'", "--yes"
     )
     assert cancel.returncode == 0, cancel.stderr
     assert cancel.stdout.split() == [created["workflow_id"]]

@@ -25,7 +25,7 @@ from core.storage import ObjectNotFound, S3Storage
 from tests.conftest import PROJECT_ROOT, Stack, eventually
 from tests.fakes import Fail
 from tests.fakes.fal_server import FalFake
-from tests.fakes.fixtures import FAL_KEY, REPLICATE_TOKEN, fal, replicate
+from tests.fakes.fixtures import fal, hosted_settings, replicate
 from tests.fakes.replicate_server import ReplicateFake
 from tests.services import VersityGateway, free_port
 
@@ -137,15 +137,7 @@ def test_alerting_series_exist_before_the_first_error() -> None:
 
 @pytest.fixture
 def hosted_overrides(fal: FalFake, replicate: ReplicateFake) -> dict[str, Any]:
-    return {
-        "music_providers": ["fal", "replicate"],
-        "fal_key": FAL_KEY,
-        "replicate_api_token": REPLICATE_TOKEN,
-        "fal_queue_url": fal.url,
-        "replicate_base_url": replicate.url,
-        "submit_max_attempts": 2,
-        "poll_max_attempts": 2,
-    }
+    return hosted_settings(fal, replicate, submit_max_attempts=2, poll_max_attempts=2)
 
 
 class TestHostedProviders:

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +17,6 @@ from core.models import Series, StyleUnlock, Track, User
 from tests.conftest import Stack
 from tests.covers_support import user_as_created_now
 
-SOUNDFOUNDRY = Path(sys.executable).parent / "soundfoundry"
 ALL_ON = {
     "style_seed_enabled": True,
     "style_unlocks_enabled": True,
@@ -256,17 +251,6 @@ async def test_tokens_are_public_and_match_the_covers(stack: Stack) -> None:
     assert tokens["spacing_px"]["4"] == 16
 
 
-async def _cli(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        [str(SOUNDFOUNDRY), *args],
-        env={**stack.env, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.mark.parametrize("start_worker", [False])
 async def test_backfill_style_seed_is_idempotent(stack: Stack, start_worker: bool) -> None:
     without = [(await stack.user())[0] for _ in range(3)]
@@ -280,7 +264,7 @@ async def test_backfill_style_seed_is_idempotent(stack: Stack, start_worker: boo
             await session.commit()
         with_seed.append(user_id)
 
-    done = await _cli(stack, "backfill", "style-seed", STYLE_SERIES_ENABLED="true")
+    done = await stack.cli("backfill", "style-seed", STYLE_SERIES_ENABLED="true")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "3 users given a style seed, 2 already had one" in done.stdout
     assert "5 default series created, 0 already existed" in done.stdout
@@ -288,7 +272,7 @@ async def test_backfill_style_seed_is_idempotent(stack: Stack, start_worker: boo
     assert all(seed is not None for seed in seeds.values())
     assert [seeds[u] for u in with_seed] == [7, 7]  # left alone
 
-    again = await _cli(stack, "backfill", "style-seed", STYLE_SERIES_ENABLED="true")
+    again = await stack.cli("backfill", "style-seed", STYLE_SERIES_ENABLED="true")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "0 users given a style seed, 5 already had one" in again.stdout
     assert "0 default series created, 5 already existed" in again.stdout
@@ -299,7 +283,7 @@ async def test_backfill_style_seed_is_idempotent(stack: Stack, start_worker: boo
 
     # Series off: seeds only, and it says why nothing else happened.
     await stack.user()
-    third = await _cli(stack, "backfill", "style-seed")
+    third = await stack.cli("backfill", "style-seed")
     assert "1 user given a style seed, 5 already had one" in third.stdout
     assert "STYLE_SERIES_ENABLED=false" in third.stdout
     assert "STYLE_SEED_ENABLED=false" in third.stdout

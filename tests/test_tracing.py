@@ -25,7 +25,7 @@ from core.telemetry import configure_tracing, init_sentry
 from tests.conftest import Stack, eventually
 from tests.fakes import Fail
 from tests.fakes.fal_server import FalFake
-from tests.fakes.fixtures import FAL_KEY, REPLICATE_TOKEN, fal, replicate
+from tests.fakes.fixtures import FAL_KEY, REPLICATE_TOKEN, fal, hosted_settings, replicate
 from tests.fakes.replicate_server import ReplicateFake
 
 __all__ = ["fal", "replicate"]
@@ -139,15 +139,7 @@ async def test_a_track_is_one_trace_from_request_to_s3(
 
 @pytest.fixture
 def hosted_overrides(fal: FalFake, replicate: ReplicateFake) -> dict[str, Any]:
-    return {
-        "music_providers": ["fal", "replicate"],
-        "fal_key": FAL_KEY,
-        "replicate_api_token": REPLICATE_TOKEN,
-        "fal_queue_url": fal.url,
-        "replicate_base_url": replicate.url,
-        "submit_max_attempts": 2,
-        "poll_max_attempts": 2,
-    }
+    return hosted_settings(fal, replicate, submit_max_attempts=2, poll_max_attempts=2)
 
 
 class CapturedLines(logging.Handler):

@@ -27,15 +27,14 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, status
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import StreamingResponse
 from sqlmodel import col, select
 
-from api.deps import Services, ServicesDep
+from api.deps import Services, ServicesDep, authenticate
 from api.routes.jobs import owned_job
 from api.schemas import JobEventOut
 from core.models import Job, User
-from core.users import user_for_token
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
@@ -80,21 +79,9 @@ async def stream_user(
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
             value = credentials.strip()
-    value = value or token
-    if not value:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing bearer token (header, or ?token= for EventSource)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    user = await user_for_token(services.sessions, value)
-    if user is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "invalid or revoked token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return user
+    return await authenticate(
+        services, value or token, "missing bearer token (header, or ?token= for EventSource)"
+    )
 
 
 def sse(event: str, data: Any, event_id: int | None = None) -> str:

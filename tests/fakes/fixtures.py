@@ -32,10 +32,8 @@ def extra_overrides() -> dict[str, Any]:
     return {}
 
 
-@pytest.fixture
-def stack_overrides(
-    fal: FalFake, replicate: ReplicateFake, extra_overrides: dict[str, Any]
-) -> dict[str, Any]:
+def hosted_settings(fal: FalFake, replicate: ReplicateFake, **extra: Any) -> dict[str, Any]:
+    """Settings that point the provider chain fal -> replicate at the fakes."""
     return {
         "music_providers": ["fal", "replicate"],
         "fal_key": FAL_KEY,
@@ -44,5 +42,12 @@ def stack_overrides(
         "replicate_base_url": replicate.url,
         "submit_max_attempts": 3,
         "poll_max_attempts": 3,
-        **extra_overrides,
+        **extra,
     }
+
+
+@pytest.fixture
+def stack_overrides(
+    fal: FalFake, replicate: ReplicateFake, extra_overrides: dict[str, Any]
+) -> dict[str, Any]:
+    return hosted_settings(fal, replicate, **extra_overrides)
