@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -142,16 +141,13 @@ async def test_rate_limit_is_raised_at_once_with_retry_after(
     provider: FalProvider, fake: FalFake
 ) -> None:
     fake.script(submit=[Fail(429, times=10, retry_after=7)])
-    started = time.monotonic()
     with pytest.raises(ProviderError) as caught:
         await provider.submit(INSTRUMENTAL, track_id="t")
-    elapsed = time.monotonic() - started
 
     assert caught.value.code is ErrorCode.RATE_LIMITED
     assert caught.value.retryable
     assert caught.value.retry_after_s == 7
     # fal-client alone would retry 429 ten times with backoff; ours gives up at once.
-    assert elapsed < 3
     assert fake.submit_attempts == 1
 
 
@@ -337,10 +333,8 @@ async def test_stalled_request_times_out_retryably(fake: FalFake) -> None:
     try:
         sub = await submit(provider, INSTRUMENTAL)
         fake.script(poll=[Stall(3)])
-        started = time.monotonic()
         with pytest.raises(ProviderError) as caught:
             await provider.poll(sub)
-        assert time.monotonic() - started < 2
     finally:
         await provider.aclose()
     assert caught.value.code is ErrorCode.TIMEOUT

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -151,10 +150,8 @@ async def test_rate_limited_create_keeps_retry_after(
     provider: ReplicateProvider, fake: ReplicateFake
 ) -> None:
     fake.script(submit=[Fail(429, times=10, retry_after=9)])
-    started = time.monotonic()
     with pytest.raises(ProviderError) as caught:
         await provider.submit(INSTRUMENTAL, track_id="t")
-    assert time.monotonic() - started < 3
     assert caught.value.code is ErrorCode.RATE_LIMITED
     assert caught.value.retry_after_s == 9  # ReplicateError alone would have dropped it
     assert fake.submit_attempts == 1
@@ -165,15 +162,12 @@ async def test_rate_limited_poll_is_raised_at_once(
 ) -> None:
     sub = await submit(provider, INSTRUMENTAL)
     fake.script(poll=[Fail(429, times=10, retry_after=5)])
-    started = time.monotonic()
     with pytest.raises(ProviderError) as caught:
         await provider.poll(sub)
-    elapsed = time.monotonic() - started
 
     assert caught.value.code is ErrorCode.RATE_LIMITED
     assert caught.value.retry_after_s == 5
     # replicate's RetryTransport would sleep Retry-After between ten GET attempts (45 s here).
-    assert elapsed < 3
     assert fake.polls == 1
 
 

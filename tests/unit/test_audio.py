@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -127,12 +126,10 @@ def test_quality_problem_explains_wrong_length_and_accepts_good_audio(tmp_path: 
     assert quality_problem(quiet, 12, silence_dbfs=-80) is None
 
 
-def test_a_minute_of_stereo_is_analysed_quickly(tmp_path: Path) -> None:
+def test_a_minute_of_stereo_is_analysed_in_full(tmp_path: Path) -> None:
+    # Its speed is measured by bench/audio_analysis.py.
     path = _write(tmp_path / "minute.wav", _click_track(60.0, 120.0), subtype="PCM_16")
-    started = time.perf_counter()
     info = analyze(path)
-    elapsed = time.perf_counter() - started
-
+    assert info.duration_s == pytest.approx(60.0)
     assert info.bpm == pytest.approx(120.0, rel=0.02)
-    # Typically ~0.3 s; the bound only catches an accidental slow path on a busy machine.
-    assert elapsed < 3.0
+    assert len(info.peaks) == 400

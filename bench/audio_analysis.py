@@ -1,0 +1,73 @@
+"""How long the audio check's analysis takes, against plain decoding of the same file.
+
+Renders a synth track per length, then times `core.audio.analyze` (decode, levels,
+loudness, tempo, waveform peaks) and, as the baseline, `soundfile.read` alone.
+
+    .venv/bin/python -m bench.audio_analysis [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import soundfile as sf
+
+from activities.providers.synth import SynthProvider
+from core.audio import analyze
+from core.contracts import GenerationRequest, Submission
+
+LENGTHS_S = (30, 60, 300)
+TARGET_60S = 1.0  # issue 6: "analysis of a 60 s track stays well under a second"
+
+
+async def render(path: Path, seconds: int) -> None:
+    request = GenerationRequest(prompt="bench groove", duration_s=seconds, seed=1)
+    provider = SynthProvider()
+    run_id, urls = await provider.submit(request, track_id="bench")
+    submission = Submission(
+        track_id="00000000-0000-0000-0000-000000000000",
+        job_id="00000000-0000-0000-0000-000000000000",
+        provider="synth",
+        run_id=run_id,
+        request=request,
+        urls=urls,
+    )
+    await provider.download(submission, path, lambda _: None)
+
+
+def timed(action: Callable[[], object], repeat: int) -> float:
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        action()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def main(repeat: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"{'length':>7}  {'decode only':>12}  {'analyze':>9}  {'ratio':>6}")
+        for seconds in LENGTHS_S:
+            path = Path(tmp) / f"{seconds}.wav"
+            asyncio.run(render(path, seconds))
+            baseline = timed(lambda p=path: sf.read(p, dtype="float32"), repeat)
+            analysis = timed(lambda p=path: analyze(p), repeat)
+            print(
+                f"{seconds:>6}s  {baseline * 1000:>10.0f}ms  {analysis * 1000:>7.0f}ms  "
+                f"{analysis / baseline:>5.1f}x"
+            )
+            if seconds == 60:
+                verdict = "met" if analysis < TARGET_60S else "MISSED"
+                print(f"         target: 60 s analysed in < {TARGET_60S:.0f} s: {verdict}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    main(parser.parse_args().repeat)
