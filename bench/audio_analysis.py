@@ -14,6 +14,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import soundfile as sf
@@ -56,8 +57,8 @@ def main(repeat: int) -> None:
         for seconds in LENGTHS_S:
             path = Path(tmp) / f"{seconds}.wav"
             asyncio.run(render(path, seconds))
-            baseline = timed(lambda p=path: sf.read(p, dtype="float32"), repeat)
-            analysis = timed(lambda p=path: analyze(p), repeat)
+            baseline = timed(partial(sf.read, path, dtype="float32"), repeat)
+            analysis = timed(partial(analyze, path), repeat)
             print(
                 f"{seconds:>6}s  {baseline * 1000:>10.0f}ms  {analysis * 1000:>7.0f}ms  "
                 f"{analysis / baseline:>5.1f}x"
