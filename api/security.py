@@ -28,8 +28,9 @@ def storage_origin(settings: Settings) -> str | None:
     """Where signed audio and cover links point, for img-src and media-src."""
     if settings.storage_backend != "s3":
         return None  # local files are served by this app: 'self'
-    if settings.s3_endpoint:
-        parts = urlsplit(settings.s3_endpoint)
+    public = settings.s3_public_endpoint or settings.s3_endpoint
+    if public:
+        parts = urlsplit(public)
         return f"{parts.scheme}://{parts.netloc}"
     # AWS itself: presigned links use the bucket's regional or global host name.
     return "https://*.amazonaws.com"

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     storage_backend: Literal["local", "s3"] = "local"
     storage_local_dir: Path = Path(".soundfoundry/objects")
     s3_endpoint: str | None = None
+    # Where browsers reach the bucket, if not at S3_ENDPOINT (e.g. MinIO behind compose).
+    s3_public_endpoint: str | None = None
     s3_access_key: SecretStr | None = None
     s3_secret_key: SecretStr | None = None
     s3_bucket: str = "soundfoundry"

@@ -196,6 +196,7 @@ class S3Storage(Storage):
         access_key: str | None,
         secret_key: str | None,
         region: str,
+        public_endpoint: str | None = None,
     ) -> None:
         self.bucket = bucket
         self._client_args: dict[str, Any] = {
@@ -212,6 +213,10 @@ class S3Storage(Storage):
         }
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
+        # Links are signed for the address browsers use, which in a compose network is
+        # not the one the app talks to (minio:9000). Signing needs no connection.
+        self._public_endpoint = public_endpoint if public_endpoint != endpoint else None
+        self._signer: Any = None
         init_storage_series()
 
     async def open(self) -> None:
@@ -221,6 +226,13 @@ class S3Storage(Storage):
         self._client = await self._stack.enter_async_context(
             get_session().create_client("s3", **self._client_args)
         )
+        self._signer = self._client
+        if self._public_endpoint:
+            self._signer = await self._stack.enter_async_context(
+                get_session().create_client(
+                    "s3", **{**self._client_args, "endpoint_url": self._public_endpoint}
+                )
+            )
 
     async def close(self) -> None:
         if self._stack is not None:
@@ -301,7 +313,7 @@ class S3Storage(Storage):
         params: dict[str, str] = {"Bucket": self.bucket, "Key": validate_key(key)}
         if download_name:
             params["ResponseContentDisposition"] = f'attachment; filename="{download_name}"'
-        url: str = await self.client.generate_presigned_url(
+        url: str = await self._signer.generate_presigned_url(
             "get_object", Params=params, ExpiresIn=ttl_s
         )
         return url
@@ -375,6 +387,7 @@ def build_storage(settings: Settings) -> Storage:
             if settings.s3_secret_key
             else None,
             region=settings.s3_region,
+            public_endpoint=settings.s3_public_endpoint,
         )
     return LocalStorage(
         settings.storage_local_dir, settings.public_base_url, settings.secret_key.get_secret_value()

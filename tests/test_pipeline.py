@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import uuid
 import xml.etree.ElementTree as ET
+from urllib.parse import urlsplit
 
 import httpx
+import pytest
 import soundfile as sf
 from sqlmodel import col, select
 
@@ -98,3 +100,31 @@ async def test_tracks_are_listed_newest_first_and_paginated(stack: Stack) -> Non
     assert [item["id"] for item in page["items"]] == ids[::-1][:2]
     rest = (await stack.http.get("/api/tracks?limit=2&offset=2", headers=auth)).json()
     assert [item["id"] for item in rest["items"]] == [ids[0]]
+
+
+@pytest.mark.parametrize(
+    "stack_overrides", [{"s3_public_endpoint": "http://media.example.test:9000"}]
+)
+async def test_links_are_signed_for_the_public_storage_address(
+    stack: Stack, stack_overrides: dict[str, str]
+) -> None:
+    """Behind compose the app talks to minio:9000 but browsers use another address; the
+    signature covers the host, so links must be signed for the public one."""
+    _, auth = await stack.user(credits=10)
+    created = await stack.create_track(auth, duration_s=5)
+    assert (await stack.wait_for_job(created["job_id"], auth))["status"] == "COMPLETE"
+    track = (await stack.http.get(f"/api/tracks/{created['track_id']}", headers=auth)).json()
+    public = urlsplit(track["file_url"])
+    assert public.netloc == "media.example.test:9000"
+    # What the public address forwards to: the same server, reached with the public Host.
+    internal = urlsplit(stack.settings.s3_endpoint or "")
+    async with httpx.AsyncClient() as plain:
+        audio = await plain.get(
+            f"{internal.scheme}://{internal.netloc}{public.path}?{public.query}",
+            headers={"Host": public.netloc},
+        )
+        wrong_host = await plain.get(
+            f"{internal.scheme}://{internal.netloc}{public.path}?{public.query}"
+        )
+    assert audio.status_code == 200
+    assert wrong_host.status_code == 403
