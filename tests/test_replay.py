@@ -76,7 +76,9 @@ async def test_exported_history_of_a_fresh_run_replays(
     path = tmp_path / f"{job['workflow_id']}.json"
     path.write_text(exported)
     if capture := os.environ.get("CAPTURE_HISTORIES_TO"):
-        (Path(capture) / f"track_v1_{scenario}.json").write_text(exported)
+        # Name files after the workflow version they record, e.g. CAPTURE_VERSION=v3.
+        version = os.environ.get("CAPTURE_VERSION", "vN")
+        (Path(capture) / f"track_{version}_{scenario}.json").write_text(exported)
     [outcome] = await replay_files([path])
     assert outcome.error is None, outcome.error
 
