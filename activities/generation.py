@@ -1,8 +1,10 @@
-"""Generation activities: submit a paid job, wait for it, check what came back.
+"""Generation activities: submit a paid job, look at it, fetch and check what came back.
 
-Submit is short and returns the provider's id, so Temporal records the id before anything
-waits on it. Waiting is a separate heartbeating activity that resumes by that id, so a
-worker that dies mid-way costs a poll, never a second submission.
+Submit goes through the submission ledger (activities.submissions), so however often it
+runs it pays at most once. The workflow waits between short polls on a durable timer (or
+a provider webhook's signal), so a waiting track holds no worker slot; `fetch` then
+downloads and stages the audio. `await_generation` and `cancel_generation` serve runs
+started before the ledger.
 """
 
 from __future__ import annotations
@@ -14,16 +16,26 @@ from pathlib import Path
 from pydantic import BaseModel
 from temporalio import activity
 
-from activities.providers.base import ErrorCode, JobState, ProviderError
+from activities.providers.base import ErrorCode, JobState, MusicProvider, ProviderError
 from activities.providers.registry import ProviderRegistry
 from activities.recording import recorded_attempt
+from activities.submissions import ProviderJobs
 from core.audio import AudioDecodeError, analyze, quality_problem
-from core.contracts import CheckedAudio, StagedAudio, Step, Submission, TrackInput
+from core.contracts import (
+    CheckedAudio,
+    PollStatus,
+    StagedAudio,
+    Step,
+    Submission,
+    SubmissionState,
+    TrackInput,
+)
 from core.jobs import JobStore
 from core.logging import get_logger
 from core.metrics import count_fallback
 from core.settings import Settings
 from core.storage import Storage, staging_key
+from core.submissions import SubmissionLedger
 
 log = get_logger("soundfoundry.generation")
 
@@ -34,6 +46,16 @@ class SubmitInput(BaseModel):
     submission_number: int
     # The provider that failed before this one, so the job log shows the fallback.
     falling_back_from: str | None = None
+    # Paid submissions (ledger rows) a track may make, and how long a lost answer is
+    # looked for; the defaults are for runs planned before the ledger.
+    max_paid: int = 4
+    resolve_window_s: float = 30.0
+
+
+class CancelInput(BaseModel):
+    track: TrackInput
+    reason: str
+    resolve_window_s: float = 30.0
 
 
 class CheckInput(BaseModel):
@@ -53,6 +75,8 @@ class GenerationActivities:
         self.storage = storage
         self.providers = providers
         self.settings = settings
+        self.ledger = SubmissionLedger(store.sessions)
+        self.jobs = ProviderJobs(self.ledger, store, providers, settings)
 
     @activity.defn(name="submit_generation")
     async def submit_generation(self, submit: SubmitInput) -> Submission:
@@ -77,19 +101,83 @@ class GenerationActivities:
                 # falling_back_from reads "fal (http_403)"; the label is the provider alone.
                 count_fallback(submit.falling_back_from.split(" ", 1)[0], provider.name)
             log.info(f"Using provider: {provider.name}", provider=provider.name)
-            run_id, urls = await provider.submit(track.request, track_id=str(track.track_id))
-            attempt.provider_run_id = run_id
-            model = provider.model_for(track.request)
-            attempt.message = f"Using provider: {provider.name} (model {model}), run {run_id}"
-            return Submission(
-                track_id=track.track_id,
-                job_id=track.job_id,
-                provider=provider.name,
-                model=model,
-                run_id=run_id,
-                request=track.request,
-                urls=urls,
+            submission = await self.jobs.submit(
+                track,
+                provider,
+                number=submit.submission_number,
+                max_paid=submit.max_paid,
+                resolve_window_s=submit.resolve_window_s,
+                heartbeat=activity.heartbeat,
             )
+            attempt.provider_run_id = submission.run_id
+            attempt.message = (
+                f"Using provider: {provider.name} (model {submission.model}), "
+                f"run {submission.run_id}"
+            )
+            attempt.data = {"token": submission.token, "number": submit.submission_number}
+            return submission
+
+    @activity.defn(name="poll_generation")
+    async def poll_generation(self, submission: Submission) -> PollStatus:
+        """One look at the provider's job; the workflow waits between looks."""
+        provider = self.providers.get(submission.provider)
+        if not provider.remote:
+            return PollStatus(done=True, progress=1.0)
+        async with recorded_attempt(
+            self.store,
+            track_id=submission.track_id,
+            job_id=submission.job_id,
+            event="polled",
+            provider=provider.name,
+            provider_run_id=submission.run_id,
+            record_success=False,
+        ):
+            status = await provider.poll(submission)
+            if status.state is JobState.SUCCEEDED:
+                return PollStatus(done=True, progress=1.0)
+            if status.state in (JobState.FAILED, JobState.CANCELLED):
+                # Ended at the provider: nothing left to cancel there.
+                await self._mark(submission, SubmissionState.FINISHED)
+                _raise_for(status.state, status.error)
+            return PollStatus(done=False, progress=status.progress)
+
+    @activity.defn(name="fetch_generation")
+    async def fetch_generation(self, submission: Submission) -> StagedAudio:
+        """Download a finished job's audio (or render the synth's) into staging."""
+        provider = self.providers.get(submission.provider)
+        async with recorded_attempt(
+            self.store,
+            track_id=submission.track_id,
+            job_id=submission.job_id,
+            event="audio_ready",
+            provider=provider.name,
+            provider_run_id=submission.run_id,
+        ) as attempt:
+            staged = await self._stage(provider, submission)
+            await self._mark(submission, SubmissionState.FINISHED)
+            attempt.message = f"Audio ready from {provider.name} ({staged.size_bytes} bytes)"
+            return staged
+
+    @activity.defn(name="cancel_submissions")
+    async def cancel_submissions(self, cancel: CancelInput) -> list[str]:
+        """Stop every provider job of this track that is still open, from the ledger."""
+        track = cancel.track
+        async with recorded_attempt(
+            self.store, track_id=track.track_id, job_id=track.job_id, event="provider_cleanup"
+        ) as attempt:
+            stopped = await self.jobs.cancel_open(
+                track.job_id,
+                track.request,
+                reason=cancel.reason,
+                window_s=cancel.resolve_window_s,
+                heartbeat=activity.heartbeat,
+            )
+            attempt.message = (
+                f"Cancelled {len(stopped)} provider job(s) ({cancel.reason})"
+                if stopped
+                else f"No provider job left running ({cancel.reason})"
+            )
+            return stopped
 
     @activity.defn(name="await_generation")
     async def await_generation(self, submission: Submission) -> StagedAudio:
@@ -106,26 +194,13 @@ class GenerationActivities:
             # A cancelled job raises CancelledError at the next await; the workflow then
             # cancels the provider's job with cancel_generation.
             await self._wait_until_done(submission)
-            with tempfile.TemporaryDirectory(prefix="sf-gen-") as tmp:
-                dest = Path(tmp) / "audio"
-                audio = await provider.download(submission, dest, self._heartbeat)
-                key = staging_key(
-                    submission.track_id, provider.name, submission.run_id, audio.extension
-                )
-                await self.storage.put_file(key, dest, audio.content_type)
-                size = dest.stat().st_size
-            attempt.message = f"Audio ready from {provider.name} ({size} bytes)"
-            return StagedAudio(
-                provider=provider.name,
-                run_id=submission.run_id,
-                key=key,
-                extension=audio.extension,
-                content_type=audio.content_type,
-                size_bytes=size,
-            )
+            staged = await self._stage(provider, submission)
+            attempt.message = f"Audio ready from {provider.name} ({staged.size_bytes} bytes)"
+            return staged
 
     @activity.defn(name="cancel_generation")
     async def cancel_generation(self, submission: Submission) -> None:
+        """Stop one provider job (runs from before the ledger)."""
         provider = self.providers.get(submission.provider)
         async with recorded_attempt(
             self.store,
@@ -176,12 +251,41 @@ class GenerationActivities:
             activity.heartbeat(status.progress or 0.0)
             if status.state is JobState.SUCCEEDED:
                 return
-            if status.state is JobState.FAILED:
-                raise ProviderError(ErrorCode.JOB_FAILED, status.error or "provider job failed")
-            if status.state is JobState.CANCELLED:
-                raise ProviderError(ErrorCode.JOB_CANCELLED, "provider job was cancelled")
+            _raise_for(status.state, status.error)
             await asyncio.sleep(self.settings.poll_interval_s)
+
+    async def _stage(self, provider: MusicProvider, submission: Submission) -> StagedAudio:
+        with tempfile.TemporaryDirectory(prefix="sf-gen-") as tmp:
+            dest = Path(tmp) / "audio"
+            audio = await provider.download(submission, dest, self._heartbeat)
+            key = staging_key(
+                submission.track_id, provider.name, submission.run_id, audio.extension
+            )
+            await self.storage.put_file(key, dest, audio.content_type)
+            size = dest.stat().st_size
+        return StagedAudio(
+            provider=provider.name,
+            run_id=submission.run_id,
+            key=key,
+            extension=audio.extension,
+            content_type=audio.content_type,
+            size_bytes=size,
+        )
+
+    async def _mark(self, submission: Submission, state: SubmissionState) -> None:
+        row = await self.ledger.by_token(submission.token) if submission.token else None
+        if row is not None:
+            await self.ledger.set_state(
+                row.id, state, only_from=(SubmissionState.ACCEPTED, SubmissionState.RESOLVED)
+            )
 
     @staticmethod
     def _heartbeat(fraction: float) -> None:
         activity.heartbeat(fraction)
+
+
+def _raise_for(state: JobState, error: str | None) -> None:
+    if state is JobState.FAILED:
+        raise ProviderError(ErrorCode.JOB_FAILED, error or "provider job failed")
+    if state is JobState.CANCELLED:
+        raise ProviderError(ErrorCode.JOB_CANCELLED, "provider job was cancelled")

@@ -86,6 +86,10 @@ class JobActivities:
                 generation_timeout_s=s.generation_timeout_s,
                 heartbeat_timeout_s=s.heartbeat_timeout_s,
                 search_attributes=s.search_attributes_enabled,
+                poll_interval_s=s.poll_interval_s,
+                request_timeout_s=s.provider_request_timeout_s,
+                resolve_window_s=s.submit_resolve_window_s,
+                ambiguous_fallback=s.ambiguous_submit_fallback,
             )
 
     @activity.defn(name="record_job_event")

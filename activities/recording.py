@@ -26,7 +26,9 @@ log = get_logger("soundfoundry.activities")
 
 # The activities whose attempts are calls on a provider (or a check of what it returned):
 # provider_attempts_total counts these, not bookkeeping that merely names a provider.
-PROVIDER_ACTIVITIES = frozenset({"submit_generation", "await_generation", "check_audio"})
+PROVIDER_ACTIVITIES = frozenset(
+    {"submit_generation", "await_generation", "poll_generation", "fetch_generation", "check_audio"}
+)
 
 
 @dataclass
@@ -48,7 +50,10 @@ async def recorded_attempt(
     event: str,
     provider: str | None = None,
     provider_run_id: str | None = None,
+    record_success: bool = True,
 ) -> AsyncIterator[Attempt]:
+    """Failures are always written; `record_success=False` keeps a routine success (a
+    poll that says "still running") out of the job log."""
     info = activity.info()
     attempt = Attempt(provider=provider, provider_run_id=provider_run_id)
     context = {
@@ -86,6 +91,8 @@ async def recorded_attempt(
             )
             raise
         _count_provider_attempt(attempt, None)
+        if not record_success:
+            return
         await store.add_event(
             job_id,
             event,

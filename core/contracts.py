@@ -16,6 +16,8 @@ TRACK_WORKFLOW = "TrackWorkflow"
 PROVIDER_HEALTH_WORKFLOW = "ProviderHealthWorkflow"
 RECONCILE_WORKFLOW = "ReconcileWorkflow"
 PROGRESS_QUERY = "progress"
+# A verified provider webhook, delivered by the API to the track's workflow.
+PROVIDER_EVENT_SIGNAL = "provider_event"
 
 
 def track_workflow_id(track_id: uuid.UUID | str) -> str:
@@ -55,6 +57,38 @@ class Step(StrEnum):
     DONE = "done"
 
 
+class SubmissionState(StrEnum):
+    """Where one paid submission stands (the provider_submissions ledger)."""
+
+    SENDING = "sending"  # committed before the request left; outcome not yet known
+    ACCEPTED = "accepted"  # the provider answered with its run id
+    REJECTED = "rejected"  # provably nothing was created (refused before or on arrival)
+    AMBIGUOUS = "ambiguous"  # the request left and no answer or trace of it was found
+    RESOLVED = "resolved"  # was sending/ambiguous; its run id was found later
+    CANCELLED = "cancelled"  # we asked the provider to stop it
+    FINISHED = "finished"  # its result was collected (or it ended at the provider)
+
+    @property
+    def open(self) -> bool:
+        """May still be running (and costing) at the provider."""
+        return self in OPEN_SUBMISSION_STATES
+
+    @property
+    def paid(self) -> bool:
+        """May have cost money: everything but a proven rejection."""
+        return self is not SubmissionState.REJECTED
+
+
+OPEN_SUBMISSION_STATES = frozenset(
+    {
+        SubmissionState.SENDING,
+        SubmissionState.ACCEPTED,
+        SubmissionState.AMBIGUOUS,
+        SubmissionState.RESOLVED,
+    }
+)
+
+
 class GenerationRequest(BaseModel):
     """What a provider is asked to make."""
 
@@ -87,6 +121,8 @@ class ProviderPlan(BaseModel):
     name: str
     model: str | None = None
     skip_reason: str | None = None
+    # False for the local synth: nothing to poll, the render happens on fetch.
+    remote: bool = True
 
 
 class GenerationPlan(BaseModel):
@@ -100,6 +136,11 @@ class GenerationPlan(BaseModel):
     heartbeat_timeout_s: float
     # Whether TrackId/UserId/Provider/JobStatus are registered on the namespace.
     search_attributes: bool = False
+    # Waiting on a provider (defaults: what runs planned before these fields saw).
+    poll_interval_s: float = 2.0
+    request_timeout_s: float = 15.0
+    resolve_window_s: float = 30.0
+    ambiguous_fallback: bool = True
 
 
 class Submission(BaseModel):
@@ -113,6 +154,26 @@ class Submission(BaseModel):
     request: GenerationRequest
     # Provider-specific URLs handed back at submit (fal's status/response/cancel URLs).
     urls: dict[str, str] = Field(default_factory=dict)
+    # The ledger row's token (None in histories from before the ledger).
+    token: str | None = None
+
+
+class ProviderEvent(BaseModel):
+    """What a verified provider webhook said about one of our submissions."""
+
+    token: str
+    provider: str
+    run_id: str
+    # "succeeded" | "failed" | "cancelled"
+    state: str
+    error: str | None = None
+
+
+class PollStatus(BaseModel):
+    """One look at a provider's job: still going (with progress), or done."""
+
+    done: bool
+    progress: float | None = None
 
 
 class StagedAudio(BaseModel):

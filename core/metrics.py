@@ -91,6 +91,18 @@ PROVIDER_FALLBACKS: Final = Counter(
     ["from_provider", "to_provider"],
     registry=WORKER_REGISTRY,
 )
+PROVIDER_AMBIGUOUS_SUBMISSIONS: Final = Counter(
+    "provider_ambiguous_submissions_total",
+    "Submits that left and whose outcome could not be found: each may be a paid job.",
+    ["provider"],
+    registry=WORKER_REGISTRY,
+)
+PROVIDER_JOBS_CANCELLED: Final = Counter(
+    "provider_jobs_cancelled_total",
+    "Provider jobs we asked to stop because nothing waited for them any more, by why.",
+    ["provider", "reason"],
+    registry=WORKER_REGISTRY,
+)
 S3_ERRORS: Final = Counter(
     "s3_errors_total",
     "S3 calls that failed (client errors and connection errors).",
@@ -135,6 +147,14 @@ def count_fallback(from_provider: str, to_provider: str) -> None:
     PROVIDER_FALLBACKS.labels(from_provider=from_provider, to_provider=to_provider).inc()
 
 
+def count_ambiguous_submission(provider: str) -> None:
+    PROVIDER_AMBIGUOUS_SUBMISSIONS.labels(provider=provider).inc()
+
+
+def count_provider_cancel(provider: str, reason: str) -> None:
+    PROVIDER_JOBS_CANCELLED.labels(provider=provider, reason=reason).inc()
+
+
 def count_s3_error(operation: str) -> None:
     S3_ERRORS.labels(operation=operation).inc()
 
@@ -151,6 +171,7 @@ def init_worker_series(providers: Iterable[str] = KNOWN_PROVIDERS) -> None:
     for provider in providers:
         for code in AUTH_ERROR_CODES:
             PROVIDER_ATTEMPTS.labels(provider=provider, outcome="error", error_code=code)
+        PROVIDER_AMBIGUOUS_SUBMISSIONS.labels(provider=provider)
 
 
 class RemoteTextCollector(Collector):

@@ -11,7 +11,7 @@ from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
-from core.contracts import JobStatus, Step
+from core.contracts import JobStatus, Step, SubmissionState
 
 
 def utcnow() -> datetime:
@@ -194,3 +194,32 @@ class RateLimitCounter(SQLModel, table=True):
     key: str = Field(max_length=255, primary_key=True)
     count: int = 0
     expires_at: datetime = Field(sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class ProviderSubmission(SQLModel, table=True):
+    """One request that may have started a paid job at a provider: the submission ledger.
+
+    The row is committed in state SENDING before a byte goes out, so an attempt that dies
+    mid-request leaves a trace that stops any later attempt from paying again.
+    """
+
+    __tablename__ = "provider_submissions"
+    __table_args__ = (UniqueConstraint("job_id", "provider", "number"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    job_id: uuid.UUID = Field(foreign_key="jobs.id", index=True)
+    track_id: uuid.UUID = Field(foreign_key="tracks.id")
+    provider: str = Field(max_length=32)
+    model: str | None = Field(default=None, max_length=128)
+    # The link of the provider chain this submission serves (1, 2, ...).
+    number: int
+    # Random, ours: carried by the provider's webhook so a lost answer can be matched.
+    token: str = Field(max_length=64, unique=True)
+    state: SubmissionState = _enum(SubmissionState, default=SubmissionState.SENDING, index=True)
+    run_id: str | None = Field(default=None, max_length=128, index=True)
+    urls: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
+    # How the run id became known: "answer", "webhook" or "listing".
+    resolved_via: str | None = Field(default=None, max_length=16)
+    error: str | None = Field(default=None, max_length=1000)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()

@@ -68,6 +68,18 @@ class Settings(BaseSettings):
     provider_request_timeout_s: float = Field(default=15.0, gt=0)
     # /api/health/providers answers from a check at most this old.
     provider_health_cache_s: float = Field(default=30.0, ge=0)
+    # Providers tell us when a job ends (and which job a lost submit answer started) by
+    # webhook; submissions carry webhook URLs under PUBLIC_BASE_URL only when this is on,
+    # since the providers must be able to reach that address.
+    provider_webhooks_enabled: bool = False
+    # Replicate's `whsec_...` signing secret. Unset, the API asks Replicate for it once
+    # (with REPLICATE_API_TOKEN) and keeps it.
+    replicate_webhook_secret: SecretStr | None = None
+    # fal signs with ED25519 keys it publishes here; tests point it at the fake.
+    fal_webhook_jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+    # A signed delivery whose timestamp is further than this from our clock is refused
+    # (a replay, or a clock badly off).
+    provider_webhook_tolerance_s: int = Field(default=300, ge=1)
 
     # Bounds on spend and waiting, read by the worker when it plans a track.
     max_submissions_per_track: int = Field(default=4, ge=1)
@@ -78,6 +90,12 @@ class Settings(BaseSettings):
     generation_timeout_s: float = Field(default=900.0, gt=0)
     heartbeat_timeout_s: float = Field(default=20.0, gt=0)
     poll_interval_s: float = Field(default=2.0, gt=0)
+    # A submit whose answer was lost is looked for (webhook, the provider's listing) for
+    # this long before it is declared ambiguous; it is never sent again to that provider.
+    submit_resolve_window_s: float = Field(default=30.0, ge=0)
+    # An ambiguous submit may have paid for a job we cannot see: go on to the next
+    # provider (true: the user gets a track, we may pay twice) or fail the track (false).
+    ambiguous_submit_fallback: bool = True
     # Wall-clock seconds the synth spends per second of audio; 0 renders as fast as it can.
     synth_pace: float = Field(default=0.0, ge=0)
 
@@ -161,6 +179,7 @@ class Settings(BaseSettings):
             self.secret_key,
             self.fal_key,
             self.replicate_api_token,
+            self.replicate_webhook_secret,
             self.s3_secret_key,
             self.sentry_dsn,
         ]

@@ -8,6 +8,7 @@ a replay sees the same plan whatever the worker's settings are today.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
@@ -21,17 +22,25 @@ from temporalio.exceptions import (
 
 with workflow.unsafe.imports_passed_through():
     from activities.assets import AssetActivities, CoverInput, StoreAudioInput
-    from activities.generation import CheckInput, GenerationActivities, SubmitInput
+    from activities.generation import (
+        CancelInput,
+        CheckInput,
+        GenerationActivities,
+        SubmitInput,
+    )
     from activities.jobs import CompleteInput, FinishInput, JobActivities
     from activities.providers.base import NON_RETRYABLE, ErrorCode
     from activities.webhooks import WebhookActivities
     from core.contracts import (
         PROGRESS_QUERY,
+        PROVIDER_EVENT_SIGNAL,
         TRACK_WORKFLOW,
         CheckedAudio,
         GenerationPlan,
         JobStatus,
         Progress,
+        ProviderEvent,
+        ProviderPlan,
         RetryBounds,
         Step,
         StoredTrack,
@@ -64,11 +73,24 @@ NO_CAPABLE_PROVIDER = "no_capable_provider"
 # Added after the first release: runs recorded before it replay without these upserts.
 SEARCH_ATTRIBUTES_PATCH = "search-attributes-v1"
 WEBHOOKS_PATCH = "webhooks-v1"
+# Paid submissions through the ledger, waiting on timers/signals, cleanup on every exit.
+LEDGER_PATCH = "submission-ledger-v1"
+# Cleanup gets the provider's answer in flight, plus a margin.
+CLEANUP_TIMEOUT = timedelta(minutes=5)
+FIRST_POLL_S = 0.5
 PROVIDER_ATTRIBUTE = SearchAttributeKey.for_keyword("Provider")
 JOB_STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("JobStatus")
 
 
 class GenerationFailed(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class LinkFailed(Exception):
+    """One provider of the chain did not deliver; the next one may."""
+
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
@@ -85,6 +107,8 @@ def _policy(bounds: RetryBounds) -> RetryPolicy:
 
 
 def _error_code(exc: BaseException) -> str:
+    if isinstance(exc, LinkFailed):
+        return exc.code
     cause = exc.cause if isinstance(exc, ActivityError) else exc
     if isinstance(cause, ApplicationError) and cause.type:
         return cause.type
@@ -104,10 +128,18 @@ class TrackWorkflow:
         self._progress = Progress(step=Step.QUEUED, progress=0.0)
         self._submission: Submission | None = None
         self._publish_attributes = False
+        self._ledger = False
+        self._plan: GenerationPlan | None = None
+        # Verified provider webhooks, by submission token, until the wait consumes them.
+        self._provider_events: dict[str, ProviderEvent] = {}
 
     @workflow.query(name=PROGRESS_QUERY)
     def progress(self) -> Progress:
         return self._progress
+
+    @workflow.signal(name=PROVIDER_EVENT_SIGNAL)
+    def provider_event(self, event: ProviderEvent) -> None:
+        self._provider_events[event.token] = event
 
     @workflow.run
     async def run(self, track: TrackInput) -> TrackResult:
@@ -140,7 +172,12 @@ class TrackWorkflow:
             SEARCH_ATTRIBUTES_PATCH
         )
         self._publish(status=JobStatus.RENDERING)
-        checked, fallbacks = await self._generate(track, plan)
+        self._plan = plan
+        self._ledger = workflow.patched(LEDGER_PATCH)
+        if self._ledger:
+            checked, fallbacks = await self._generate(track, plan)
+        else:
+            checked, fallbacks = await self._generate_before_ledger(track, plan)
 
         self._set(Step.STORING, 0.8)
         audio_key = await workflow.execute_activity_method(
@@ -178,7 +215,137 @@ class TrackWorkflow:
         )
 
     async def _generate(self, track: TrackInput, plan: GenerationPlan) -> tuple[CheckedAudio, int]:
-        """Walk the provider chain until one produces audio that passes the check."""
+        """Walk the provider chain until one produces audio that passes the check.
+
+        Each link pays at most once (the submit activity keeps the ledger), and a link
+        that fails has every job it left open cancelled before the next one starts.
+        """
+        failed: str | None = None
+        skipped = "; ".join(f"{p.name}: {p.skip_reason}" for p in plan.providers if p.skip_reason)
+        last_code, last_message = (
+            NO_CAPABLE_PROVIDER,
+            f"no provider can serve this track ({skipped})",
+        )
+        number = 0
+        for link in plan.providers:
+            if link.skip_reason:
+                continue
+            number += 1
+            self._progress = Progress(
+                step=Step.GENERATING, progress=0.1, provider=link.name, attempt=number
+            )
+            self._publish(provider=link.name)
+            try:
+                return await self._try_link(track, plan, link, number, failed), number - 1
+            except (ActivityError, LinkFailed) as exc:
+                if is_cancelled_exception(exc):
+                    raise
+                last_code, last_message = _error_code(exc), _error_message(exc)
+                if self._submission is not None:
+                    await self._cancel_submissions(track, f"{link.name} failed: {last_code}")
+                if last_code == ErrorCode.SUBMISSION_CAP.value:
+                    break
+                if last_code == ErrorCode.AMBIGUOUS.value and not plan.ambiguous_fallback:
+                    break
+                failed = f"{link.name} ({last_code})"
+        raise GenerationFailed(last_code, f"every provider failed; last: {last_message}")
+
+    async def _try_link(
+        self,
+        track: TrackInput,
+        plan: GenerationPlan,
+        link: ProviderPlan,
+        number: int,
+        failed: str | None,
+    ) -> CheckedAudio:
+        self._submission = None
+        submission = await workflow.execute_activity_method(
+            GenerationActivities.submit_generation,
+            SubmitInput(
+                track=track,
+                provider=link.name,
+                submission_number=number,
+                falling_back_from=failed,
+                max_paid=plan.max_submissions,
+                resolve_window_s=plan.resolve_window_s,
+            ),
+            start_to_close_timeout=SUBMIT_TIMEOUT + timedelta(seconds=plan.resolve_window_s),
+            heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_s),
+            retry_policy=_policy(plan.submit_retry),
+        )
+        self._submission = submission
+        if link.remote:
+            await self._wait_for_provider(submission, plan)
+        staged = await workflow.execute_activity_method(
+            GenerationActivities.fetch_generation,
+            submission,
+            start_to_close_timeout=timedelta(seconds=plan.generation_timeout_s),
+            heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_s),
+            retry_policy=_policy(plan.poll_retry),
+        )
+        self._set(Step.CHECKING, 0.7)
+        checked = await workflow.execute_activity_method(
+            GenerationActivities.check_audio,
+            CheckInput(track=track, staged=staged),
+            start_to_close_timeout=CHECK_TIMEOUT,
+            retry_policy=_policy(plan.poll_retry),
+        )
+        self._submission = None
+        if number > 1:
+            # Earlier links may have left a submit whose job only shows up now.
+            await self._cancel_submissions(track, "track finished by another provider")
+        return checked
+
+    async def _wait_for_provider(self, submission: Submission, plan: GenerationPlan) -> None:
+        """Poll with short activities and wait on a durable timer in between, so a
+        waiting track holds no worker slot; a verified webhook ends the wait early."""
+        deadline = workflow.now() + timedelta(seconds=plan.generation_timeout_s)
+        delay = min(FIRST_POLL_S, plan.poll_interval_s)
+        token = submission.token or ""
+        while True:
+            self._provider_events.pop(token, None)
+            status = await workflow.execute_activity_method(
+                GenerationActivities.poll_generation,
+                submission,
+                start_to_close_timeout=timedelta(seconds=plan.request_timeout_s + 5),
+                retry_policy=_policy(plan.poll_retry),
+            )
+            if status.done:
+                return
+            if status.progress is not None:
+                self._set(Step.GENERATING, 0.1 + 0.5 * min(max(status.progress, 0.0), 1.0))
+            remaining = (deadline - workflow.now()).total_seconds()
+            if remaining <= 0:
+                raise LinkFailed(
+                    ErrorCode.TIMEOUT.value,
+                    f"{submission.provider} gave no result within {plan.generation_timeout_s:g} s",
+                )
+            with contextlib.suppress(asyncio.TimeoutError):
+                await workflow.wait_condition(
+                    lambda: token in self._provider_events, timeout=min(delay, remaining)
+                )
+            delay = min(delay * 2, plan.poll_interval_s)
+
+    async def _cancel_submissions(self, track: TrackInput, reason: str) -> None:
+        """Stop every provider job this track left open, read from the ledger."""
+        window = self._plan.resolve_window_s if self._plan else 30.0
+        try:
+            await workflow.execute_activity_method(
+                GenerationActivities.cancel_submissions,
+                CancelInput(track=track, reason=reason, resolve_window_s=window),
+                start_to_close_timeout=CLEANUP_TIMEOUT + timedelta(seconds=window),
+                heartbeat_timeout=timedelta(seconds=60),
+                retry_policy=BOOKKEEPING_RETRY,
+            )
+        except ActivityError:
+            # The reconciler sweeps what is left open once the job has ended.
+            workflow.logger.warning("could not cancel the provider's jobs")
+        self._submission = None
+
+    async def _generate_before_ledger(
+        self, track: TrackInput, plan: GenerationPlan
+    ) -> tuple[CheckedAudio, int]:
+        """The chain as runs started before the ledger walk it (kept for their replay)."""
         submissions = 0
         failed: str | None = None
         skipped = "; ".join(f"{p.name}: {p.skip_reason}" for p in plan.providers if p.skip_reason)
@@ -238,7 +405,11 @@ class TrackWorkflow:
 
     async def _on_cancel(self, track: TrackInput) -> None:
         self._publish(status=JobStatus.CANCELLED)
-        await self._cancel_provider_job()
+        if self._ledger:
+            # Also when the cancel came mid-submit: the cleanup waits for its answer.
+            await self._cancel_submissions(track, "cancelled by request")
+        else:
+            await self._cancel_provider_job()
         await self._finish(track, JobStatus.CANCELLED, None, "cancelled by request")
         await self._notify(track, JobStatus.CANCELLED)
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -38,6 +40,7 @@ _CONTENT_TYPES = {
     "m4a": "audio/mp4",
     "aac": "audio/aac",
 }
+T = TypeVar("T")
 _CHUNK = 64 * 1024
 _HEARTBEAT_EVERY_S = 0.25
 
@@ -76,6 +79,31 @@ class Redactor:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+class LoopLocal(Generic[T]):
+    """One client per event loop: the provider libraries bind their httpx client to the
+    loop that first used it."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._items: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self) -> T:
+        loop = asyncio.get_running_loop()
+        item = self._items.get(loop)
+        if item is None:
+            # A client left by a loop that closed without `pop` can never be closed now;
+            # drop it so it does not keep that loop alive through the weak mapping.
+            for stale in [other for other in self._items if other.is_closed()]:
+                del self._items[stale]
+            item = self._items[loop] = self._make()
+        return item
+
+    def pop(self) -> T | None:
+        return self._items.pop(asyncio.get_running_loop(), None)
 
 
 def audio_extension(content_type: str | None, url: str) -> str | None:

@@ -7,8 +7,9 @@ job by its id instead of paying for a second one.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -22,6 +23,9 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "http_429"
     SERVER = "http_5xx"
     TIMEOUT = "timeout"
+    # The submit left and its outcome could not be found: it may have paid.
+    AMBIGUOUS = "ambiguous_submit"
+    SUBMISSION_CAP = "submission_cap"
     JOB_FAILED = "job_failed"
     JOB_CANCELLED = "job_cancelled"
     BAD_AUDIO = "bad_audio"
@@ -41,6 +45,8 @@ NON_RETRYABLE = frozenset(
         ErrorCode.BAD_AUDIO,
         ErrorCode.UNCONFIGURED,
         ErrorCode.UNSUPPORTED,
+        ErrorCode.AMBIGUOUS,
+        ErrorCode.SUBMISSION_CAP,
     }
 )
 
@@ -53,12 +59,16 @@ class ProviderError(Exception):
         *,
         retry_after_s: float | None = None,
         status: int | None = None,
+        sent: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retry_after_s = retry_after_s
         self.status = status
+        # For a submit: the request left and the provider may have acted on it, so
+        # sending it again could pay twice.
+        self.sent = sent
 
     @property
     def retryable(self) -> bool:
@@ -126,11 +136,33 @@ class MusicProvider(ABC):
     def cannot_serve(self, request: GenerationRequest) -> str | None:
         """Why this provider cannot serve the request (too long, no vocals), or None."""
 
+    @property
+    def remote(self) -> bool:
+        """True when jobs run at the provider and must be polled; False when the whole
+        render happens in `download` (the local synth)."""
+        return True
+
     @abstractmethod
     async def submit(
-        self, request: GenerationRequest, *, track_id: str
+        self,
+        request: GenerationRequest,
+        *,
+        track_id: str,
+        token: str | None = None,
+        webhook_url: str | None = None,
     ) -> tuple[str, dict[str, str]]:
-        """Start a paid job; return its id and any URLs needed to follow it."""
+        """Start a paid job with exactly one request; return its id and follow-up URLs.
+
+        Never re-sends: a failure after the request left raises ProviderError with
+        `sent=True`, and the caller resolves it instead of trying again.
+        """
+
+    async def find_submission(
+        self, request: GenerationRequest, *, since: datetime, exclude: set[str]
+    ) -> str | None:
+        """The run id of a job we submitted for `request` at or after `since` whose
+        answer was lost, from the provider's own records; None if it cannot tell."""
+        return None
 
     @abstractmethod
     async def poll(self, submission: Submission) -> PollResult: ...
@@ -149,6 +181,3 @@ class MusicProvider(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release clients bound to the current event loop."""
-
-
-ProviderFactory = Callable[[], Awaitable[MusicProvider]]

@@ -1,6 +1,5 @@
-"""fal.ai through its queue API, using the real `fal_client.AsyncClient`.
-
-A job is submitted once, then followed by its request id alone (`status` / `result` /
+"""fal.ai through its queue API: one plain POST submits (see `hosted`), the real
+`fal_client.AsyncClient` follows the job by its request id (`status` / `result` /
 `cancel` by app and id), so a new worker can pick up a paid job from its `Submission`.
 
 fal-client quirks this module works around (fal-client 1.x, see `fal_client/client.py`):
@@ -9,9 +8,9 @@ fal-client quirks this module works around (fal-client 1.x, see `fal_client/clie
   from FAL_QUEUE_RUN_HOST and always https. `_configure_fal_client` repoints it at our
   `fal_queue_url` setting; that is the only place we touch it.
 * Its request helper retries 408/409/429, ingress 502-504 and every transport error up to
-  `MAX_ATTEMPTS` (10) times with backoff, submits included: slow to give up on a 429, and
-  a read timeout after fal accepted a submit would pay for a second job. We set it to 1 so
-  the workflow's retry policy, which knows about cost, makes every retry decision.
+  `MAX_ATTEMPTS` (10) times with backoff, submits included: a read timeout after fal
+  accepted a submit would pay for a second job. Submits therefore never go through it,
+  and we set it to 1 so the workflow's retry policy makes every other retry decision.
 * Status calls use a fixed 120 s read timeout, so each call is also bounded here.
 * `result()` polls status until COMPLETED before fetching, so call it only once poll has
   said the job succeeded (the MusicProvider contract already guarantees that).
@@ -22,54 +21,40 @@ fal-client quirks this module works around (fal-client 1.x, see `fal_client/clie
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import fal_client
 import fal_client.client as fal_http
-import httpx
 from pydantic import SecretStr
 
-from activities.providers._http import Redactor, parse_retry_after, shorten, stream_audio
+from activities.providers._http import LoopLocal, parse_retry_after, shorten, stream_audio
 from activities.providers.base import (
     DownloadedAudio,
     ErrorCode,
     Health,
     Heartbeat,
     JobState,
-    MusicProvider,
     PollResult,
     ProviderError,
 )
-from core.contracts import GenerationRequest, Submission
+from activities.providers.hosted import HostedModel, HostedProvider, SubmitCall
+from core.contracts import Submission
 from core.settings import Settings, get_settings
 
 DEFAULT_QUEUE_URL = "https://queue.fal.run/"
 DEFAULT_VOCALS_MODEL = "fal-ai/minimax-music/v2"
 DEFAULT_INSTRUMENTAL_MODEL = "fal-ai/stable-audio"
 
-
-@dataclass(frozen=True)
-class FalModel:
-    """What this provider needs to know about one fal endpoint."""
-
-    max_duration_s: int
-    lyrics: bool = False  # takes `lyrics` next to the style prompt (vocal models)
-    duration_field: str | None = None  # input field that sets the length, if any
-    extra_input: Mapping[str, Any] = field(default_factory=dict)
-
-
 # Known endpoints and the longest track each can make. Limits follow the model pages at the
 # time of writing; pass `models=` to FalProvider to change them or to add endpoints.
-FAL_MODELS: Mapping[str, FalModel] = {
+FAL_MODELS: Mapping[str, HostedModel] = {
     # MiniMax Music 2.0: a full song with vocals from a style prompt and lyrics. It picks
     # its own length (songs run to about four minutes), so it only refuses longer requests.
-    "fal-ai/minimax-music/v2": FalModel(max_duration_s=240, lyrics=True),
+    "fal-ai/minimax-music/v2": HostedModel(max_duration_s=240, lyrics=True),
     # Stable Audio Open 1.0: instrumental, length set by seconds_total, at most 47 s.
-    "fal-ai/stable-audio": FalModel(max_duration_s=47, duration_field="seconds_total"),
+    "fal-ai/stable-audio": HostedModel(max_duration_s=47, duration_field="seconds_total"),
 }
 
 # A well-formed id no job will have: asking for its status proves the key without cost.
@@ -88,8 +73,10 @@ def _configure_fal_client(queue_url: str) -> None:
     fal_http.MAX_ATTEMPTS = 1
 
 
-class FalProvider(MusicProvider):
+class FalProvider(HostedProvider):
     name = "fal"
+    display_name = "fal"
+    key_name = "FAL_KEY"
 
     def __init__(
         self,
@@ -98,27 +85,22 @@ class FalProvider(MusicProvider):
         queue_url: str = DEFAULT_QUEUE_URL,
         vocals_model: str = DEFAULT_VOCALS_MODEL,
         instrumental_model: str = DEFAULT_INSTRUMENTAL_MODEL,
-        models: Mapping[str, FalModel] = FAL_MODELS,
+        models: Mapping[str, HostedModel] = FAL_MODELS,
         request_timeout_s: float = 15.0,
         download_timeout_s: float = 15.0,
     ) -> None:
-        # Both stay under the activity heartbeat timeout (20 s by default): an API call is
-        # not heartbeated while it runs, and a download heartbeats once per chunk read.
-        for model in (vocals_model, instrumental_model):
-            if model not in models:
-                raise ValueError(f"unknown fal model {model!r}: describe it in models=")
-        self._key = SecretStr(key) if isinstance(key, str) else key
-        self._redact = Redactor(self._key.get_secret_value() if self._key else None)
-        self._queue_url = queue_url
-        self._vocals_model = vocals_model
-        self._instrumental_model = instrumental_model
-        self._models = dict(models)
-        self._request_timeout_s = request_timeout_s
-        self._download_timeout_s = download_timeout_s
-        # An AsyncClient holds an httpx client bound to the loop that first used it.
-        self._clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, fal_client.AsyncClient
-        ] = weakref.WeakKeyDictionary()
+        super().__init__(
+            key=key,
+            vocals_model=vocals_model,
+            instrumental_model=instrumental_model,
+            models=models,
+            request_timeout_s=request_timeout_s,
+            download_timeout_s=download_timeout_s,
+        )
+        self._queue_url = queue_url if queue_url.endswith("/") else queue_url + "/"
+        self._clients = LoopLocal(
+            lambda: fal_client.AsyncClient(key=self._secret(), default_timeout=request_timeout_s)
+        )
         _configure_fal_client(queue_url)
 
     @classmethod
@@ -133,43 +115,25 @@ class FalProvider(MusicProvider):
         }
         return cls(**{**values, **overrides})
 
-    # -- MusicProvider ---------------------------------------------------------------
+    # -- HostedProvider ------------------------------------------------------------------
 
-    @property
-    def configured(self) -> bool:
-        return bool(self._key and self._key.get_secret_value())
+    def _submit_call(
+        self, model: str, payload: dict[str, Any], webhook_url: str | None
+    ) -> SubmitCall:
+        return SubmitCall(
+            url=self._queue_url + model,
+            body=payload,
+            headers={"Authorization": f"Key {self._secret()}"},
+            params={"fal_webhook": webhook_url} if webhook_url else {},
+        )
 
-    def model_for(self, request: GenerationRequest) -> str | None:
-        return self._vocals_model if request.has_vocals else self._instrumental_model
-
-    def cannot_serve(self, request: GenerationRequest) -> str | None:
-        model = self.model_for(request)
-        assert model is not None
-        spec = self._models[model]
-        if request.duration_s > spec.max_duration_s:
-            return f"{model} makes at most {spec.max_duration_s} s (asked {request.duration_s} s)"
-        if spec.lyrics and not (request.lyrics or "").strip():
-            return f"{model} needs lyrics for a vocal track"
-        return None
-
-    async def submit(
-        self, request: GenerationRequest, *, track_id: str
-    ) -> tuple[str, dict[str, str]]:
-        if reason := self.cannot_serve(request):
-            raise ProviderError(ErrorCode.UNSUPPORTED, reason)
-        model = self.model_for(request)
-        assert model is not None
-        client = self._client()
-        try:
-            async with asyncio.timeout(self._request_timeout_s):
-                handle = await client.submit(model, self._input(model, request))
-        except Exception as exc:
-            raise self._error("submit", exc) from None
-        return handle.request_id, {
-            "status_url": handle.status_url,
-            "response_url": handle.response_url,
-            "cancel_url": handle.cancel_url,
+    def _parse_submit(self, answer: Any) -> tuple[str, dict[str, str]]:
+        urls = {
+            k: str(answer[k]) for k in ("status_url", "response_url", "cancel_url") if k in answer
         }
+        return str(answer["request_id"]), urls
+
+    # -- MusicProvider -------------------------------------------------------------------
 
     async def poll(self, submission: Submission) -> PollResult:
         client = self._client()
@@ -245,7 +209,7 @@ class FalProvider(MusicProvider):
         return Health("ok")
 
     async def aclose(self) -> None:
-        client = self._clients.pop(asyncio.get_running_loop(), None)
+        client = self._clients.pop()
         if client is not None:
             # fal-client has no close(); its httpx client sits behind a private cached property.
             http = await client._client
@@ -254,33 +218,12 @@ class FalProvider(MusicProvider):
     # -- internals -------------------------------------------------------------------
 
     def _client(self) -> fal_client.AsyncClient:
-        if not self._key or not self._key.get_secret_value():
-            raise ProviderError(ErrorCode.UNCONFIGURED, "fal: FAL_KEY is not set")
+        self._secret()  # UNCONFIGURED before any call
         _configure_fal_client(self._queue_url)
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            # A client left by a loop that closed without aclose() can never be closed now;
-            # drop it so it does not keep that loop alive through the weak mapping.
-            for stale in [other for other in self._clients if other.is_closed()]:
-                del self._clients[stale]
-            client = fal_client.AsyncClient(
-                key=self._key.get_secret_value(), default_timeout=self._request_timeout_s
-            )
-            self._clients[loop] = client
-        return client
+        return self._clients.get()
 
     def _app(self, submission: Submission) -> str:
-        return submission.model or self.model_for(submission.request) or self._vocals_model
-
-    def _input(self, model: str, request: GenerationRequest) -> dict[str, Any]:
-        spec = self._models[model]
-        payload: dict[str, Any] = {"prompt": request.prompt, **spec.extra_input}
-        if spec.lyrics:
-            payload["lyrics"] = request.lyrics
-        if spec.duration_field:
-            payload[spec.duration_field] = request.duration_s
-        return payload
+        return submission.model or self._model(submission.request)
 
     def _error(self, op: str, exc: BaseException) -> ProviderError:
         if isinstance(exc, ProviderError):
@@ -292,11 +235,7 @@ class FalProvider(MusicProvider):
                 self._redact(f"fal {op}: HTTP {status}: {shorten(exc.message)}"),
                 retry_after_s=parse_retry_after(exc.response.headers.get("retry-after")),
             )
-        code = ErrorCode.OTHER
-        if isinstance(exc, TimeoutError | httpx.TimeoutException | httpx.TransportError):
-            code = ErrorCode.TIMEOUT
-        detail = shorten(exc) or f"no answer within {self._request_timeout_s:g} s"
-        return ProviderError(code, self._redact(f"fal {op}: {type(exc).__name__}: {detail}"))
+        return self._transport_error(op, exc)
 
 
 def _find_audio(result: Any) -> tuple[str | None, str | None]:

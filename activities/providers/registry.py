@@ -50,6 +50,7 @@ class ProviderRegistry:
                     name=name,
                     model=provider.model_for(request),
                     skip_reason=provider.cannot_serve(request),
+                    remote=provider.remote,
                 )
             )
         return plans

@@ -1,7 +1,7 @@
-"""Replicate predictions, using the real `replicate.Client` (1.x; 2.x is a rewrite).
-
-A prediction is created once and then followed by its id alone, so a new worker can pick
-up a paid job from its `Submission`.
+"""Replicate predictions: one plain POST creates (see `hosted`), the real
+`replicate.Client` (1.x; 2.x is a rewrite) follows the prediction by its id alone, so a
+new worker can pick up a paid job from its `Submission`, and lists recent predictions to
+find one whose create answer was lost.
 
 replicate 1.x quirks this module works around (see `replicate/client.py`):
 
@@ -19,9 +19,8 @@ replicate 1.x quirks this module works around (see `replicate/client.py`):
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +31,17 @@ from replicate.client import RetryTransport
 from replicate.exceptions import ReplicateError
 from replicate.prediction import Prediction
 
-from activities.providers._http import Redactor, parse_retry_after, shorten, stream_audio
+from activities.providers._http import LoopLocal, parse_retry_after, shorten, stream_audio
 from activities.providers.base import (
     DownloadedAudio,
     ErrorCode,
     Health,
     Heartbeat,
     JobState,
-    MusicProvider,
     PollResult,
     ProviderError,
 )
+from activities.providers.hosted import HostedModel, HostedProvider, SubmitCall
 from core.contracts import GenerationRequest, Submission
 from core.settings import Settings, get_settings
 
@@ -51,32 +50,26 @@ DEFAULT_VOCALS_MODEL = "minimax/music-1.5"
 DEFAULT_INSTRUMENTAL_MODEL = "meta/musicgen"
 
 
-@dataclass(frozen=True)
-class ReplicateModel:
-    """What this provider needs to know about one Replicate model."""
-
-    max_duration_s: int
-    lyrics: bool = False  # takes `lyrics` next to the style prompt (vocal models)
-    duration_field: str | None = None  # input field that sets the length, if any
-    seed_field: str | None = None  # input field for a reproducible seed, if any
-    extra_input: Mapping[str, Any] = field(default_factory=dict)
-
-
 # Known models and the longest track each can make, per their model pages at the time of
 # writing; pass `models=` to ReplicateProvider to change them or to add models. A model is
 # named `owner/name` (official models, which take model-level predictions) or
 # `owner/name:version` to pin a version; the table is keyed by `owner/name`.
-REPLICATE_MODELS: Mapping[str, ReplicateModel] = {
+REPLICATE_MODELS: Mapping[str, HostedModel] = {
     # MiniMax Music 1.5: songs with vocals up to about four minutes, from prompt + lyrics.
-    "minimax/music-1.5": ReplicateModel(max_duration_s=240, lyrics=True),
+    "minimax/music-1.5": HostedModel(max_duration_s=240, lyrics=True),
     # MusicGen: instrumental; `duration` in seconds, documented up to 30 s per generation.
-    "meta/musicgen": ReplicateModel(
+    "meta/musicgen": HostedModel(
         max_duration_s=30,
         duration_field="duration",
         seed_field="seed",
         extra_input={"output_format": "wav"},
     ),
 }
+
+# How far back a listing is read for a lost create, and the clock skew allowed between
+# our row's timestamp and Replicate's `created_at`.
+_LISTING_PAGES = 3
+_CLOCK_SKEW = timedelta(seconds=30)
 
 _STATES = {
     "starting": JobState.QUEUED,
@@ -137,8 +130,10 @@ def _split_ref(model: str) -> tuple[str, str | None]:
     return name, version or None
 
 
-class ReplicateProvider(MusicProvider):
+class ReplicateProvider(HostedProvider):
     name = "replicate"
+    display_name = "Replicate"
+    key_name = "REPLICATE_API_TOKEN"
 
     def __init__(
         self,
@@ -147,27 +142,20 @@ class ReplicateProvider(MusicProvider):
         base_url: str = DEFAULT_BASE_URL,
         vocals_model: str = DEFAULT_VOCALS_MODEL,
         instrumental_model: str = DEFAULT_INSTRUMENTAL_MODEL,
-        models: Mapping[str, ReplicateModel] = REPLICATE_MODELS,
+        models: Mapping[str, HostedModel] = REPLICATE_MODELS,
         request_timeout_s: float = 15.0,
         download_timeout_s: float = 15.0,
     ) -> None:
-        # Both stay under the activity heartbeat timeout (20 s by default): an API call is
-        # not heartbeated while it runs, and a download heartbeats once per chunk read.
-        for model in (vocals_model, instrumental_model):
-            if _split_ref(model)[0] not in models:
-                raise ValueError(f"unknown Replicate model {model!r}: describe it in models=")
-        self._token = SecretStr(api_token) if isinstance(api_token, str) else api_token
-        self._redact = Redactor(self._token.get_secret_value() if self._token else None)
-        self._base_url = base_url
-        self._vocals_model = vocals_model
-        self._instrumental_model = instrumental_model
-        self._models = dict(models)
-        self._request_timeout_s = request_timeout_s
-        self._download_timeout_s = download_timeout_s
-        # replicate.Client caches one httpx.AsyncClient, bound to the loop that first used it.
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, replicate.Client] = (
-            weakref.WeakKeyDictionary()
+        super().__init__(
+            key=api_token,
+            vocals_model=vocals_model,
+            instrumental_model=instrumental_model,
+            models=models,
+            request_timeout_s=request_timeout_s,
+            download_timeout_s=download_timeout_s,
         )
+        self._base_url = base_url.rstrip("/")
+        self._clients = LoopLocal(self._new_client)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> ReplicateProvider:
@@ -181,49 +169,63 @@ class ReplicateProvider(MusicProvider):
         }
         return cls(**{**values, **overrides})
 
-    # -- MusicProvider ---------------------------------------------------------------
+    # -- HostedProvider ------------------------------------------------------------------
 
-    @property
-    def configured(self) -> bool:
-        return bool(self._token and self._token.get_secret_value())
+    def _model_name(self, model: str) -> str:
+        return _split_ref(model)[0]
 
-    def model_for(self, request: GenerationRequest) -> str | None:
-        return self._vocals_model if request.has_vocals else self._instrumental_model
-
-    def cannot_serve(self, request: GenerationRequest) -> str | None:
-        model = self.model_for(request)
-        assert model is not None
-        spec = self._spec(model)
-        if request.duration_s > spec.max_duration_s:
-            return f"{model} makes at most {spec.max_duration_s} s (asked {request.duration_s} s)"
-        if spec.lyrics and not (request.lyrics or "").strip():
-            return f"{model} needs lyrics for a vocal track"
-        return None
-
-    async def submit(
-        self, request: GenerationRequest, *, track_id: str
-    ) -> tuple[str, dict[str, str]]:
-        if reason := self.cannot_serve(request):
-            raise ProviderError(ErrorCode.UNSUPPORTED, reason)
-        model = self.model_for(request)
-        assert model is not None
+    def _submit_call(
+        self, model: str, payload: dict[str, Any], webhook_url: str | None
+    ) -> SubmitCall:
         name, version = _split_ref(model)
-        payload = self._input(model, request)
+        body: dict[str, Any] = {"input": payload}
+        url = f"{self._base_url}/v1/models/{name}/predictions"
+        if version is not None:
+            body["version"] = version
+            url = f"{self._base_url}/v1/predictions"
+        if webhook_url:
+            body["webhook"] = webhook_url
+            body["webhook_events_filter"] = ["completed"]
+        return SubmitCall(url, body, {"Authorization": f"Bearer {self._secret()}"})
+
+    def _parse_submit(self, answer: Any) -> tuple[str, dict[str, str]]:
+        urls = answer.get("urls") or {}
+        return str(answer["id"]), {k: v for k, v in urls.items() if isinstance(v, str)}
+
+    async def find_submission(
+        self, request: GenerationRequest, *, since: datetime, exclude: set[str]
+    ) -> str | None:
+        """Our prediction among the newest ones: same model, same input, created after
+        our row was written and not already matched to another row. Replicate keeps each
+        prediction's input for about an hour, long enough for this."""
+        model = self._model(request)
+        wanted = self.provider_input(model, request)
+        name = self._model_name(model)
         client = self._client()
-        try:
-            async with asyncio.timeout(self._request_timeout_s):
-                if version is None:
-                    prediction = await client.models.predictions.async_create(
-                        model=name, input=payload
-                    )
-                else:
-                    prediction = await client.predictions.async_create(
-                        version=version, input=payload
-                    )
-        except Exception as exc:
-            raise self._error("create", exc) from None
-        urls = {k: v for k, v in (prediction.urls or {}).items() if isinstance(v, str)}
-        return prediction.id, urls
+        cursor: Any = ...
+        found: list[tuple[str, str]] = []
+        for _ in range(_LISTING_PAGES):
+            try:
+                async with asyncio.timeout(self._request_timeout_s):
+                    page = await client.predictions.async_list(cursor)
+            except Exception as exc:
+                raise self._error("list", exc) from None
+            older = False
+            for prediction in page.results:
+                created = _parse_time(prediction.created_at)
+                if created is not None and created < since - _CLOCK_SKEW:
+                    older = True
+                    continue
+                same_model = (prediction.model or "").split(":")[0] in (name, "")
+                if same_model and prediction.input == wanted and prediction.id not in exclude:
+                    found.append((prediction.created_at or "", prediction.id))
+            if older or not page.next:
+                break
+            cursor = page.next
+        # The earliest match is the submission that was sent first.
+        return min(found)[1] if found else None
+
+    # -- MusicProvider -------------------------------------------------------------------
 
     async def poll(self, submission: Submission) -> PollResult:
         prediction = await self._get(submission.run_id)
@@ -285,7 +287,7 @@ class ReplicateProvider(MusicProvider):
         return Health("ok")
 
     async def aclose(self) -> None:
-        client = self._clients.pop(asyncio.get_running_loop(), None)
+        client = self._clients.pop()
         if client is not None:
             # replicate.Client has no close(); its httpx client is a private lazy property.
             await client._async_client.aclose()
@@ -293,26 +295,17 @@ class ReplicateProvider(MusicProvider):
     # -- internals -------------------------------------------------------------------
 
     def _client(self) -> replicate.Client:
-        if not self._token or not self._token.get_secret_value():
-            raise ProviderError(ErrorCode.UNCONFIGURED, "replicate: REPLICATE_API_TOKEN is not set")
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            # A client left by a loop that closed without aclose() can never be closed now;
-            # drop it so it does not keep that loop alive through the weak mapping.
-            for stale in [other for other in self._clients if other.is_closed()]:
-                del self._clients[stale]
-            timeout = httpx.Timeout(
-                self._request_timeout_s, connect=min(10.0, self._request_timeout_s)
-            )
-            client = replicate.Client(
-                api_token=self._token.get_secret_value(),
-                base_url=self._base_url,
-                timeout=timeout,
-                transport=_RetryableStatusTransport(httpx.AsyncHTTPTransport()),
-            )
-            self._clients[loop] = client
-        return client
+        self._secret()  # UNCONFIGURED before any call
+        return self._clients.get()
+
+    def _new_client(self) -> replicate.Client:
+        timeout = httpx.Timeout(self._request_timeout_s, connect=min(10.0, self._request_timeout_s))
+        return replicate.Client(
+            api_token=self._secret(),
+            base_url=self._base_url,
+            timeout=timeout,
+            transport=_RetryableStatusTransport(httpx.AsyncHTTPTransport()),
+        )
 
     async def _get(self, prediction_id: str) -> Prediction:
         client = self._client()
@@ -321,20 +314,6 @@ class ReplicateProvider(MusicProvider):
                 return await client.predictions.async_get(prediction_id)
         except Exception as exc:
             raise self._error("get", exc) from None
-
-    def _spec(self, model: str) -> ReplicateModel:
-        return self._models[_split_ref(model)[0]]
-
-    def _input(self, model: str, request: GenerationRequest) -> dict[str, Any]:
-        spec = self._spec(model)
-        payload: dict[str, Any] = {"prompt": request.prompt, **spec.extra_input}
-        if spec.lyrics:
-            payload["lyrics"] = request.lyrics
-        if spec.duration_field:
-            payload[spec.duration_field] = request.duration_s
-        if spec.seed_field and request.seed:
-            payload[spec.seed_field] = request.seed
-        return payload
 
     def _error(self, op: str, exc: BaseException) -> ProviderError:
         if isinstance(exc, ProviderError):
@@ -350,11 +329,16 @@ class ReplicateProvider(MusicProvider):
             return ProviderError.from_status(
                 exc.status, self._redact(f"replicate {op}: HTTP {exc.status}: {detail}")
             )
-        code = ErrorCode.OTHER
-        if isinstance(exc, TimeoutError | httpx.TimeoutException | httpx.TransportError):
-            code = ErrorCode.TIMEOUT
-        detail = shorten(exc) or f"no answer within {self._request_timeout_s:g} s"
-        return ProviderError(code, self._redact(f"replicate {op}: {type(exc).__name__}: {detail}"))
+        return self._transport_error(op, exc)
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _find_audio(output: Any) -> str | None:

@@ -66,8 +66,17 @@ class SynthProvider(MusicProvider):
             )
         return None
 
+    @property
+    def remote(self) -> bool:
+        return False
+
     async def submit(
-        self, request: GenerationRequest, *, track_id: str
+        self,
+        request: GenerationRequest,
+        *,
+        track_id: str,
+        token: str | None = None,
+        webhook_url: str | None = None,
     ) -> tuple[str, dict[str, str]]:
         digest = hashlib.sha256(f"{request.model_dump_json()}\x00{track_id}".encode())
         return f"synth-{digest.hexdigest()[:16]}", {}

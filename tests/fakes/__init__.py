@@ -25,6 +25,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Self
 
@@ -38,10 +39,13 @@ from starlette.routing import Route
 
 __all__ = [
     "Audio",
+    "Drop",
     "Fail",
+    "FailAfter",
     "FakeJob",
     "FakeServer",
     "Job",
+    "Late",
     "Stall",
     "json_error",
     "render_audio",
@@ -73,7 +77,55 @@ class Stall:
     times: int = 1
 
 
-Behaviour = Fail | Stall
+@dataclass(frozen=True)
+class Drop:
+    """Do the work of the next `times` requests (a submit creates its job), then cut the
+    connection halfway through the answer: the client never learns the job's id."""
+
+    times: int = 1
+
+
+@dataclass(frozen=True)
+class Late:
+    """Do the work, then hold the answer for `seconds` (past the client's timeout)."""
+
+    seconds: float
+    times: int = 1
+
+
+@dataclass(frozen=True)
+class FailAfter:
+    """Do the work, then answer with this HTTP error (a gateway that lost the answer)."""
+
+    status: int
+    times: int = 1
+    detail: str | None = None
+
+
+Behaviour = Fail | Stall | Drop | Late | FailAfter
+# Behaviours that strike after the provider acted, where a fault costs the most.
+AFTER_ACTING = (Drop, Late, FailAfter)
+
+
+class _CutAnswer(Response):
+    """Starts the real answer, sends half of it and drops the connection."""
+
+    def __init__(self, answer: Response) -> None:
+        super().__init__(answer.body, status_code=answer.status_code, headers=answer.headers)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        await send(
+            {
+                "type": "http.response.body",
+                "body": self.body[: len(self.body) // 2],
+                "more_body": True,
+            }
+        )
+        # The server closes a connection whose app fails mid-answer.
+        raise ConnectionAbortedError("fake: answer dropped after the job was created")
 
 
 @dataclass(frozen=True)
@@ -104,6 +156,7 @@ class FakeJob:
     input: dict[str, Any]
     spec: Job
     submitted_at: float = field(default_factory=time.monotonic)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     polls: int = 0
     cancelled: bool = False
     audio_fetches: int = 0
@@ -208,9 +261,14 @@ class FakeServer:
             self.results = self.cancels = self.downloads = self.auth_failures = 0
 
     async def scripted(self, stage: str) -> Response | None:
-        """Apply the next scripted behaviour for `stage`: an error response, or a delay."""
+        """Apply the next scripted behaviour for `stage`: an error response, or a delay.
+
+        A behaviour that strikes after acting stays queued for `answer`.
+        """
         with self._lock:
             queue = self._queues[stage]
+            if queue and isinstance(queue[0], AFTER_ACTING):
+                return None
             behaviour = queue.popleft() if queue else None
         if isinstance(behaviour, Stall):
             await asyncio.sleep(behaviour.seconds)
@@ -219,6 +277,20 @@ class FakeServer:
             detail = behaviour.detail or f"scripted {stage} failure ({behaviour.status})"
             return json_error(behaviour.status, detail, behaviour.retry_after)
         return None
+
+    async def answer(self, stage: str, response: Response) -> Response:
+        """The answer to a request the fake acted on, unless a fault strikes it now."""
+        with self._lock:
+            queue = self._queues[stage]
+            behaviour = queue.popleft() if queue and isinstance(queue[0], AFTER_ACTING) else None
+        if isinstance(behaviour, Drop):
+            return _CutAnswer(response)
+        if isinstance(behaviour, Late):
+            await asyncio.sleep(behaviour.seconds)
+        if isinstance(behaviour, FailAfter):
+            detail = behaviour.detail or f"scripted {stage} failure after acting"
+            return json_error(behaviour.status, detail)
+        return response
 
     def new_job(self, app: str, payload: dict[str, Any]) -> FakeJob:
         with self._lock:

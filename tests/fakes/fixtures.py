@@ -42,6 +42,8 @@ def hosted_settings(fal: FalFake, replicate: ReplicateFake, **extra: Any) -> dic
         "replicate_base_url": replicate.url,
         "submit_max_attempts": 3,
         "poll_max_attempts": 3,
+        # A lost submit answer is looked for this long before it is called ambiguous.
+        "submit_resolve_window_s": 1.5,
         **extra,
     }
 

@@ -1,0 +1,334 @@
+"""Paid submissions, at most once: send, resolve and cancel through the ledger.
+
+Used by the generation activities (submit, cancel on every exit) and by the reconciler
+(jobs whose workflow ended without cleaning up). The rules:
+
+* a ledger row is committed before the request leaves, and a row that is not a proven
+  rejection is never sent again: a later attempt resolves it instead;
+* resolving looks, for a bounded window, for the run id a webhook recorded on the row or
+  the provider's own listing shows; what stays unknown is AMBIGUOUS, counted and logged;
+* every open row of a job nobody waits for is cancelled at its provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import suppress
+from datetime import UTC, datetime
+from typing import Any
+
+from activities.providers.base import ErrorCode, MusicProvider, ProviderError
+from activities.providers.registry import ProviderRegistry
+from core.contracts import (
+    OPEN_SUBMISSION_STATES,
+    GenerationRequest,
+    Submission,
+    SubmissionState,
+    TrackInput,
+)
+from core.jobs import JobStore
+from core.logging import get_logger
+from core.metrics import count_ambiguous_submission, count_provider_cancel
+from core.models import ProviderSubmission
+from core.settings import Settings
+from core.submissions import WITH_RUN_ID, SubmissionLedger
+
+log = get_logger("soundfoundry.submissions")
+
+Heartbeat = Callable[[], None]
+# How often an unresolved submission is looked for while its window is open.
+_RESOLVE_EVERY_S = 0.5
+_HEARTBEAT_EVERY_S = 1.0
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; they were written in UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class ProviderJobs:
+    def __init__(
+        self,
+        ledger: SubmissionLedger,
+        store: JobStore,
+        providers: ProviderRegistry,
+        settings: Settings,
+    ) -> None:
+        self.ledger = ledger
+        self.store = store
+        self.providers = providers
+        self.settings = settings
+
+    # -- submit ----------------------------------------------------------------------
+
+    async def submit(
+        self,
+        track: TrackInput,
+        provider: MusicProvider,
+        *,
+        number: int,
+        max_paid: int,
+        resolve_window_s: float,
+        heartbeat: Heartbeat,
+    ) -> Submission:
+        """One paid job for this link of the chain, however often this is called."""
+        request = track.request
+        model = provider.model_for(request)
+        existing = await self.ledger.for_job(track.job_id)
+        mine = [r for r in existing if r.provider == provider.name and r.number == number]
+        paid = sum(1 for r in existing if r.state.paid and r not in mine)
+        if not mine and paid >= max_paid:
+            raise ProviderError(
+                ErrorCode.SUBMISSION_CAP,
+                f"submission cap of {max_paid} paid submissions reached",
+            )
+        begun = await self.ledger.begin(
+            job_id=track.job_id,
+            track_id=track.track_id,
+            provider=provider.name,
+            model=model,
+            number=number,
+        )
+        row = begun.row
+        if not begun.may_send:
+            return await self._settle_earlier_attempt(
+                row, provider, request, resolve_window_s, heartbeat
+            )
+        try:
+            run_id, urls = await self._send_once(provider, track, row, heartbeat)
+        except ProviderError as exc:
+            if not exc.sent:
+                # Refused before or on arrival: nothing was created, a retry may send.
+                await self.ledger.set_state(row.id, SubmissionState.REJECTED, exc.message)
+                raise
+            await self.store.add_event(
+                track.job_id,
+                "submit_unanswered",
+                f"{provider.name} took the request but its answer was lost ({exc.message}); "
+                "looking for the job instead of sending again",
+                level="warning",
+                provider=provider.name,
+                data={"token": row.token},
+            )
+            return await self._settle_earlier_attempt(
+                row, provider, request, resolve_window_s, heartbeat
+            )
+        resolution = await self.ledger.accept(row.id, run_id, urls)
+        return self.submission(resolution.row, request)
+
+    async def _send_once(
+        self,
+        provider: MusicProvider,
+        track: TrackInput,
+        row: ProviderSubmission,
+        heartbeat: Heartbeat,
+    ) -> tuple[str, dict[str, str]]:
+        """The one request, heartbeating while it is out.
+
+        A cancel that arrives meanwhile does not cut the request short: its outcome is
+        recorded first, so the cancel path finds a run id to stop instead of a mystery.
+        """
+        send = asyncio.ensure_future(
+            provider.submit(
+                track.request,
+                track_id=str(track.track_id),
+                token=row.token,
+                webhook_url=self._webhook_url(provider, row.token),
+            )
+        )
+        beats = asyncio.ensure_future(_beat_until(send, heartbeat))
+        try:
+            return await asyncio.shield(send)
+        except asyncio.CancelledError:
+            with suppress(Exception):
+                run_id, urls = await send
+                await self.ledger.accept(row.id, run_id, urls)
+            raise
+        finally:
+            beats.cancel()
+
+    async def _settle_earlier_attempt(
+        self,
+        row: ProviderSubmission,
+        provider: MusicProvider,
+        request: GenerationRequest,
+        window_s: float,
+        heartbeat: Heartbeat,
+    ) -> Submission:
+        """An earlier attempt sent (or may have sent) this row: find its job, never resend."""
+        if row.state in WITH_RUN_ID or row.state is SubmissionState.FINISHED:
+            return self.submission(row, request)
+        if row.state is SubmissionState.CANCELLED:
+            raise ProviderError(ErrorCode.JOB_CANCELLED, f"{provider.name} job was cancelled")
+        found = await self.resolve(row, provider, request, window_s, heartbeat)
+        if found is not None:
+            return self.submission(found, request)
+        raise ProviderError(
+            ErrorCode.AMBIGUOUS,
+            f"{provider.name} may have accepted the submit (token {row.token}) but no job "
+            f"could be found within {window_s:g} s; it is never sent there again",
+        )
+
+    # -- resolve ---------------------------------------------------------------------
+
+    async def resolve(
+        self,
+        row: ProviderSubmission,
+        provider: MusicProvider,
+        request: GenerationRequest,
+        window_s: float,
+        heartbeat: Heartbeat,
+    ) -> ProviderSubmission | None:
+        """The row with its run id once a webhook or the provider's listing shows it;
+        None (and the row AMBIGUOUS) if neither does within `window_s`."""
+        deadline = time.monotonic() + window_s
+        while True:
+            current = await self.ledger.get(row.id)
+            assert current is not None
+            if current.run_id is not None:
+                return current
+            if current.state not in (SubmissionState.SENDING, SubmissionState.AMBIGUOUS):
+                return None
+            run_id = await self._look_up(current, provider, request)
+            if run_id is not None:
+                resolution = await self.ledger.accept(row.id, run_id, {}, via="listing")
+                await self.store.add_event(
+                    row.job_id,
+                    "submit_resolved",
+                    f"Found {provider.name} job {run_id} for the unanswered submit",
+                    provider=provider.name,
+                    provider_run_id=run_id,
+                    data={"token": row.token, "via": "listing"},
+                )
+                return resolution.row
+            if time.monotonic() >= deadline:
+                break
+            heartbeat()
+            await asyncio.sleep(_RESOLVE_EVERY_S)
+        if await self.ledger.set_state(
+            row.id,
+            SubmissionState.AMBIGUOUS,
+            "no answer, no webhook, not in the provider's listing",
+            only_from=(SubmissionState.SENDING,),
+        ):
+            count_ambiguous_submission(provider.name)
+            message = (
+                f"Submit to {provider.name} is ambiguous: it may have created a job we cannot "
+                f"see (token {row.token}); it will not be sent there again"
+            )
+            log.error(message, provider=provider.name, job_id=str(row.job_id), token=row.token)
+            await self.store.add_event(
+                row.job_id,
+                "submit_ambiguous",
+                message,
+                level="error",
+                provider=provider.name,
+                error_code=ErrorCode.AMBIGUOUS.value,
+                data={"token": row.token},
+            )
+        return None
+
+    async def _look_up(
+        self, row: ProviderSubmission, provider: MusicProvider, request: GenerationRequest
+    ) -> str | None:
+        since = _aware(row.created_at)
+        try:
+            return await provider.find_submission(
+                request,
+                since=since,
+                exclude=await self.ledger.claimed_run_ids(provider.name, since),
+            )
+        except ProviderError as exc:
+            log.warning("listing failed", provider=provider.name, error=exc.message)
+            return None
+
+    # -- cancel ----------------------------------------------------------------------
+
+    async def cancel_open(
+        self,
+        job_id: uuid.UUID,
+        request: GenerationRequest,
+        *,
+        reason: str,
+        window_s: float,
+        heartbeat: Heartbeat,
+    ) -> list[str]:
+        """Stop every job of this track still open at a provider; the run ids stopped.
+
+        A row still SENDING (a submit in flight, or one whose worker died) is given the
+        resolve window to show its run id first.
+        """
+        stopped: list[str] = []
+        for row in await self.ledger.open_for_job(job_id):
+            provider = self.providers.get(row.provider)
+            if row.run_id is None:
+                found = await self.resolve(row, provider, request, window_s, heartbeat)
+                if found is None:
+                    continue
+                row = found
+            if await self.cancel_row(row, provider, request, reason):
+                stopped.append(row.run_id or "")
+            heartbeat()
+        return stopped
+
+    async def cancel_row(
+        self,
+        row: ProviderSubmission,
+        provider: MusicProvider,
+        request: GenerationRequest,
+        reason: str,
+    ) -> bool:
+        assert row.run_id is not None
+        await provider.cancel(self.submission(row, request))
+        if not await self.ledger.set_state(
+            row.id, SubmissionState.CANCELLED, only_from=tuple(OPEN_SUBMISSION_STATES)
+        ):
+            return False
+        count_provider_cancel(provider.name, reason)
+        await self.store.add_event(
+            row.job_id,
+            "provider_cancelled",
+            f"Cancelled {provider.name} job {row.run_id} ({reason})",
+            provider=provider.name,
+            provider_run_id=row.run_id,
+            data={"token": row.token, "reason": reason},
+        )
+        log.info(
+            "provider job cancelled",
+            provider=provider.name,
+            provider_run_id=row.run_id,
+            job_id=str(row.job_id),
+            reason=reason,
+        )
+        return True
+
+    # -- helpers ---------------------------------------------------------------------
+
+    @staticmethod
+    def submission(row: ProviderSubmission, request: GenerationRequest) -> Submission:
+        assert row.run_id is not None
+        return Submission(
+            track_id=row.track_id,
+            job_id=row.job_id,
+            provider=row.provider,
+            model=row.model,
+            run_id=row.run_id,
+            request=request,
+            urls=row.urls or {},
+            token=row.token,
+        )
+
+    def _webhook_url(self, provider: MusicProvider, token: str) -> str | None:
+        if not (self.settings.provider_webhooks_enabled and provider.remote):
+            return None
+        base = self.settings.public_base_url.rstrip("/")
+        return f"{base}/api/provider-webhooks/{provider.name}?token={token}"
+
+
+async def _beat_until(task: asyncio.Future[Any], heartbeat: Heartbeat) -> None:
+    while not task.done():
+        heartbeat()
+        await asyncio.sleep(_HEARTBEAT_EVERY_S)
