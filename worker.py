@@ -34,6 +34,7 @@ from activities.health import HealthActivities
 from activities.jobs import JobActivities
 from activities.providers.registry import ProviderRegistry
 from activities.reconcile import ReconcileActivities
+from activities.sweep import SweepActivities
 from activities.webhooks import WebhookActivities
 from core.contracts import RECONCILE_WORKFLOW, reconcile_schedule_id
 from core.db import create_engine, session_factory
@@ -86,6 +87,7 @@ def build_worker(
     health = HealthActivities(providers)
     reconcile = ReconcileActivities(store, client, settings)
     webhooks = WebhookActivities(store, settings)
+    sweep = SweepActivities(generation.jobs)
     init_worker_series()
     # A client connected elsewhere (tests, bench) lacks the tracing interceptor; add it
     # here then, and not twice when the client has it.
@@ -112,6 +114,7 @@ def build_worker(
             assets.store_cover,
             health.check_provider_health,
             reconcile.reconcile_jobs,
+            sweep.sweep_submissions,
             webhooks.deliver_webhook,
         ],
         max_concurrent_activities=settings.worker_max_concurrent_activities,

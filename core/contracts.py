@@ -249,6 +249,7 @@ class ReconcileReport(BaseModel):
     # job id -> the status the database was brought to
     fixed: dict[str, JobStatus] = Field(default_factory=dict)
     restarted: list[str] = Field(default_factory=list)
+    provider_jobs_cancelled: int = 0
 
 
 class WebhookInput(BaseModel):

@@ -19,7 +19,7 @@ from sqlmodel import col, func, select
 
 from core.contracts import OPEN_SUBMISSION_STATES, JobStatus, SubmissionState
 from core.db import SessionFactory, transaction
-from core.models import Job, ProviderSubmission, utcnow
+from core.models import Job, ProviderSubmission, Track, utcnow
 
 # Rows that stand for a job still running at the provider, once its id is known.
 WITH_RUN_ID = (SubmissionState.ACCEPTED, SubmissionState.RESOLVED)
@@ -200,17 +200,27 @@ class SubmissionLedger:
             )
             return {run_id for run_id in rows if run_id}
 
-    async def unwanted(self, limit: int = 200) -> list[ProviderSubmission]:
-        """Open rows whose job has ended: each is a job nobody waits for any more."""
+    async def unwanted(self, limit: int = 100) -> list[tuple[ProviderSubmission, Track, Job]]:
+        """Open rows whose job has ended, each a job nobody waits for any more, with the
+        track and job they belong to; least recently looked at first."""
         async with self.sessions() as session:
             rows = await session.exec(
-                select(ProviderSubmission)
+                select(ProviderSubmission, Track, Job)
                 .join(Job, col(Job.id) == col(ProviderSubmission.job_id))
+                .join(Track, col(Track.id) == col(ProviderSubmission.track_id))
                 .where(
                     col(ProviderSubmission.state).in_(list(OPEN_SUBMISSION_STATES)),
                     col(Job.status).not_in([JobStatus.QUEUED, JobStatus.RENDERING]),
                 )
-                .order_by(col(ProviderSubmission.created_at))
+                .order_by(col(ProviderSubmission.updated_at))
                 .limit(limit)
             )
-            return list(rows)
+            return [(row, track, job) for row, track, job in rows]
+
+    async def touch(self, row_id: uuid.UUID) -> None:
+        async with transaction(self.sessions) as session:
+            await session.exec(
+                update(ProviderSubmission)
+                .where(col(ProviderSubmission.id) == row_id)
+                .values(updated_at=utcnow())
+            )

@@ -9,17 +9,30 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.reconcile import ReconcileActivities
+    from activities.sweep import SweepActivities
     from core.contracts import RECONCILE_WORKFLOW, ReconcileReport
+
+# Added with the submission ledger: passes recorded before it replay without the sweep.
+SWEEP_PATCH = "sweep-submissions-v1"
 
 
 @workflow.defn(name=RECONCILE_WORKFLOW)
 class ReconcileWorkflow:
     @workflow.run
     async def run(self) -> ReconcileReport:
-        return await workflow.execute_activity_method(
+        report = await workflow.execute_activity_method(
             ReconcileActivities.reconcile_jobs,
             start_to_close_timeout=timedelta(minutes=2),
             heartbeat_timeout=timedelta(seconds=30),
             # The next scheduled pass retries soon anyway.
             retry_policy=RetryPolicy(maximum_attempts=2),
         )
+        if workflow.patched(SWEEP_PATCH):
+            # After the jobs are in line, so a just-terminated track's jobs are stopped now.
+            report.provider_jobs_cancelled = await workflow.execute_activity_method(
+                SweepActivities.sweep_submissions,
+                start_to_close_timeout=timedelta(minutes=2),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=2),
+            )
+        return report

@@ -1,0 +1,300 @@
+"""Pay once, leave nothing running: faults placed where they cost the most.
+
+Every fault here strikes after the provider acted and before we recorded it, or while
+the request is out: the fakes create the job and then lose, delay or garble the answer,
+and workers are SIGKILLed mid-request. The real fal and Replicate clients, a real worker
+(in-process or as `worker.py` processes), Temporal, Postgres and S3 do the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from core.contracts import SubmissionState
+from core.metrics import WORKER_REGISTRY
+from core.submissions import SubmissionLedger
+from tests.conftest import Stack, eventually
+from tests.fakes import Drop, Fail, FailAfter, FakeServer, Job, Late
+from tests.fakes.fal_server import FalFake
+from tests.fakes.fixtures import extra_overrides, fal, replicate, stack_overrides
+from tests.fakes.replicate_server import ReplicateFake
+from tests.test_operators import reconciler, temporal
+
+__all__ = ["extra_overrides", "fal", "reconciler", "replicate", "stack_overrides"]
+
+REPLICATE_ONLY = {"music_providers": ["replicate"], "provider_request_timeout_s": 2}
+
+
+async def logs_of(stack: Stack, job_id: str, auth: dict[str, str]) -> list[dict[str, Any]]:
+    logs: list[dict[str, Any]] = (
+        await stack.http.get(f"/api/jobs/{job_id}/logs", headers=auth)
+    ).json()
+    return logs
+
+
+def _ambiguous_count(provider: str) -> float:
+    # The in-process worker's registry: what its /metrics would serve.
+    value = WORKER_REGISTRY.get_sample_value(
+        "provider_ambiguous_submissions_total", {"provider": provider}
+    )
+    return value or 0.0
+
+
+async def ledger_states(stack: Stack, job_id: str) -> list[SubmissionState]:
+    rows = await SubmissionLedger(stack.store.sessions).for_job(uuid.UUID(job_id))
+    return [row.state for row in rows]
+
+
+@pytest.fixture
+def start_worker(request: pytest.FixtureRequest) -> bool:
+    """Tests that kill workers run them as processes instead of in-process."""
+    return "sigkill" not in request.node.name and "storm" not in request.node.name
+
+
+class Workers:
+    """`worker.py` processes on the stack's task queue, to be killed at will."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.command, self.env = command, env
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.processes.append(process)
+        return process
+
+    def kill(self, process: subprocess.Popen[bytes]) -> None:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
+
+
+@pytest.fixture
+def workers(stack: Stack, worker_command: list[str]) -> Iterator[Workers]:
+    pool = Workers(worker_command, {**stack.env, "WORKER_METRICS_PORT": "0"})
+    try:
+        yield pool
+    finally:
+        pool.stop_all()
+
+
+# -- a lost answer is found, never re-sent --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Drop(), Late(seconds=4), FailAfter(502)],
+    ids=["connection-cut", "answer-after-timeout", "gateway-502"],
+)
+@pytest.mark.parametrize("extra_overrides", [REPLICATE_ONLY])
+async def test_lost_replicate_answer_is_found_not_resent(
+    stack: Stack, replicate: ReplicateFake, fault: Any, extra_overrides: Any
+) -> None:
+    replicate.script(submit=[fault])
+    user_id, auth = await stack.user(credits=50)
+    created = await stack.create_track(auth, duration_s=10)
+    job = await stack.wait_for_job(created["job_id"], auth, timeout_s=60)
+    assert job["status"] == "COMPLETE", job
+    assert replicate.submissions == 1, "the lost answer was paid for twice"
+    assert replicate.submit_attempts == 1
+    assert replicate.listings >= 1
+    logs = await logs_of(stack, created["job_id"], auth)
+    events = [e["event"] for e in logs]
+    assert "submit_unanswered" in events and "submit_resolved" in events
+    resolved = next(e for e in logs if e["event"] == "submit_resolved")
+    assert resolved["provider_run_id"] == next(iter(replicate.jobs))
+    assert await ledger_states(stack, created["job_id"]) == [SubmissionState.FINISHED]
+    assert await stack.credits(user_id) == 50 - created["credits_required"]
+
+
+@pytest.mark.parametrize(
+    ("extra_overrides", "outcome"),
+    [
+        ({"provider_request_timeout_s": 2}, "COMPLETE"),
+        ({"provider_request_timeout_s": 2, "ambiguous_submit_fallback": False}, "FAILED"),
+    ],
+    ids=["fallback", "no-fallback"],
+)
+async def test_unresolvable_fal_answer_is_ambiguous_and_never_resent(
+    stack: Stack, fal: FalFake, replicate: ReplicateFake, extra_overrides: Any, outcome: str
+) -> None:
+    # Without webhooks fal offers no way to find a request whose id we never saw.
+    fal.script(submit=[Drop()])
+    ambiguous_before = _ambiguous_count("fal")
+    user_id, auth = await stack.user(credits=50)
+    created = await stack.create_track(auth, duration_s=10)
+    job = await stack.wait_for_job(created["job_id"], auth, timeout_s=60)
+    assert job["status"] == outcome, job
+    assert fal.submit_attempts == 1 and fal.submissions == 1, "re-sent to the same provider"
+    logs = await logs_of(stack, created["job_id"], auth)
+    ambiguous = next(e for e in logs if e["event"] == "submit_ambiguous")
+    assert ambiguous["provider"] == "fal" and ambiguous["error_code"] == "ambiguous_submit"
+    states = await ledger_states(stack, created["job_id"])
+    assert states[0] is SubmissionState.AMBIGUOUS
+    assert _ambiguous_count("fal") == ambiguous_before + 1
+    if outcome == "COMPLETE":
+        assert replicate.submissions == 1 and states[1:] == [SubmissionState.FINISHED]
+        assert await stack.credits(user_id) == 50 - created["credits_required"]
+    else:
+        assert replicate.submit_attempts == 0
+        assert job["error_code"] == "ambiguous_submit" and job["credits_refunded"] is True
+        assert await stack.credits(user_id) == 50
+
+
+# -- workers die while the submit is out ---------------------------------------------
+
+
+@pytest.mark.parametrize("extra_overrides", [{**REPLICATE_ONLY, "provider_request_timeout_s": 10}])
+async def test_sigkill_while_the_submit_is_in_flight_pays_once(
+    stack: Stack, replicate: ReplicateFake, workers: Workers, extra_overrides: Any
+) -> None:
+    # Replicate creates the prediction, then takes 6 s to answer: the worker dies meanwhile.
+    replicate.script(submit=[Late(seconds=6)])
+    user_id, auth = await stack.user(credits=50)
+    first = workers.spawn()
+    created = await stack.create_track(auth, duration_s=10)
+    await eventually(lambda: replicate.submissions == 1, what="the prediction to be created")
+    workers.kill(first)
+    workers.spawn()
+    job = await stack.wait_for_job(created["job_id"], auth, timeout_s=90)
+    assert job["status"] == "COMPLETE", job
+    assert replicate.submissions == 1, "the retry paid for a second prediction"
+    assert await ledger_states(stack, created["job_id"]) == [SubmissionState.FINISHED]
+    assert await stack.credits(user_id) == 50 - created["credits_required"]
+
+
+# -- cancel and terminate reach the provider's job -------------------------------------
+
+
+@pytest.mark.parametrize("provider", ["fal", "replicate"])
+@pytest.mark.parametrize("extra_overrides", [{"reconcile_interval_s": 1}])
+async def test_cancel_while_the_submit_is_in_flight_cancels_the_job(
+    stack: Stack,
+    fal: FalFake,
+    replicate: ReplicateFake,
+    reconciler: None,
+    provider: str,
+    extra_overrides: Any,
+) -> None:
+    fake: FakeServer = fal if provider == "fal" else replicate
+    if provider == "replicate":
+        fal.script(submit=[Fail(403)])
+    fake.script(submit=[Late(seconds=3)], jobs=[Job(running_s=60)])
+    user_id, auth = await stack.user(credits=50)
+    created = await stack.create_track(auth, duration_s=10)
+    await eventually(lambda: fake.submissions == 1, what="the provider's job to be created")
+    response = await stack.http.post(f"/api/jobs/{created['job_id']}/cancel", headers=auth)
+    assert response.status_code in (200, 202), response.text
+    job = await stack.wait_for_job(created["job_id"], auth)
+    assert job["status"] == "CANCELLED", job
+    assert await stack.credits(user_id) == 50
+    # As soon as its id is known the job is stopped at the provider.
+    (job_id,) = fake.jobs
+    await eventually(lambda: fake.jobs[job_id].cancelled, timeout_s=20, what="the cancel")
+    assert fake.submissions == 1
+    await eventually(
+        lambda: _all_in(stack, created["job_id"], SubmissionState.CANCELLED),
+        what="the ledger to show the job cancelled",
+    )
+
+
+async def _all_in(stack: Stack, job_id: str, state: SubmissionState) -> bool:
+    states = [s for s in await ledger_states(stack, job_id) if s is not SubmissionState.REJECTED]
+    return bool(states) and all(s is state for s in states)
+
+
+@pytest.mark.parametrize("extra_overrides", [{"reconcile_interval_s": 1}])
+async def test_terminate_while_rendering_refunds_and_cancels_the_job(
+    stack: Stack, fal: FalFake, reconciler: None, extra_overrides: Any
+) -> None:
+    fal.script(jobs=[Job(running_s=120)])
+    user_id, auth = await stack.user(credits=50)
+    created = await stack.create_track(auth, duration_s=10)
+    await eventually(lambda: fal.polls > 0, what="fal polling")
+    await temporal(stack, "workflow", "terminate", "--workflow-id", created["workflow_id"])
+    terminated_at = time.monotonic()
+    job = await stack.wait_for_job(created["job_id"], auth, timeout_s=15)
+    assert job["status"] == "TERMINATED" and job["credits_refunded"] is True
+    (fal_job,) = fal.jobs.values()
+    await eventually(lambda: fal_job.cancelled, timeout_s=15, what="the fal job to be cancelled")
+    took = time.monotonic() - terminated_at
+    assert await stack.credits(user_id) == 50
+    assert await ledger_states(stack, created["job_id"]) == [SubmissionState.CANCELLED]
+    print(f"terminate -> provider job cancelled in {took:.1f} s")
+
+
+# -- failing over leaves nothing running -------------------------------------------------
+
+
+async def test_fallback_after_5xx_polls_cancels_the_first_job(
+    stack: Stack, fal: FalFake, replicate: ReplicateFake
+) -> None:
+    fal.script(poll=[Fail(503, times=50)], jobs=[Job(running_s=60)])
+    user_id, auth = await stack.user(credits=50)
+    created = await stack.create_track(auth, duration_s=10)
+    job = await stack.wait_for_job(created["job_id"], auth, timeout_s=60)
+    assert job["status"] == "COMPLETE", job
+    track = (await stack.http.get(f"/api/tracks/{created['track_id']}", headers=auth)).json()
+    assert track["provider"] == "replicate"
+    (fal_job,) = fal.jobs.values()
+    assert fal_job.cancelled, "the fal job runs on after we fell back"
+    assert fal.submissions == 1 and replicate.submissions == 1
+    assert await ledger_states(stack, created["job_id"]) == [
+        SubmissionState.CANCELLED,
+        SubmissionState.FINISHED,
+    ]
+    logs = await logs_of(stack, created["job_id"], auth)
+    cancelled = next(e for e in logs if e["event"] == "provider_cancelled")
+    assert cancelled["provider"] == "fal" and cancelled["provider_run_id"] == fal_job.id
+    assert await stack.credits(user_id) == 50 - created["credits_required"]
+
+
+# -- a kill storm ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra_overrides",
+    [{**REPLICATE_ONLY, "provider_request_timeout_s": 5, "heartbeat_timeout_s": 3}],
+)
+async def test_kill_storm_pays_and_charges_once_per_track(
+    stack: Stack, replicate: ReplicateFake, workers: Workers, extra_overrides: Any
+) -> None:
+    """Several tracks while the only worker is SIGKILLed every few seconds for a minute."""
+    # Answers that take a while, so kills land while submits are out.
+    replicate.script(submit=[Late(seconds=1.5, times=8)], jobs=[Job(running_s=4)] * 8)
+    user_id, auth = await stack.user(credits=200)
+    worker = workers.spawn()
+    tracks = [await stack.create_track(auth, duration_s=10) for _ in range(6)]
+    rng = random.Random(7)
+    storm_ends = time.monotonic() + 60
+    kills = 0
+    while time.monotonic() < storm_ends:
+        await asyncio.sleep(rng.uniform(2.0, 5.0))
+        workers.kill(worker)
+        kills += 1
+        worker = workers.spawn()
+    for created in tracks:
+        job = await stack.wait_for_job(created["job_id"], auth, timeout_s=120)
+        assert job["status"] == "COMPLETE", job
+        states = await ledger_states(stack, created["job_id"])
+        assert [s for s in states if s.paid] == [SubmissionState.FINISHED], states
+    assert replicate.submissions == len(tracks), "a track paid for more than one prediction"
+    charged = sum(t["credits_required"] for t in tracks)
+    assert await stack.credits(user_id) == 200 - charged
+    print(f"kill storm: {kills} kills, {len(tracks)} tracks, {replicate.submissions} predictions")
