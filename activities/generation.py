@@ -108,6 +108,7 @@ class GenerationActivities:
                 max_paid=submit.max_paid,
                 resolve_window_s=submit.resolve_window_s,
                 heartbeat=activity.heartbeat,
+                workflow_run_id=activity.info().workflow_run_id,
             )
             attempt.provider_run_id = submission.run_id
             attempt.message = (

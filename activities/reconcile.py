@@ -11,20 +11,19 @@ from datetime import UTC, datetime
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.contracts import (
-    TRACK_WORKFLOW,
-    GenerationRequest,
-    JobStatus,
-    ReconcileReport,
-    TrackInput,
-)
+from core.contracts import JobStatus, ReconcileReport
 from core.jobs import JobStore
 from core.logging import get_logger
 from core.models import Job, Track
 from core.settings import Settings
+from core.workflow_start import (
+    WorkflowNotStarted,
+    WorkflowStartUnknown,
+    start_track_workflow,
+    track_input,
+)
 
 log = get_logger("soundfoundry.reconcile")
 
@@ -80,22 +79,14 @@ class ReconcileActivities:
         age = (datetime.now(UTC) - _aware(job.created_at)).total_seconds()
         if job.status is not JobStatus.QUEUED or age < self.settings.reconcile_start_after_s:
             return False
-        request = GenerationRequest(
-            prompt=track.prompt,
-            duration_s=track.duration_s,
-            has_vocals=track.has_vocals,
-            style_strength=track.style_strength,
-            lyrics=track.lyrics,
-            seed=track.seed,
-        )
-        handle = await self.client.start_workflow(
-            TRACK_WORKFLOW,
-            TrackInput(track_id=track.id, job_id=job.id, user_id=job.user_id, request=request),
-            id=job.workflow_id,
-            task_queue=self.settings.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        )
-        await self.store.set_run_id(job.id, handle.result_run_id or "")
+        try:
+            await start_track_workflow(
+                self.client, self.store, self.settings, job, track_input(track, job)
+            )
+        except (WorkflowNotStarted, WorkflowStartUnknown) as exc:
+            # Still QUEUED: the next pass tries again; the other jobs go on now.
+            log.warning("restart failed", job_id=str(job.id), error=str(exc))
+            return False
         await self.store.add_event(job.id, "restarted", "Workflow started by the reconciler")
         return True
 

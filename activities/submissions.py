@@ -73,13 +73,23 @@ class ProviderJobs:
         max_paid: int,
         resolve_window_s: float,
         heartbeat: Heartbeat,
+        workflow_run_id: str | None = None,
     ) -> Submission:
         """One paid job for this link of the chain, however often this is called."""
         request = track.request
         model = provider.model_for(request)
         existing = await self.ledger.for_job(track.job_id)
-        mine = [r for r in existing if r.provider == provider.name and r.number == number]
-        paid = sum(1 for r in existing if r.state.paid and r not in mine)
+        mine = [
+            r
+            for r in existing
+            if (r.provider, r.number, r.workflow_run_id) == (provider.name, number, workflow_run_id)
+        ]
+        # Per workflow run: an operator's reset starts the count again.
+        paid = sum(
+            1
+            for r in existing
+            if r.state.paid and r.workflow_run_id == workflow_run_id and r not in mine
+        )
         if not mine and paid >= max_paid:
             raise ProviderError(
                 ErrorCode.SUBMISSION_CAP,
@@ -91,6 +101,7 @@ class ProviderJobs:
             provider=provider.name,
             model=model,
             number=number,
+            workflow_run_id=workflow_run_id,
         )
         row = begun.row
         if not begun.may_send:

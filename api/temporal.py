@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 
@@ -12,8 +13,10 @@ from core.settings import Settings
 
 
 class TemporalGateway:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, interceptors: Sequence[Interceptor] = ()) -> None:
         self._settings = settings
+        # Extra client interceptors run inside the tracing one, nearest the network.
+        self._interceptors = list(interceptors)
         self._client: Client | None = None
         self._lock = asyncio.Lock()
 
@@ -26,7 +29,7 @@ class TemporalGateway:
                     data_converter=pydantic_data_converter,
                     # Puts the request's trace context in the workflow's headers, so the
                     # workflow and its activities join the request's trace.
-                    interceptors=[TracingInterceptor()],
+                    interceptors=[TracingInterceptor(), *self._interceptors],
                 )
             return self._client
 

@@ -204,7 +204,8 @@ class ProviderSubmission(SQLModel, table=True):
     """
 
     __tablename__ = "provider_submissions"
-    __table_args__ = (UniqueConstraint("job_id", "provider", "number"),)
+    # One row per link per workflow run: an operator's reset may pay again, nothing else.
+    __table_args__ = (UniqueConstraint("job_id", "provider", "number", "workflow_run_id"),)
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     job_id: uuid.UUID = Field(foreign_key="jobs.id", index=True)
@@ -213,6 +214,7 @@ class ProviderSubmission(SQLModel, table=True):
     model: str | None = Field(default=None, max_length=128)
     # The link of the provider chain this submission serves (1, 2, ...).
     number: int
+    workflow_run_id: str | None = Field(default=None, max_length=64)
     # Random, ours: carried by the provider's webhook so a lost answer can be matched.
     token: str = Field(max_length=64, unique=True)
     state: SubmissionState = _enum(SubmissionState, default=SubmissionState.SENDING, index=True)

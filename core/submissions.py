@@ -59,14 +59,17 @@ class SubmissionLedger:
         provider: str,
         model: str | None,
         number: int,
+        workflow_run_id: str | None = None,
     ) -> Begun:
         """The row for this link of the chain, made (and committed) if it is new.
 
         A rejected row is proof that nothing was created, so it is reused with a new
-        token; any other existing row means an earlier attempt may have paid.
+        token; any other row of this run means an earlier attempt may have paid. A run
+        that an operator reset finds the old run's rows: an open one is adopted (its job
+        may still deliver), a closed one gets a fresh row beside it.
         """
         async with transaction(self.sessions) as session:
-            row = (
+            rows = list(
                 await session.exec(
                     select(ProviderSubmission)
                     .where(
@@ -74,9 +77,13 @@ class SubmissionLedger:
                         col(ProviderSubmission.provider) == provider,
                         col(ProviderSubmission.number) == number,
                     )
+                    .order_by(col(ProviderSubmission.created_at).desc())
                     .with_for_update()
                 )
-            ).first()
+            )
+            row = next((r for r in rows if r.workflow_run_id == workflow_run_id), None)
+            if row is None:
+                row = next((r for r in rows if r.state.open), None)
             if row is None:
                 row = ProviderSubmission(
                     job_id=job_id,
@@ -84,6 +91,7 @@ class SubmissionLedger:
                     provider=provider,
                     model=model,
                     number=number,
+                    workflow_run_id=workflow_run_id,
                     token=new_token(),
                 )
                 session.add(row)

@@ -12,6 +12,7 @@ import asyncio
 import random
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import pytest
 
 from core.contracts import SubmissionState
 from core.metrics import WORKER_REGISTRY
+from core.models import Plan
 from core.submissions import SubmissionLedger
 from tests.conftest import Stack, eventually
 from tests.fakes import Drop, Fail, FailAfter, FakeServer, Job, Late
@@ -69,9 +71,26 @@ class Workers:
 
     def spawn(self) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
-            self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self.command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         self.processes.append(process)
+        return process
+
+    async def spawn_ready(self, timeout_s: float = 60) -> subprocess.Popen[bytes]:
+        """A worker that is polling its task queue (it logs "worker ready")."""
+        process = self.spawn()
+        assert process.stdout is not None
+        stdout = process.stdout
+
+        def wait_ready() -> None:
+            for line in stdout:
+                if b"worker ready" in line:
+                    return
+            raise AssertionError("the worker exited before it was ready")
+
+        await asyncio.wait_for(asyncio.to_thread(wait_ready), timeout_s)
+        # Keep draining its output so a chatty worker never blocks on a full pipe.
+        threading.Thread(target=stdout.read, daemon=True).start()
         return process
 
     def kill(self, process: subprocess.Popen[bytes]) -> None:
@@ -277,24 +296,46 @@ async def test_kill_storm_pays_and_charges_once_per_track(
 ) -> None:
     """Several tracks while the only worker is SIGKILLed every few seconds for a minute."""
     # Answers that take a while, so kills land while submits are out.
-    replicate.script(submit=[Late(seconds=1.5, times=8)], jobs=[Job(running_s=4)] * 8)
-    user_id, auth = await stack.user(credits=200)
-    worker = workers.spawn()
+    replicate.script(submit=[Late(seconds=1.5, times=8)], jobs=[Job(running_s=15)] * 8)
+    user_id, auth = await stack.user(credits=200, plan=Plan.PRO)  # pro: 20 creates a minute
+    worker = await workers.spawn_ready()
     tracks = [await stack.create_track(auth, duration_s=10) for _ in range(6)]
     rng = random.Random(7)
     storm_ends = time.monotonic() + 60
     kills = 0
     while time.monotonic() < storm_ends:
-        await asyncio.sleep(rng.uniform(2.0, 5.0))
+        # Each worker gets a few seconds of real work before it dies.
+        await asyncio.sleep(rng.uniform(1.0, 4.0))
         workers.kill(worker)
         kills += 1
-        worker = workers.spawn()
+        worker = await workers.spawn_ready()
+    done_in_storm = 0
+    for created in tracks:
+        job = (await stack.http.get(f"/api/jobs/{created['job_id']}", headers=auth)).json()
+        done_in_storm += job["status"] == "COMPLETE"
+    retried = 0
     for created in tracks:
         job = await stack.wait_for_job(created["job_id"], auth, timeout_s=120)
         assert job["status"] == "COMPLETE", job
         states = await ledger_states(stack, created["job_id"])
         assert [s for s in states if s.paid] == [SubmissionState.FINISHED], states
+        retried += await _interrupted_activities(stack, created["workflow_id"])
     assert replicate.submissions == len(tracks), "a track paid for more than one prediction"
     charged = sum(t["credits_required"] for t in tracks)
     assert await stack.credits(user_id) == 200 - charged
-    print(f"kill storm: {kills} kills, {len(tracks)} tracks, {replicate.submissions} predictions")
+    print(
+        f"kill storm: {kills} kills, {len(tracks)} tracks ({done_in_storm} done during it), "
+        f"{retried} activity attempts cut short, {replicate.submissions} predictions"
+    )
+    # The storm must have hit work in progress, or it proved nothing.
+    assert retried > 0, "no activity was ever interrupted"
+
+
+async def _interrupted_activities(stack: Stack, workflow_id: str) -> int:
+    """Activity attempts that a later attempt replaced, from the workflow's history."""
+    history = await stack.temporal.client.get_workflow_handle(workflow_id).fetch_history()
+    return sum(
+        max(0, event.activity_task_started_event_attributes.attempt - 1)
+        for event in history.events
+        if event.HasField("activity_task_started_event_attributes")
+    )

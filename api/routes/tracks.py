@@ -9,39 +9,52 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import JSONResponse
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlmodel import col, select
-from temporalio.common import (
-    SearchAttributeKey,
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-)
 
 from api.deps import CurrentUser, Services, ServicesDep
 from api.idempotency import IdempotencyKeyHeader, claim, replay
 from api.rate_limit import rate_limit
 from api.routes.style import after_track_created, series_for_new_track
 from api.schemas import TrackCreate, TrackCreated, TrackOut, TrackPage
-from core.contracts import TRACK_WORKFLOW, GenerationRequest, JobStatus, TrackInput
+from core.contracts import GenerationRequest, JobStatus
+from core.db import transaction
 from core.idempotency import IdempotencyKeyTaken, request_hash
 from core.idempotency import forget as forget_idempotency_key
 from core.jobs import InsufficientCredits
 from core.logging import get_logger
-from core.models import Job, Track, User
+from core.models import IdempotencyKey, Job, Track, User
 from core.plans import DurationOverPlan, check_duration
 from core.pricing import credits_required
 from core.webhooks import WebhookTargetRejected, check_target
+from core.workflow_start import (
+    WorkflowNotStarted,
+    WorkflowStartUnknown,
+    start_track_workflow,
+    track_input,
+)
 
 router = APIRouter(prefix="/api/tracks", tags=["tracks"])
 log = get_logger("soundfoundry.api")
 
-TRACK_ID = SearchAttributeKey.for_keyword("TrackId")
-USER_ID = SearchAttributeKey.for_keyword("UserId")
-JOB_STATUS = SearchAttributeKey.for_keyword("JobStatus")
 
-
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=TrackCreated)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TrackCreated,
+    responses={
+        status.HTTP_202_ACCEPTED: {
+            "model": TrackCreated,
+            "description": "Created and paid for, but Temporal could not confirm that the "
+            "workflow started; the reconciler starts it after RECONCILE_START_AFTER_S if it "
+            "did not. Follow the job; do not create it again.",
+        },
+        status.HTTP_503_SERVICE_UNAVAILABLE: {
+            "description": "The workflow could not be started; the credits were refunded "
+            "and the Idempotency-Key released, so a retry makes a new track.",
+        },
+    },
+)
 async def create_track(
     body: TrackCreate,
     user: Annotated[User, rate_limit("create_track")],
@@ -101,26 +114,24 @@ async def create_track(
             ) from exc
         raise HTTPException(status.HTTP_402_PAYMENT_REQUIRED, str(exc)) from exc
 
+    created = _created(track, job, cost)
+    answer: TrackCreated | JSONResponse = created
     try:
-        await _start_workflow(
-            services,
-            TrackInput(
-                track_id=track.id,
-                job_id=job.id,
-                user_id=user.id,
-                request=request,
-                webhook_url=body.webhook_url,
-            ),
-            job,
+        client = await services.temporal.client()
+    except Exception as exc:
+        # Temporal was never reached, so nothing started.
+        raise await _not_started(services, user.id, idempotency_key, job, exc) from exc
+    try:
+        await start_track_workflow(
+            client, services.jobs, services.settings, job, track_input(track, job)
         )
-    except HTTPException:
-        if idempotency_key is not None:
-            # The track failed and was refunded: the client's retry must make a new one.
-            await forget_idempotency_key(services.sessions, user.id, idempotency_key)
-        raise
+    except WorkflowNotStarted as exc:
+        raise await _not_started(services, user.id, idempotency_key, job, exc) from exc
+    except WorkflowStartUnknown:
+        answer = await _start_unconfirmed(services, user.id, idempotency_key, created)
     log.info("track created", track_id=str(track.id), job_id=str(job.id), credits=cost)
     await after_track_created(services, user.id)  # style unlocks, when turned on
-    return _created(track, job, cost)
+    return answer
 
 
 def _created(track: Track, job: Job, cost: int) -> TrackCreated:
@@ -133,42 +144,56 @@ def _created(track: Track, job: Job, cost: int) -> TrackCreated:
     )
 
 
-async def _start_workflow(services: Services, track: TrackInput, job: Job) -> None:
-    try:
-        client = await services.temporal.client()
-        handle = await client.start_workflow(
-            TRACK_WORKFLOW,
-            track,
-            id=job.workflow_id,
-            task_queue=services.settings.task_queue,
-            # A repeated start (client retry) joins the run that exists.
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            search_attributes=_search_attributes(services, track),
-        )
-    except Exception as exc:
-        # Nothing will run this job: give the credits back and say so.
-        await services.jobs.finish_unsuccessfully(
-            job.id, JobStatus.FAILED, "workflow_start_failed", str(exc)
-        )
-        log.error("workflow start failed", job_id=str(job.id), error=str(exc))
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            "the job could not be started; your credits were refunded, please retry",
-        ) from exc
-    if handle.first_execution_run_id or handle.result_run_id:
-        await services.jobs.set_run_id(job.id, handle.result_run_id or "")
-
-
-def _search_attributes(services: Services, track: TrackInput) -> TypedSearchAttributes | None:
-    if not services.settings.search_attributes_enabled:
-        return None
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(TRACK_ID, str(track.track_id)),
-            SearchAttributePair(USER_ID, str(track.user_id)),
-            SearchAttributePair(JOB_STATUS, JobStatus.QUEUED.value),
-        ]
+async def _not_started(
+    services: Services,
+    user_id: uuid.UUID,
+    idempotency_key: str | None,
+    job: Job,
+    error: Exception,
+) -> HTTPException:
+    """Nothing will run this job: refund it, and release the key so a retry makes a new
+    track (the one it names is FAILED)."""
+    await services.jobs.finish_unsuccessfully(
+        job.id, JobStatus.FAILED, "workflow_start_failed", str(error)
     )
+    if idempotency_key is not None:
+        await forget_idempotency_key(services.sessions, user_id, idempotency_key)
+    log.error("workflow start failed", job_id=str(job.id), error=str(error))
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        "the job could not be started; your credits were refunded, please retry",
+    )
+
+
+async def _start_unconfirmed(
+    services: Services, user_id: uuid.UUID, idempotency_key: str | None, created: TrackCreated
+) -> JSONResponse:
+    """The start may or may not have happened and Temporal cannot say which: 202.
+
+    Refunding now could refund a job that runs; answering 503 would invite a second track.
+    The job stays QUEUED and charged, and the reconciler starts its workflow if it has none
+    after `reconcile_start_after_s`. The key keeps naming this track and now replays this
+    202 (it was stored as 201 with the track), so a retry neither creates nor charges; a
+    duplicate that arrived while the start was in flight got that 201, for the same track.
+    """
+    if idempotency_key is not None:
+        async with transaction(services.sessions) as session:
+            await session.exec(
+                update(IdempotencyKey)
+                .where(
+                    col(IdempotencyKey.user_id) == user_id,
+                    col(IdempotencyKey.key) == idempotency_key,
+                )
+                .values(status_code=status.HTTP_202_ACCEPTED)
+            )
+    await services.jobs.add_event(
+        created.job_id,
+        "start_unconfirmed",
+        "Temporal could not confirm that the workflow started; "
+        "the reconciler starts it if it did not",
+        level="warning",
+    )
+    return JSONResponse(created.model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED)
 
 
 @router.get("", response_model=TrackPage)

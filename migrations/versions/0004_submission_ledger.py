@@ -25,6 +25,7 @@ def upgrade() -> None:
     sa.Column('provider', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
     sa.Column('model', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
     sa.Column('number', sa.Integer(), nullable=False),
+    sa.Column('workflow_run_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
     sa.Column('token', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('state', sa.Enum('sending', 'accepted', 'rejected', 'ambiguous', 'resolved', 'cancelled', 'finished', name='submissionstate', native_enum=False, length=16), nullable=False),
     sa.Column('run_id', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
@@ -36,7 +37,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ),
     sa.ForeignKeyConstraint(['track_id'], ['tracks.id'], ),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('job_id', 'provider', 'number'),
+    sa.UniqueConstraint('job_id', 'provider', 'number', 'workflow_run_id'),
     sa.UniqueConstraint('token')
     )
     with op.batch_alter_table('provider_submissions', schema=None) as batch_op:

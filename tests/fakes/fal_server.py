@@ -7,6 +7,10 @@ Endpoints (APP is `owner/alias[/subpath]`; request URLs drop the subpath, as fal
     GET  /owner/alias/requests/{id}         result: {"audio": {...}} or {"audio_file": {...}}
     PUT  /owner/alias/requests/{id}/cancel  202 CANCELLATION_REQUESTED | 400 ALREADY_COMPLETED
     GET  /files/{id}.wav                    the audio (no auth, like fal's CDN)
+    GET  /.well-known/jwks.json             the ED25519 keys its webhooks are signed with
+
+A submit with `?fal_webhook=<url>` gets a signed POST of the outcome there when the job
+ends (tests/fakes/webhooks.py).
 
 Every API call needs `Authorization: Key <key>`; anything else gets 401. Status bodies
 always carry `logs`, which fal-client indexes unconditionally.
@@ -23,13 +27,29 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.fakes import FakeJob, FakeServer, json_error
+from tests.fakes.webhooks import FalSigner, WebhookSender
 
 
 class FalFake(FakeServer):
     stages = frozenset({"submit", "poll", "result", "cancel", "download"})
 
+    def __init__(self, *, key: str = "test-key", sample_rate: int = 16_000) -> None:
+        super().__init__(key=key, sample_rate=sample_rate)
+        self.signer = FalSigner()
+        self.webhooks = WebhookSender(self.signer)
+        self.jwks_fetches = 0
+
+    @property
+    def jwks_url(self) -> str:
+        return f"{self.url}/.well-known/jwks.json"
+
+    @property
+    def webhooks_sent(self) -> int:
+        return self.webhooks.sent
+
     def routes(self) -> list[Route]:
         return [
+            Route("/.well-known/jwks.json", self._jwks, methods=["GET"]),
             Route("/files/{name}", self.serve_file, methods=["GET"]),
             Route("/{owner}/{alias}/requests/{rid}/status", self._status, methods=["GET"]),
             Route("/{owner}/{alias}/requests/{rid}/cancel", self._cancel, methods=["PUT"]),
@@ -85,7 +105,11 @@ class FalFake(FakeServer):
             missing = [{"loc": ["body", "prompt"], "msg": "field required", "type": "missing"}]
             return JSONResponse({"detail": missing}, status_code=422)
         job = self.new_job(app, payload)
-        return JSONResponse({**self._urls(request, job), "queue_position": 0})
+        if webhook := request.query_params.get("fal_webhook"):
+            self.webhooks.schedule(job, webhook, lambda: self._webhook_body(request, job))
+        return await self.answer(
+            "submit", JSONResponse({**self._urls(request, job), "queue_position": 0})
+        )
 
     async def _status(self, request: Request) -> Response:
         if not self._authorized(request):
@@ -150,3 +174,24 @@ class FalFake(FakeServer):
             return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
         job.cancelled = True
         return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
+
+    # -- webhooks --------------------------------------------------------------------
+
+    async def _jwks(self, request: Request) -> Response:
+        self.jwks_fetches += 1
+        return JSONResponse(self.signer.jwks())
+
+    def _webhook_body(self, request: Request, job: FakeJob) -> dict[str, Any]:
+        """What fal posts when a request ends: the result as `payload`, or the error."""
+        body: dict[str, Any] = {"request_id": job.id, "gateway_request_id": job.id}
+        phase = job.phase()
+        if phase == "succeeded":
+            key = "audio_file" if "stable-audio" in job.app else "audio"
+            file = {
+                "url": self.audio_url(request, job),
+                "content_type": "audio/wav",
+                "file_name": f"{job.id}.wav",
+            }
+            return {**body, "status": "OK", "payload": {key: file}}
+        error = "Request was cancelled" if phase == "cancelled" else job.spec.fail or "failed"
+        return {**body, "status": "ERROR", "error": error, "payload": {"detail": error}}

@@ -11,7 +11,14 @@ Every API call needs `Authorization: Bearer <token>`; anything else gets 401 wit
 problem-details body. Prediction objects carry `urls.get` / `urls.cancel`, and while
 processing their logs end in a tqdm-style bar the client parses into `progress`.
 
-Scriptable stages: submit, poll, cancel, account, download.
+    GET  /v1/predictions                        the account's predictions, newest first
+    GET  /v1/webhooks/default/secret            {"key": "whsec_..."}: what webhooks are signed with
+
+A create body with `webhook` (and `webhook_events_filter` naming "completed", or none) gets
+the final prediction POSTed there, signed per Standard Webhooks, when the job ends
+(tests/fakes/webhooks.py).
+
+Scriptable stages: submit, poll, cancel, account, download, list.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.fakes import FakeJob, FakeServer, json_error
+from tests.fakes.webhooks import StandardWebhookSigner, WebhookSender
 
 _STATUS = {
     "queued": "starting",
@@ -39,18 +47,33 @@ def _now() -> str:
 
 
 class ReplicateFake(FakeServer):
-    stages = frozenset({"submit", "poll", "cancel", "account", "download"})
+    stages = frozenset({"submit", "poll", "cancel", "account", "download", "list"})
+    page_size = 100
 
     def __init__(self, *, key: str = "r8_test-token", sample_rate: int = 16_000) -> None:
         super().__init__(key=key, sample_rate=sample_rate)
         self.versions: dict[str, str] = {}  # job id -> version it was created with
+        self.listings = 0
+        self.signer = StandardWebhookSigner()
+        self.webhooks = WebhookSender(self.signer)
+        self.secret_fetches = 0
+
+    @property
+    def webhook_secret(self) -> str:
+        return self.signer.secret
+
+    @property
+    def webhooks_sent(self) -> int:
+        return self.webhooks.sent
 
     def routes(self) -> list[Route]:
         return [
             Route("/files/{name}", self.serve_file, methods=["GET"]),
             Route("/v1/account", self._account, methods=["GET"]),
+            Route("/v1/webhooks/default/secret", self._webhook_secret, methods=["GET"]),
             Route("/v1/models/{owner}/{name}/predictions", self._create, methods=["POST"]),
             Route("/v1/predictions", self._create, methods=["POST"]),
+            Route("/v1/predictions", self._list, methods=["GET"]),
             Route("/v1/predictions/{pid}", self._get, methods=["GET"]),
             Route("/v1/predictions/{pid}/cancel", self._cancel, methods=["POST"]),
         ]
@@ -98,7 +121,7 @@ class ReplicateFake(FakeServer):
             "error": job.spec.fail if phase == "failed" else None,
             "status": _STATUS[phase],
             "source": "api",
-            "created_at": _now(),
+            "created_at": job.created_at.isoformat().replace("+00:00", "Z"),
             "started_at": None if phase == "queued" else _now(),
             "completed_at": _now() if finished else None,
             "urls": {
@@ -144,7 +167,30 @@ class ReplicateFake(FakeServer):
         job = self.new_job(app, payload)
         if version is not None:
             self.versions[job.id] = version.split(":")[-1]
-        return JSONResponse(self._prediction(request, job, "queued", 0), status_code=201)
+        self._schedule_webhook(request, job, body)
+        return await self.answer(
+            "submit", JSONResponse(self._prediction(request, job, "queued", 0), status_code=201)
+        )
+
+    async def _list(self, request: Request) -> Response:
+        """The account's predictions, newest first, a page at a time (`cursor` = offset)."""
+        if not self._authorized(request):
+            return self._unauthorized()
+        self.listings += 1
+        if (failure := await self.scripted("list")) is not None:
+            return failure
+        offset = int(request.query_params.get("cursor") or 0)
+        newest_first = sorted(self.jobs.values(), key=lambda j: j.submitted_at, reverse=True)
+        page = newest_first[offset : offset + self.page_size]
+        more = offset + self.page_size < len(newest_first)
+        base = f"{self.base(request)}/v1/predictions"
+        return JSONResponse(
+            {
+                "previous": None,
+                "next": f"{base}?cursor={offset + self.page_size}" if more else None,
+                "results": [self._prediction(request, job, job.phase(), job.polls) for job in page],
+            }
+        )
 
     async def _get(self, request: Request) -> Response:
         if not self._authorized(request):
@@ -181,3 +227,20 @@ class ReplicateFake(FakeServer):
         return JSONResponse(
             {"type": "user", "username": "fake", "name": "Fake User", "github_url": None}
         )
+
+    # -- webhooks --------------------------------------------------------------------
+
+    def _schedule_webhook(self, request: Request, job: FakeJob, body: dict[str, Any]) -> None:
+        url = body.get("webhook")
+        events = body.get("webhook_events_filter")
+        # This fake only ever sends "completed"; Replicate's default filter includes it.
+        if isinstance(url, str) and url and (events is None or "completed" in events):
+            self.webhooks.schedule(
+                job, url, lambda: self._prediction(request, job, job.phase(), job.polls)
+            )
+
+    async def _webhook_secret(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        self.secret_fetches += 1
+        return JSONResponse({"key": self.signer.secret})
