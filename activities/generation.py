@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -32,7 +33,13 @@ from core.contracts import (
 )
 from core.jobs import JobStore
 from core.logging import get_logger
-from core.metrics import count_fallback
+from core.metrics import (
+    count_fallback,
+    count_poll,
+    observe_capacity_wait,
+    seconds_since,
+    set_in_flight,
+)
 from core.settings import Settings
 from core.storage import Storage, staging_key
 from core.submissions import SubmissionLedger
@@ -50,6 +57,8 @@ class SubmitInput(BaseModel):
     # looked for; the defaults are for runs planned before the ledger.
     max_paid: int = 4
     resolve_window_s: float = 30.0
+    # When this track first found the provider at its in-flight cap (for the metric).
+    waiting_since: datetime | None = None
 
 
 class CancelInput(BaseModel):
@@ -109,6 +118,7 @@ class GenerationActivities:
                 resolve_window_s=submit.resolve_window_s,
                 heartbeat=activity.heartbeat,
                 workflow_run_id=activity.info().workflow_run_id,
+                already_waiting=submit.waiting_since is not None,
             )
             attempt.provider_run_id = submission.run_id
             attempt.message = (
@@ -116,6 +126,9 @@ class GenerationActivities:
                 f"run {submission.run_id}"
             )
             attempt.data = {"token": submission.token, "number": submit.submission_number}
+            if submit.waiting_since is not None:
+                observe_capacity_wait(provider.name, seconds_since(submit.waiting_since))
+            set_in_flight(await self.ledger.in_flight())
             return submission
 
     @activity.defn(name="poll_generation")
@@ -133,6 +146,7 @@ class GenerationActivities:
             provider_run_id=submission.run_id,
             record_success=False,
         ):
+            count_poll(provider.name)
             status = await provider.poll(submission)
             if status.state is JobState.SUCCEEDED:
                 return PollStatus(done=True, progress=1.0)
@@ -279,6 +293,8 @@ class GenerationActivities:
             await self.ledger.set_state(
                 row.id, state, only_from=(SubmissionState.ACCEPTED, SubmissionState.RESOLVED)
             )
+            if self.jobs.max_in_flight(submission.provider):
+                set_in_flight(await self.ledger.in_flight())
 
     @staticmethod
     def _heartbeat(fraction: float) -> None:

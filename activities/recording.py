@@ -69,9 +69,10 @@ async def recorded_attempt(
         try:
             yield attempt
         except ProviderError as exc:
-            await _record_failure(
-                store, job_id, event, attempt, info.attempt, exc.code, exc.message
-            )
+            if not exc.quiet:
+                await _record_failure(
+                    store, job_id, event, attempt, info.attempt, exc.code, exc.message
+                )
             # Scrubbed and without the cause: both would be stored in the workflow history.
             raise ApplicationError(
                 store.scrub(exc.message),

@@ -25,6 +25,7 @@ from activities.providers.registry import ProviderRegistry
 from core.contracts import (
     OPEN_SUBMISSION_STATES,
     GenerationRequest,
+    Step,
     Submission,
     SubmissionState,
     TrackInput,
@@ -34,7 +35,7 @@ from core.logging import get_logger
 from core.metrics import count_ambiguous_submission, count_provider_cancel
 from core.models import ProviderSubmission
 from core.settings import Settings
-from core.submissions import WITH_RUN_ID, SubmissionLedger
+from core.submissions import WITH_RUN_ID, ProviderAtCapacity, SubmissionLedger
 
 log = get_logger("soundfoundry.submissions")
 
@@ -61,6 +62,11 @@ class ProviderJobs:
         self.store = store
         self.providers = providers
         self.settings = settings
+        self._capacity_locks: dict[str, asyncio.Lock] = {}
+
+    def max_in_flight(self, provider: str) -> int:
+        """The provider's in-flight cap from settings (0: none; the synth has none)."""
+        return int(getattr(self.settings, f"{provider}_max_in_flight", 0))
 
     # -- submit ----------------------------------------------------------------------
 
@@ -74,6 +80,7 @@ class ProviderJobs:
         resolve_window_s: float,
         heartbeat: Heartbeat,
         workflow_run_id: str | None = None,
+        already_waiting: bool = False,
     ) -> Submission:
         """One paid job for this link of the chain, however often this is called."""
         request = track.request
@@ -95,14 +102,29 @@ class ProviderJobs:
                 ErrorCode.SUBMISSION_CAP,
                 f"submission cap of {max_paid} paid submissions reached",
             )
-        begun = await self.ledger.begin(
-            job_id=track.job_id,
-            track_id=track.track_id,
-            provider=provider.name,
-            model=model,
-            number=number,
-            workflow_run_id=workflow_run_id,
-        )
+        limit = self.max_in_flight(provider.name)
+        try:
+            # One check-and-insert at a time in this process; across processes the
+            # ledger serialises them (an advisory lock on Postgres).
+            async with self._capacity_locks.setdefault(provider.name, asyncio.Lock()):
+                begun = await self.ledger.begin(
+                    job_id=track.job_id,
+                    track_id=track.track_id,
+                    provider=provider.name,
+                    model=model,
+                    number=number,
+                    workflow_run_id=workflow_run_id,
+                    max_in_flight=limit,
+                )
+        except ProviderAtCapacity as exc:
+            if not already_waiting:
+                await self.store.set_step(track.job_id, Step.PROVIDER_QUEUE, 0.1)
+            raise ProviderError(
+                ErrorCode.PROVIDER_BUSY,
+                f"Waiting for {provider.name} capacity ({exc.in_flight} of {exc.limit} "
+                "jobs in flight)",
+                quiet=already_waiting,
+            ) from None
         row = begun.row
         if not begun.may_send:
             return await self._settle_earlier_attempt(

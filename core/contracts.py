@@ -49,6 +49,8 @@ class JobStatus(StrEnum):
 class Step(StrEnum):
     QUEUED = "queued"
     PREPARING = "preparing"
+    # Held until the provider has room (its in-flight cap, across all workers).
+    PROVIDER_QUEUE = "provider_queue"
     GENERATING = "generating"
     CHECKING = "checking"
     STORING = "storing"

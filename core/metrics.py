@@ -19,6 +19,7 @@ from prometheus_client import (
     PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     start_http_server,
 )
@@ -97,6 +98,25 @@ PROVIDER_AMBIGUOUS_SUBMISSIONS: Final = Counter(
     ["provider"],
     registry=WORKER_REGISTRY,
 )
+PROVIDER_IN_FLIGHT: Final = Gauge(
+    "provider_jobs_in_flight",
+    "Jobs running at each provider for us (all workers), as the ledger last showed.",
+    ["provider"],
+    registry=WORKER_REGISTRY,
+)
+PROVIDER_CAPACITY_WAIT: Final = Histogram(
+    "provider_capacity_wait_seconds",
+    "How long a track waited for room under its provider's in-flight cap.",
+    ["provider"],
+    buckets=QUEUE_LATENCY_BUCKETS,
+    registry=WORKER_REGISTRY,
+)
+PROVIDER_POLLS: Final = Counter(
+    "provider_polls_total",
+    "Status calls made to providers while waiting on their jobs.",
+    ["provider"],
+    registry=WORKER_REGISTRY,
+)
 PROVIDER_JOBS_CANCELLED: Final = Counter(
     "provider_jobs_cancelled_total",
     "Provider jobs we asked to stop because nothing waited for them any more, by why.",
@@ -149,6 +169,19 @@ def count_fallback(from_provider: str, to_provider: str) -> None:
 
 def count_ambiguous_submission(provider: str) -> None:
     PROVIDER_AMBIGUOUS_SUBMISSIONS.labels(provider=provider).inc()
+
+
+def set_in_flight(counts: dict[str, int]) -> None:
+    for provider in KNOWN_PROVIDERS:
+        PROVIDER_IN_FLIGHT.labels(provider=provider).set(counts.get(provider, 0))
+
+
+def observe_capacity_wait(provider: str, seconds: float) -> None:
+    PROVIDER_CAPACITY_WAIT.labels(provider=provider).observe(seconds)
+
+
+def count_poll(provider: str) -> None:
+    PROVIDER_POLLS.labels(provider=provider).inc()
 
 
 def count_provider_cancel(provider: str, reason: str) -> None:

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     # A submit whose answer was lost is looked for (webhook, the provider's listing) for
     # this long before it is declared ambiguous; it is never sent again to that provider.
     submit_resolve_window_s: float = Field(default=30.0, ge=0)
+    # Jobs each provider may have running for us at once, across every worker (0: no
+    # cap). Tracks beyond it wait in the `provider_queue` step, holding no worker slot.
+    fal_max_in_flight: int = Field(default=0, ge=0)
+    replicate_max_in_flight: int = Field(default=0, ge=0)
     # An ambiguous submit may have paid for a job we cannot see: go on to the next
     # provider (true: the user gets a track, we may pay twice) or fail the track (false).
     ambiguous_submit_fallback: bool = True

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import update
 from sqlmodel import col, func, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.contracts import OPEN_SUBMISSION_STATES, JobStatus, SubmissionState
 from core.db import SessionFactory, transaction
@@ -25,6 +26,16 @@ from core.models import Job, ProviderSubmission, Track, utcnow
 WITH_RUN_ID = (SubmissionState.ACCEPTED, SubmissionState.RESOLVED)
 # Rows whose outcome is not known yet: the request left, no answer was recorded.
 UNKNOWN = (SubmissionState.SENDING, SubmissionState.AMBIGUOUS)
+# What counts against a provider's in-flight cap: jobs we know, or just sent, to be
+# running. An ambiguous row may never have existed, so it does not hold capacity.
+RUNNING = (SubmissionState.SENDING, SubmissionState.ACCEPTED, SubmissionState.RESOLVED)
+
+
+class ProviderAtCapacity(Exception):
+    def __init__(self, provider: str, in_flight: int, limit: int) -> None:
+        super().__init__(f"{provider} has {in_flight} of {limit} jobs in flight")
+        self.in_flight = in_flight
+        self.limit = limit
 
 
 def new_token() -> str:
@@ -60,6 +71,7 @@ class SubmissionLedger:
         model: str | None,
         number: int,
         workflow_run_id: str | None = None,
+        max_in_flight: int = 0,
     ) -> Begun:
         """The row for this link of the chain, made (and committed) if it is new.
 
@@ -67,6 +79,9 @@ class SubmissionLedger:
         token; any other row of this run means an earlier attempt may have paid. A run
         that an operator reset finds the old run's rows: an open one is adopted (its job
         may still deliver), a closed one gets a fresh row beside it.
+
+        A new row is only made while `provider` has fewer than `max_in_flight` running
+        jobs (0: no cap); otherwise ProviderAtCapacity, and nothing is written.
         """
         async with transaction(self.sessions) as session:
             rows = list(
@@ -85,6 +100,8 @@ class SubmissionLedger:
             if row is None:
                 row = next((r for r in rows if r.state.open), None)
             if row is None:
+                if max_in_flight:
+                    await self._check_capacity(session, provider, max_in_flight)
                 row = ProviderSubmission(
                     job_id=job_id,
                     track_id=track_id,
@@ -102,6 +119,26 @@ class SubmissionLedger:
                 session.add(row)
                 return Begun(row, may_send=True)
             return Begun(row, may_send=False)
+
+    @staticmethod
+    async def _check_capacity(session: AsyncSession, provider: str, limit: int) -> None:
+        if session.bind is not None and session.bind.dialect.name == "postgresql":
+            # Serialises count-then-insert per provider across every worker; released
+            # with the transaction. (SQLite allows one writer at a time anyway.)
+            key = f"soundfoundry.provider.{provider}"
+            await session.exec(select(func.pg_advisory_xact_lock(func.hashtext(key))))
+        running = (
+            await session.exec(
+                select(func.count())
+                .select_from(ProviderSubmission)
+                .where(
+                    col(ProviderSubmission.provider) == provider,
+                    col(ProviderSubmission.state).in_(list(RUNNING)),
+                )
+            )
+        ).one()
+        if running >= limit:
+            raise ProviderAtCapacity(provider, int(running), limit)
 
     async def accept(
         self, row_id: uuid.UUID, run_id: str, urls: dict[str, str], *, via: str = "answer"
@@ -181,20 +218,15 @@ class SubmissionLedger:
             ).one()
             return int(count)
 
-    async def in_flight(self, provider: str) -> int:
-        """Submissions that may be running at `provider` now, across every worker."""
+    async def in_flight(self) -> dict[str, int]:
+        """Jobs running at each provider now, across every worker."""
         async with self.sessions() as session:
-            count = (
-                await session.exec(
-                    select(func.count())
-                    .select_from(ProviderSubmission)
-                    .where(
-                        col(ProviderSubmission.provider) == provider,
-                        col(ProviderSubmission.state).in_(list(OPEN_SUBMISSION_STATES)),
-                    )
-                )
-            ).one()
-            return int(count)
+            rows = await session.exec(
+                select(ProviderSubmission.provider, func.count())
+                .where(col(ProviderSubmission.state).in_(list(RUNNING)))
+                .group_by(col(ProviderSubmission.provider))
+            )
+            return {provider: int(count) for provider, count in rows}
 
     async def claimed_run_ids(self, provider: str, since: datetime) -> set[str]:
         """Run ids already matched to some row, so a listing match never takes one twice."""

@@ -11,7 +11,7 @@ import pytest
 
 from core.submissions import SubmissionLedger
 from tests.conftest import Stack
-from tests.fakes import Drop, Fail, FakeServer, Job
+from tests.fakes import Drop, Fail, Job
 from tests.fakes.fal_server import FalFake
 from tests.fakes.fixtures import fal, hosted_settings, replicate
 from tests.fakes.replicate_server import ReplicateFake
@@ -43,7 +43,7 @@ def stack_overrides(
 async def test_a_signed_webhook_completes_the_track_without_waiting_for_a_poll(
     stack: Stack, live_api: str, fal: FalFake, replicate: ReplicateFake, provider: str
 ) -> None:
-    fake: FakeServer = fal if provider == "fal" else replicate
+    fake: FalFake | ReplicateFake = fal if provider == "fal" else replicate
     if provider == "replicate":
         fal.script(submit=[Fail(403)])
     # Polls alone would never see it finish; only the delivery can end the wait.

@@ -78,6 +78,8 @@ LEDGER_PATCH = "submission-ledger-v1"
 # Cleanup gets the provider's answer in flight, plus a margin.
 CLEANUP_TIMEOUT = timedelta(minutes=5)
 FIRST_POLL_S = 0.5
+# A track held by a provider's in-flight cap asks again at most this far apart.
+MAX_CAPACITY_WAIT_S = 10.0
 PROVIDER_ATTRIBUTE = SearchAttributeKey.for_keyword("Provider")
 JOB_STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("JobStatus")
 
@@ -259,21 +261,9 @@ class TrackWorkflow:
         failed: str | None,
     ) -> CheckedAudio:
         self._submission = None
-        submission = await workflow.execute_activity_method(
-            GenerationActivities.submit_generation,
-            SubmitInput(
-                track=track,
-                provider=link.name,
-                submission_number=number,
-                falling_back_from=failed,
-                max_paid=plan.max_submissions,
-                resolve_window_s=plan.resolve_window_s,
-            ),
-            start_to_close_timeout=SUBMIT_TIMEOUT + timedelta(seconds=plan.resolve_window_s),
-            heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_s),
-            retry_policy=_policy(plan.submit_retry),
-        )
+        submission = await self._submit(track, plan, link, number, failed)
         self._submission = submission
+        self._set(Step.GENERATING, 0.1)
         if link.remote:
             await self._wait_for_provider(submission, plan)
         staged = await workflow.execute_activity_method(
@@ -295,6 +285,45 @@ class TrackWorkflow:
             # Earlier links may have left a submit whose job only shows up now.
             await self._cancel_submissions(track, "track finished by another provider")
         return checked
+
+    async def _submit(
+        self,
+        track: TrackInput,
+        plan: GenerationPlan,
+        link: ProviderPlan,
+        number: int,
+        failed: str | None,
+    ) -> Submission:
+        """Submit once; while the provider is at its in-flight cap, wait on a timer (no
+        worker slot held) and ask again."""
+        waiting_since = None
+        delay = plan.poll_interval_s
+        while True:
+            try:
+                return await workflow.execute_activity_method(
+                    GenerationActivities.submit_generation,
+                    SubmitInput(
+                        track=track,
+                        provider=link.name,
+                        submission_number=number,
+                        falling_back_from=failed,
+                        max_paid=plan.max_submissions,
+                        resolve_window_s=plan.resolve_window_s,
+                        waiting_since=waiting_since,
+                    ),
+                    start_to_close_timeout=SUBMIT_TIMEOUT
+                    + timedelta(seconds=plan.resolve_window_s),
+                    heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_s),
+                    retry_policy=_policy(plan.submit_retry),
+                )
+            except ActivityError as exc:
+                if _error_code(exc) != ErrorCode.PROVIDER_BUSY.value:
+                    raise
+            if waiting_since is None:
+                waiting_since = workflow.now()
+                self._set(Step.PROVIDER_QUEUE, 0.1)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max(plan.poll_interval_s, MAX_CAPACITY_WAIT_S))
 
     async def _wait_for_provider(self, submission: Submission, plan: GenerationPlan) -> None:
         """Poll with short activities and wait on a durable timer in between, so a

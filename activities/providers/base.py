@@ -26,6 +26,8 @@ class ErrorCode(StrEnum):
     # The submit left and its outcome could not be found: it may have paid.
     AMBIGUOUS = "ambiguous_submit"
     SUBMISSION_CAP = "submission_cap"
+    # The provider's in-flight cap is reached: the workflow waits and asks again.
+    PROVIDER_BUSY = "provider_busy"
     JOB_FAILED = "job_failed"
     JOB_CANCELLED = "job_cancelled"
     BAD_AUDIO = "bad_audio"
@@ -47,6 +49,7 @@ NON_RETRYABLE = frozenset(
         ErrorCode.UNSUPPORTED,
         ErrorCode.AMBIGUOUS,
         ErrorCode.SUBMISSION_CAP,
+        ErrorCode.PROVIDER_BUSY,
     }
 )
 
@@ -60,6 +63,7 @@ class ProviderError(Exception):
         retry_after_s: float | None = None,
         status: int | None = None,
         sent: bool = False,
+        quiet: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -69,6 +73,8 @@ class ProviderError(Exception):
         # For a submit: the request left and the provider may have acted on it, so
         # sending it again could pay twice.
         self.sent = sent
+        # A routine refusal (still waiting for capacity) that the job log has already told.
+        self.quiet = quiet
 
     @property
     def retryable(self) -> bool:

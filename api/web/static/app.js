@@ -451,6 +451,7 @@
   var STEP_LABELS = {
     queued: "Waiting for a worker",
     preparing: "Preparing",
+    provider_queue: "Waiting for provider capacity",
     generating: "Generating audio",
     checking: "Checking the audio",
     storing: "Storing the audio",
