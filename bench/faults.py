@@ -51,7 +51,7 @@ from core.db import SessionFactory, create_engine, session_factory
 from core.logging import configure_logging
 from core.migrate import upgrade
 from core.models import Job as JobRow
-from core.models import Plan, User
+from core.models import Plan, ProviderSubmission, User
 from core.settings import Settings
 from core.submissions import SubmissionLedger
 from core.users import create_user
@@ -210,9 +210,8 @@ class BenchStack:
             assert user is not None
             return user.credits
 
-    async def paid_submissions(self, job_id: str) -> int:
-        rows = await SubmissionLedger(self.sessions).for_job(uuid.UUID(job_id))
-        return sum(1 for row in rows if row.state.paid)
+    async def ledger(self, job_id: str) -> list[ProviderSubmission]:
+        return await SubmissionLedger(self.sessions).for_job(uuid.UUID(job_id))
 
     async def cut_short(self, workflow_id: str) -> collections.Counter[str]:
         """Activity attempts that a later attempt replaced, by activity type.
@@ -293,7 +292,9 @@ class Outcome:
     ended: float | None  # None: not every track ended within the bound
     charged: int
     paid: dict[str, int]  # job id -> paid ledger rows
+    resolved_via: collections.Counter[str]  # how each paid row's run id became known
     predictions: dict[str, int]  # job id -> predictions the fake created for it
+    submitted_at: list[float]  # monotonic, when the fake created each prediction
     cut_short: collections.Counter[str]
 
     @property
@@ -315,14 +316,23 @@ class Outcome:
 
 
 async def _make_tracks(
-    stack: BenchStack, auth: dict[str, str], phase: str, n: int, duration_s: int
+    stack: BenchStack,
+    auth: dict[str, str],
+    phase: str,
+    n: int,
+    duration_s: int,
+    spread_s: float,
 ) -> list[dict[str, Any]]:
+    """N tracks, created one after another, evenly over `spread_s` (0: at once)."""
     # A unique prompt per track lets us count the fake's predictions per track.
     tag = uuid.uuid4().hex[:6]
-    return [
-        await stack.create_track(auth, f"bench {phase} {tag} track {i}", duration_s)
-        for i in range(n)
-    ]
+    started = time.monotonic()
+    tracks = []
+    for i in range(n):
+        if spread_s and n > 1:
+            await asyncio.sleep(max(0.0, started + i * spread_s / (n - 1) - time.monotonic()))
+        tracks.append(await stack.create_track(auth, f"bench {phase} {tag} track {i}", duration_s))
+    return tracks
 
 
 async def _outcome(
@@ -335,11 +345,16 @@ async def _outcome(
     user_id: uuid.UUID,
     credits: int,
 ) -> Outcome:
-    by_prompt = collections.Counter(str(job.input.get("prompt")) for job in fake.jobs.values())
+    prompts = {stack.prompts[t["job_id"]] for t in tracks}
+    ours = [job for job in fake.jobs.values() if job.input.get("prompt") in prompts]
+    by_prompt = collections.Counter(str(job.input.get("prompt")) for job in ours)
     cut: collections.Counter[str] = collections.Counter()
+    via: collections.Counter[str] = collections.Counter()
     paid: dict[str, int] = {}
     for track in tracks:
-        paid[track["job_id"]] = await stack.paid_submissions(track["job_id"])
+        rows = [row for row in await stack.ledger(track["job_id"]) if row.state.paid]
+        paid[track["job_id"]] = len(rows)
+        via.update(row.resolved_via or "unresolved" for row in rows)
         cut += await stack.cut_short(track["workflow_id"])
     return Outcome(
         tracks=tracks,
@@ -348,7 +363,9 @@ async def _outcome(
         ended=ended,
         charged=credits - await stack.balance(user_id),
         paid=paid,
+        resolved_via=via,
         predictions={t["job_id"]: by_prompt[stack.prompts[t["job_id"]]] for t in tracks},
+        submitted_at=sorted(job.submitted_at for job in ours),
         cut_short=cut,
     )
 
