@@ -65,6 +65,9 @@ class CancelInput(BaseModel):
     track: TrackInput
     reason: str
     resolve_window_s: float = 30.0
+    # Wait for submits whose outcome is unknown (a cancel mid-submit), or leave them to
+    # the sweep (a track that goes on, or is done, must not wait on them).
+    resolve_unknown: bool = True
 
 
 class CheckInput(BaseModel):
@@ -123,7 +126,7 @@ class GenerationActivities:
             attempt.provider_run_id = submission.run_id
             attempt.message = (
                 f"Using provider: {provider.name} (model {submission.model}), "
-                f"run {submission.run_id}"
+                f"run {submission.run_id}, token {submission.token}"
             )
             attempt.data = {"token": submission.token, "number": submit.submission_number}
             if submit.waiting_since is not None:
@@ -186,6 +189,7 @@ class GenerationActivities:
                 reason=cancel.reason,
                 window_s=cancel.resolve_window_s,
                 heartbeat=activity.heartbeat,
+                resolve_unknown=cancel.resolve_unknown,
             )
             attempt.message = (
                 f"Cancelled {len(stopped)} provider job(s) ({cancel.reason})"

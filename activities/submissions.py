@@ -288,16 +288,20 @@ class ProviderJobs:
         reason: str,
         window_s: float,
         heartbeat: Heartbeat,
+        resolve_unknown: bool = True,
     ) -> list[str]:
         """Stop every job of this track still open at a provider; the run ids stopped.
 
-        A row still SENDING (a submit in flight, or one whose worker died) is given the
-        resolve window to show its run id first.
+        With `resolve_unknown`, a row without a run id (a submit in flight, or one whose
+        worker died) is given the resolve window to show it first; without, such rows
+        are left to the reconciler's sweep once the track has ended.
         """
         stopped: list[str] = []
         for row in await self.ledger.open_for_job(job_id):
             provider = self.providers.get(row.provider)
             if row.run_id is None:
+                if not resolve_unknown:
+                    continue
                 found = await self.resolve(row, provider, request, window_s, heartbeat)
                 if found is None:
                     continue

@@ -19,9 +19,12 @@ from core.webhooks import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    Resolver,
+    VettedTarget,
     WebhookTargetRejected,
-    check_target,
     sign,
+    system_resolver,
+    vet_target,
 )
 
 EVENT_TYPES = {
@@ -32,9 +35,13 @@ EVENT_TYPES = {
 
 
 class WebhookActivities:
-    def __init__(self, store: JobStore, settings: Settings) -> None:
+    def __init__(
+        self, store: JobStore, settings: Settings, resolve: Resolver = system_resolver
+    ) -> None:
         self.store = store
         self.settings = settings
+        # DNS for webhook targets; tests pass a hostile resolver here.
+        self.resolve = resolve
 
     @activity.defn(name="deliver_webhook")
     async def deliver_webhook(self, delivery: WebhookInput) -> None:
@@ -44,7 +51,9 @@ class WebhookActivities:
             self.store, track_id=track.track_id, job_id=track.job_id, event="webhook"
         ) as attempt:
             try:
-                await check_target(track.webhook_url, self.settings.webhook_allowed_hosts)
+                target = await vet_target(
+                    track.webhook_url, self.settings.webhook_allowed_hosts, self.resolve
+                )
             except WebhookTargetRejected as exc:
                 raise ApplicationError(
                     str(exc), type="webhook_target_rejected", non_retryable=True
@@ -61,15 +70,12 @@ class WebhookActivities:
                 TIMESTAMP_HEADER: str(timestamp),
                 EVENT_ID_HEADER: event_id,
             }
-            async with httpx.AsyncClient(
-                timeout=self.settings.webhook_timeout_s, follow_redirects=False
-            ) as http:
-                try:
-                    response = await http.post(track.webhook_url, content=body, headers=headers)
-                except httpx.HTTPError as exc:
-                    raise ApplicationError(
-                        f"webhook unreachable: {type(exc).__name__}", type="webhook_unreachable"
-                    ) from exc
+            try:
+                response = await self._post(target, body, headers)
+            except httpx.HTTPError as exc:
+                raise ApplicationError(
+                    f"webhook unreachable: {type(exc).__name__}", type="webhook_unreachable"
+                ) from exc
             if response.status_code >= 300:
                 # 4xx other than 408/429 will not get better by retrying.
                 permanent = 400 <= response.status_code < 500 and response.status_code not in (
@@ -82,6 +88,29 @@ class WebhookActivities:
                     non_retryable=permanent,
                 )
             attempt.message = f"Webhook delivered ({EVENT_TYPES[delivery.status]}, {event_id})"
+
+    async def _post(
+        self, target: VettedTarget, body: str, headers: dict[str, str]
+    ) -> httpx.Response:
+        """POST to the vetted address (or through WEBHOOK_EGRESS_PROXY), never to whatever
+        the name resolves to by now; proxies from the environment are ignored."""
+        proxy = self.settings.webhook_egress_proxy
+        async with httpx.AsyncClient(
+            timeout=self.settings.webhook_timeout_s,
+            follow_redirects=False,
+            trust_env=False,
+            proxy=proxy.get_secret_value() if proxy else None,
+        ) as http:
+            if proxy:
+                # The proxy resolves and connects; it is where production enforces egress.
+                return await http.post(target.url, content=body, headers=headers)
+            return await http.post(
+                target.pinned_url,
+                content=body,
+                headers={**headers, "Host": target.host_header},
+                # TLS names and verifies the original host, not the address.
+                extensions={"sni_hostname": target.host},
+            )
 
     async def _event(self, delivery: WebhookInput, event_id: str) -> dict[str, object]:
         track = delivery.track

@@ -84,6 +84,7 @@ def test_the_expected_rules_exist() -> None:
         "HighHTTP5xxRate",
         "HighQueueLatency",
         "ProviderAuthFailures",
+        "AmbiguousProviderSubmission",
         "S3Errors",
         "JobDurationSLOBreachP95",
         "JobDurationSLOBreachP99",

@@ -2,8 +2,8 @@
 
 Every fault here strikes after the provider acted and before we recorded it, or while
 the request is out: the fakes create the job and then lose, delay or garble the answer,
-and workers are SIGKILLed mid-request. The real fal and Replicate clients, a real worker
-(in-process or as `worker.py` processes), Temporal, Postgres and S3 do the rest.
+and workers are SIGKILLed mid-request. Real `soundfoundry worker` processes, the real
+fal and Replicate clients, Temporal, Postgres and S3 do the rest.
 """
 
 from __future__ import annotations
@@ -11,17 +11,23 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from core.contracts import SubmissionState
-from core.metrics import WORKER_REGISTRY
 from core.models import Plan
 from core.submissions import SubmissionLedger
 from tests.conftest import Stack, eventually
@@ -33,6 +39,7 @@ from tests.test_operators import reconciler, temporal
 
 __all__ = ["extra_overrides", "fal", "reconciler", "replicate", "stack_overrides"]
 
+SOUNDFOUNDRY = Path(sys.executable).parent / "soundfoundry"
 REPLICATE_ONLY = {"music_providers": ["replicate"], "provider_request_timeout_s": 2}
 
 
@@ -43,12 +50,17 @@ async def logs_of(stack: Stack, job_id: str, auth: dict[str, str]) -> list[dict[
     return logs
 
 
-def _ambiguous_count(provider: str) -> float:
-    # The in-process worker's registry: what its /metrics would serve.
-    value = WORKER_REGISTRY.get_sample_value(
-        "provider_ambiguous_submissions_total", {"provider": provider}
-    )
-    return value or 0.0
+def _ambiguous_count(worker: Worker, provider: str) -> float:
+    """What the worker's /metrics says, as Prometheus would scrape it."""
+    text = httpx.get(worker.metrics_url, timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (
+                sample.name == "provider_ambiguous_submissions_total"
+                and sample.labels.get("provider") == provider
+            ):
+                return sample.value
+    return 0.0
 
 
 async def ledger_states(stack: Stack, job_id: str) -> list[SubmissionState]:
@@ -57,30 +69,42 @@ async def ledger_states(stack: Stack, job_id: str) -> list[SubmissionState]:
 
 
 @pytest.fixture
-def start_worker(request: pytest.FixtureRequest) -> bool:
-    """Tests that kill workers run them as processes instead of in-process."""
-    return "sigkill" not in request.node.name and "storm" not in request.node.name
+def start_worker() -> bool:
+    """Workers here are `soundfoundry worker` processes, so they can be killed."""
+    return False
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen[bytes]
+    metrics_url: str
 
 
 class Workers:
-    """`worker.py` processes on the stack's task queue, to be killed at will."""
+    """`soundfoundry worker` processes on the stack's task queue, to be killed at will."""
 
-    def __init__(self, command: list[str], env: dict[str, str]) -> None:
-        self.command, self.env = command, env
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self) -> subprocess.Popen[bytes]:
+    def spawn(self) -> Worker:
+        with socket.socket() as probe:  # a free port for this worker's /metrics
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
         process = subprocess.Popen(
-            self.command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            [str(SOUNDFOUNDRY), "worker"],
+            env={**self.env, "WORKER_METRICS_PORT": str(port)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         self.processes.append(process)
-        return process
+        return Worker(process, f"http://127.0.0.1:{port}/metrics")
 
-    async def spawn_ready(self, timeout_s: float = 60) -> subprocess.Popen[bytes]:
+    async def spawn_ready(self, timeout_s: float = 60) -> Worker:
         """A worker that is polling its task queue (it logs "worker ready")."""
-        process = self.spawn()
-        assert process.stdout is not None
-        stdout = process.stdout
+        worker = self.spawn()
+        assert worker.process.stdout is not None
+        stdout = worker.process.stdout
 
         def wait_ready() -> None:
             for line in stdout:
@@ -91,11 +115,11 @@ class Workers:
         await asyncio.wait_for(asyncio.to_thread(wait_ready), timeout_s)
         # Keep draining its output so a chatty worker never blocks on a full pipe.
         threading.Thread(target=stdout.read, daemon=True).start()
-        return process
+        return worker
 
-    def kill(self, process: subprocess.Popen[bytes]) -> None:
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
+    def kill(self, worker: Worker) -> None:
+        worker.process.send_signal(signal.SIGKILL)
+        worker.process.wait(timeout=10)
 
     def stop_all(self) -> None:
         for process in self.processes:
@@ -105,12 +129,18 @@ class Workers:
 
 
 @pytest.fixture
-def workers(stack: Stack, worker_command: list[str]) -> Iterator[Workers]:
-    pool = Workers(worker_command, {**stack.env, "WORKER_METRICS_PORT": "0"})
+def workers(stack: Stack) -> Iterator[Workers]:
+    pool = Workers(stack.env)
     try:
         yield pool
     finally:
         pool.stop_all()
+
+
+@pytest_asyncio.fixture
+async def worker(workers: Workers) -> Worker:
+    """One running worker process, for tests that do not kill it."""
+    return await workers.spawn_ready()
 
 
 # -- a lost answer is found, never re-sent --------------------------------------------
@@ -123,7 +153,7 @@ def workers(stack: Stack, worker_command: list[str]) -> Iterator[Workers]:
 )
 @pytest.mark.parametrize("extra_overrides", [REPLICATE_ONLY])
 async def test_lost_replicate_answer_is_found_not_resent(
-    stack: Stack, replicate: ReplicateFake, fault: Any, extra_overrides: Any
+    stack: Stack, replicate: ReplicateFake, fault: Any, extra_overrides: Any, worker: Worker
 ) -> None:
     replicate.script(submit=[fault])
     user_id, auth = await stack.user(credits=50)
@@ -151,11 +181,16 @@ async def test_lost_replicate_answer_is_found_not_resent(
     ids=["fallback", "no-fallback"],
 )
 async def test_unresolvable_fal_answer_is_ambiguous_and_never_resent(
-    stack: Stack, fal: FalFake, replicate: ReplicateFake, extra_overrides: Any, outcome: str
+    stack: Stack,
+    fal: FalFake,
+    replicate: ReplicateFake,
+    extra_overrides: Any,
+    outcome: str,
+    worker: Worker,
 ) -> None:
     # Without webhooks fal offers no way to find a request whose id we never saw.
     fal.script(submit=[Drop()])
-    ambiguous_before = _ambiguous_count("fal")
+    ambiguous_before = _ambiguous_count(worker, "fal")
     user_id, auth = await stack.user(credits=50)
     created = await stack.create_track(auth, duration_s=10)
     job = await stack.wait_for_job(created["job_id"], auth, timeout_s=60)
@@ -166,7 +201,7 @@ async def test_unresolvable_fal_answer_is_ambiguous_and_never_resent(
     assert ambiguous["provider"] == "fal" and ambiguous["error_code"] == "ambiguous_submit"
     states = await ledger_states(stack, created["job_id"])
     assert states[0] is SubmissionState.AMBIGUOUS
-    assert _ambiguous_count("fal") == ambiguous_before + 1
+    assert _ambiguous_count(worker, "fal") == ambiguous_before + 1
     if outcome == "COMPLETE":
         assert replicate.submissions == 1 and states[1:] == [SubmissionState.FINISHED]
         assert await stack.credits(user_id) == 50 - created["credits_required"]
@@ -186,7 +221,7 @@ async def test_sigkill_while_the_submit_is_in_flight_pays_once(
     # Replicate creates the prediction, then takes 6 s to answer: the worker dies meanwhile.
     replicate.script(submit=[Late(seconds=6)])
     user_id, auth = await stack.user(credits=50)
-    first = workers.spawn()
+    first = await workers.spawn_ready()
     created = await stack.create_track(auth, duration_s=10)
     await eventually(lambda: replicate.submissions == 1, what="the prediction to be created")
     workers.kill(first)
@@ -210,6 +245,7 @@ async def test_cancel_while_the_submit_is_in_flight_cancels_the_job(
     reconciler: None,
     provider: str,
     extra_overrides: Any,
+    worker: Worker,
 ) -> None:
     fake: FakeServer = fal if provider == "fal" else replicate
     if provider == "replicate":
@@ -240,7 +276,7 @@ async def _all_in(stack: Stack, job_id: str, state: SubmissionState) -> bool:
 
 @pytest.mark.parametrize("extra_overrides", [{"reconcile_interval_s": 1}])
 async def test_terminate_while_rendering_refunds_and_cancels_the_job(
-    stack: Stack, fal: FalFake, reconciler: None, extra_overrides: Any
+    stack: Stack, fal: FalFake, reconciler: None, extra_overrides: Any, worker: Worker
 ) -> None:
     fal.script(jobs=[Job(running_s=120)])
     user_id, auth = await stack.user(credits=50)
@@ -262,7 +298,7 @@ async def test_terminate_while_rendering_refunds_and_cancels_the_job(
 
 
 async def test_fallback_after_5xx_polls_cancels_the_first_job(
-    stack: Stack, fal: FalFake, replicate: ReplicateFake
+    stack: Stack, fal: FalFake, replicate: ReplicateFake, worker: Worker
 ) -> None:
     fal.script(poll=[Fail(503, times=50)], jobs=[Job(running_s=60)])
     user_id, auth = await stack.user(credits=50)
@@ -339,3 +375,45 @@ async def _interrupted_activities(stack: Stack, workflow_id: str) -> int:
         for event in history.events
         if event.HasField("activity_task_started_event_attributes")
     )
+
+
+# -- the cap counts paid submissions ------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra_overrides", [{"max_submissions_per_track": 1}])
+async def test_a_refused_submit_does_not_count_against_the_cap(
+    stack: Stack, fal: FalFake, replicate: ReplicateFake, extra_overrides: Any, worker: Worker
+) -> None:
+    fal.script(submit=[Fail(403)])
+    _, auth = await stack.user(credits=50)
+    created = await stack.create_track(auth, duration_s=10)
+    job = await stack.wait_for_job(created["job_id"], auth)
+    assert job["status"] == "COMPLETE", job
+    assert replicate.submissions == 1
+    assert await ledger_states(stack, created["job_id"]) == [
+        SubmissionState.REJECTED,
+        SubmissionState.FINISHED,
+    ]
+    logs = await logs_of(stack, created["job_id"], auth)
+    submitted = next(e for e in logs if e["event"] == "submitted")
+    (row,) = [
+        r
+        for r in await SubmissionLedger(stack.store.sessions).for_job(uuid.UUID(created["job_id"]))
+        if r.state is SubmissionState.FINISHED
+    ]
+    # The job log names each paid submission's provider, run id and token.
+    assert submitted["provider"] == "replicate" and submitted["provider_run_id"] == row.run_id
+    assert row.token in submitted["message"]
+
+
+@pytest.mark.parametrize("extra_overrides", [{"max_submissions_per_track": 1}])
+async def test_a_paid_submission_that_failed_uses_up_the_cap(
+    stack: Stack, fal: FalFake, replicate: ReplicateFake, extra_overrides: Any, worker: Worker
+) -> None:
+    fal.script(jobs=[Job(fail="model crashed")])
+    user_id, auth = await stack.user(credits=50)
+    created = await stack.create_track(auth, duration_s=10)
+    job = await stack.wait_for_job(created["job_id"], auth)
+    assert job["status"] == "FAILED" and job["error_code"] == "submission_cap", job
+    assert fal.submissions == 1 and replicate.submit_attempts == 0
+    assert await stack.credits(user_id) == 50

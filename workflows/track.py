@@ -244,7 +244,9 @@ class TrackWorkflow:
                     raise
                 last_code, last_message = _error_code(exc), _error_message(exc)
                 if self._submission is not None:
-                    await self._cancel_submissions(track, f"{link.name} failed: {last_code}")
+                    await self._cancel_submissions(
+                        track, f"{link.name} failed: {last_code}", resolve_unknown=False
+                    )
                 if last_code == ErrorCode.SUBMISSION_CAP.value:
                     break
                 if last_code == ErrorCode.AMBIGUOUS.value and not plan.ambiguous_fallback:
@@ -283,7 +285,9 @@ class TrackWorkflow:
         self._submission = None
         if number > 1:
             # Earlier links may have left a submit whose job only shows up now.
-            await self._cancel_submissions(track, "track finished by another provider")
+            await self._cancel_submissions(
+                track, "track finished by another provider", resolve_unknown=False
+            )
         return checked
 
     async def _submit(
@@ -355,13 +359,20 @@ class TrackWorkflow:
                 )
             delay = min(delay * 2, plan.poll_interval_s)
 
-    async def _cancel_submissions(self, track: TrackInput, reason: str) -> None:
+    async def _cancel_submissions(
+        self, track: TrackInput, reason: str, *, resolve_unknown: bool = True
+    ) -> None:
         """Stop every provider job this track left open, read from the ledger."""
         window = self._plan.resolve_window_s if self._plan else 30.0
         try:
             await workflow.execute_activity_method(
                 GenerationActivities.cancel_submissions,
-                CancelInput(track=track, reason=reason, resolve_window_s=window),
+                CancelInput(
+                    track=track,
+                    reason=reason,
+                    resolve_window_s=window,
+                    resolve_unknown=resolve_unknown,
+                ),
                 start_to_close_timeout=CLEANUP_TIMEOUT + timedelta(seconds=window),
                 heartbeat_timeout=timedelta(seconds=60),
                 retry_policy=BOOKKEEPING_RETRY,
