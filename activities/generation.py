@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from pathlib import Path
 
 from pydantic import BaseModel
 from temporalio import activity
 
+from activities.heartbeat import heartbeating
 from activities.providers.base import ErrorCode, JobState, MusicProvider, ProviderError
 from activities.providers.registry import ProviderRegistry
-from activities.recording import recorded_attempt
+from activities.recording import Attempt, recorded_attempt
 from activities.submissions import ProviderJobs
 from core.audio import AudioDecodeError, analyze, quality_problem
 from core.contracts import (
@@ -140,15 +142,7 @@ class GenerationActivities:
         provider = self.providers.get(submission.provider)
         if not provider.remote:
             return PollStatus(done=True, progress=1.0)
-        async with recorded_attempt(
-            self.store,
-            track_id=submission.track_id,
-            job_id=submission.job_id,
-            event="polled",
-            provider=provider.name,
-            provider_run_id=submission.run_id,
-            record_success=False,
-        ):
+        async with self._attempt_on(submission, "polled", record_success=False):
             count_poll(provider.name)
             status = await provider.poll(submission)
             if status.state is JobState.SUCCEEDED:
@@ -163,14 +157,7 @@ class GenerationActivities:
     async def fetch_generation(self, submission: Submission) -> StagedAudio:
         """Download a finished job's audio (or render the synth's) into staging."""
         provider = self.providers.get(submission.provider)
-        async with recorded_attempt(
-            self.store,
-            track_id=submission.track_id,
-            job_id=submission.job_id,
-            event="audio_ready",
-            provider=provider.name,
-            provider_run_id=submission.run_id,
-        ) as attempt:
+        async with self._attempt_on(submission, "audio_ready") as attempt:
             staged = await self._stage(provider, submission)
             await self._mark(submission, SubmissionState.FINISHED)
             attempt.message = f"Audio ready from {provider.name} ({staged.size_bytes} bytes)"
@@ -202,14 +189,7 @@ class GenerationActivities:
     async def await_generation(self, submission: Submission) -> StagedAudio:
         """Poll the provider's job by id until it is done, then stage its audio."""
         provider = self.providers.get(submission.provider)
-        async with recorded_attempt(
-            self.store,
-            track_id=submission.track_id,
-            job_id=submission.job_id,
-            event="audio_ready",
-            provider=provider.name,
-            provider_run_id=submission.run_id,
-        ) as attempt:
+        async with self._attempt_on(submission, "audio_ready") as attempt:
             # A cancelled job raises CancelledError at the next await; the workflow then
             # cancels the provider's job with cancel_generation.
             await self._wait_until_done(submission)
@@ -221,14 +201,7 @@ class GenerationActivities:
     async def cancel_generation(self, submission: Submission) -> None:
         """Stop one provider job (runs from before the ledger)."""
         provider = self.providers.get(submission.provider)
-        async with recorded_attempt(
-            self.store,
-            track_id=submission.track_id,
-            job_id=submission.job_id,
-            event="provider_cancelled",
-            provider=provider.name,
-            provider_run_id=submission.run_id,
-        ) as attempt:
+        async with self._attempt_on(submission, "provider_cancelled") as attempt:
             await provider.cancel(submission)
             attempt.message = f"Cancelled {provider.name} job {submission.run_id}"
 
@@ -249,7 +222,8 @@ class GenerationActivities:
                 path = Path(tmp) / f"audio.{staged.extension}"
                 await self.storage.download(staged.key, path)
                 try:
-                    info = await asyncio.to_thread(analyze, path)
+                    async with heartbeating():
+                        info = await asyncio.to_thread(analyze, path)
                 except AudioDecodeError as exc:
                     raise ProviderError(
                         ErrorCode.BAD_AUDIO, f"audio does not decode: {exc}"
@@ -272,6 +246,20 @@ class GenerationActivities:
                 return
             _raise_for(status.state, status.error)
             await asyncio.sleep(self.settings.poll_interval_s)
+
+    def _attempt_on(
+        self, submission: Submission, event: str, *, record_success: bool = True
+    ) -> AbstractAsyncContextManager[Attempt]:
+        """The job log entry for one attempt at something done to a provider's job."""
+        return recorded_attempt(
+            self.store,
+            track_id=submission.track_id,
+            job_id=submission.job_id,
+            event=event,
+            provider=submission.provider,
+            provider_run_id=submission.run_id,
+            record_success=record_success,
+        )
 
     async def _stage(self, provider: MusicProvider, submission: Submission) -> StagedAudio:
         with tempfile.TemporaryDirectory(prefix="sf-gen-") as tmp:

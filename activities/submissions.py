@@ -18,8 +18,8 @@ import uuid
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
-from typing import Any
 
+from activities.heartbeat import heartbeating
 from activities.providers.base import ErrorCode, MusicProvider, ProviderError
 from activities.providers.registry import ProviderRegistry
 from core.contracts import (
@@ -42,7 +42,6 @@ log = get_logger("soundfoundry.submissions")
 Heartbeat = Callable[[], None]
 # How often an unresolved submission is looked for while its window is open.
 _RESOLVE_EVERY_S = 0.5
-_HEARTBEAT_EVERY_S = 1.0
 
 
 def _aware(moment: datetime) -> datetime:
@@ -172,16 +171,14 @@ class ProviderJobs:
                 webhook_url=self._webhook_url(provider, row.token),
             )
         )
-        beats = asyncio.ensure_future(_beat_until(send, heartbeat))
-        try:
-            return await asyncio.shield(send)
-        except asyncio.CancelledError:
-            with suppress(Exception):
-                run_id, urls = await send
-                await self.ledger.accept(row.id, run_id, urls)
-            raise
-        finally:
-            beats.cancel()
+        async with heartbeating(heartbeat):
+            try:
+                return await asyncio.shield(send)
+            except asyncio.CancelledError:
+                with suppress(Exception):
+                    run_id, urls = await send
+                    await self.ledger.accept(row.id, run_id, urls)
+                raise
 
     async def _settle_earlier_attempt(
         self,
@@ -363,9 +360,3 @@ class ProviderJobs:
             return None
         base = self.settings.public_base_url.rstrip("/")
         return f"{base}/api/provider-webhooks/{provider.name}?token={token}"
-
-
-async def _beat_until(task: asyncio.Future[Any], heartbeat: Heartbeat) -> None:
-    while not task.done():
-        heartbeat()
-        await asyncio.sleep(_HEARTBEAT_EVERY_S)

@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         ProviderEvent,
         ProviderPlan,
         RetryBounds,
+        StagedAudio,
         Step,
         StoredTrack,
         Submission,
@@ -275,13 +276,7 @@ class TrackWorkflow:
             heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_s),
             retry_policy=_policy(plan.poll_retry),
         )
-        self._set(Step.CHECKING, 0.7)
-        checked = await workflow.execute_activity_method(
-            GenerationActivities.check_audio,
-            CheckInput(track=track, staged=staged),
-            start_to_close_timeout=CHECK_TIMEOUT,
-            retry_policy=_policy(plan.poll_retry),
-        )
+        checked = await self._check(track, plan, staged)
         self._submission = None
         if number > 1:
             # Earlier links may have left a submit whose job only shows up now.
@@ -329,6 +324,19 @@ class TrackWorkflow:
             await asyncio.sleep(delay)
             delay = min(delay * 2, max(plan.poll_interval_s, MAX_CAPACITY_WAIT_S))
 
+    async def _check(
+        self, track: TrackInput, plan: GenerationPlan, staged: StagedAudio
+    ) -> CheckedAudio:
+        self._set(Step.CHECKING, 0.7)
+        return await workflow.execute_activity_method(
+            GenerationActivities.check_audio,
+            CheckInput(track=track, staged=staged),
+            start_to_close_timeout=CHECK_TIMEOUT,
+            # A worker that dies mid-check is noticed in seconds, not CHECK_TIMEOUT.
+            heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_s),
+            retry_policy=_policy(plan.poll_retry),
+        )
+
     async def _wait_for_provider(self, submission: Submission, plan: GenerationPlan) -> None:
         """Poll with short activities and wait on a durable timer in between, so a
         waiting track holds no worker slot; a verified webhook ends the wait early."""
@@ -374,7 +382,9 @@ class TrackWorkflow:
                     resolve_unknown=resolve_unknown,
                 ),
                 start_to_close_timeout=CLEANUP_TIMEOUT + timedelta(seconds=window),
-                heartbeat_timeout=timedelta(seconds=60),
+                heartbeat_timeout=timedelta(
+                    seconds=self._plan.heartbeat_timeout_s if self._plan else 60
+                ),
                 retry_policy=BOOKKEEPING_RETRY,
             )
         except ActivityError:
@@ -423,13 +433,7 @@ class TrackWorkflow:
                     heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_s),
                     retry_policy=_policy(plan.poll_retry),
                 )
-                self._set(Step.CHECKING, 0.7)
-                checked = await workflow.execute_activity_method(
-                    GenerationActivities.check_audio,
-                    CheckInput(track=track, staged=staged),
-                    start_to_close_timeout=CHECK_TIMEOUT,
-                    retry_policy=_policy(plan.poll_retry),
-                )
+                checked = await self._check(track, plan, staged)
                 self._submission = None
                 return checked, submissions - 1
             except ActivityError as exc:
