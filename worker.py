@@ -199,6 +199,9 @@ async def _serve(settings: Settings, runtime: Runtime | None) -> None:
 
 def main() -> None:
     settings = get_settings()
+    if problem := settings.secret_key_problem():
+        # The same refusal as `soundfoundry worker`, for `python worker.py`.
+        raise SystemExit(f"refusing to start: {problem}")
     configure_logging(settings.log_level, settings.secret_values())
     asyncio.run(run_worker(settings))
 

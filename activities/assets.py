@@ -9,6 +9,7 @@ from activities.recording import recorded_attempt
 from core.contracts import CheckedAudio, Step, TrackInput
 from core.covers import draw_track_cover, store_generated_cover
 from core.jobs import JobStore
+from core.render_sandbox import sandbox_for
 from core.settings import Settings
 from core.storage import Storage, audio_key
 
@@ -29,6 +30,8 @@ class AssetActivities:
         self.storage = storage
         # Covers follow the user's style seed only when STYLE_SEED_ENABLED.
         self.style_seed_enabled = settings.style_seed_enabled if settings else False
+        # Even our own SVGs render under the operator's COVER_RENDER_* limits.
+        self.sandbox = sandbox_for(settings)
 
     @activity.defn(name="store_audio")
     async def store_audio(self, job: StoreAudioInput) -> str:
@@ -69,6 +72,7 @@ class AssetActivities:
                 self.storage,
                 track.track_id,
                 style_seed_enabled=self.style_seed_enabled,
+                sandbox=self.sandbox,
             )
             if drawn is None:  # no track row (not expected): draw from the input alone
                 key, _ = await store_generated_cover(

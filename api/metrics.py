@@ -1,14 +1,25 @@
-"""The API's Prometheus metrics: a request-counting ASGI middleware and GET /metrics."""
+"""The API's Prometheus metrics: a request-counting ASGI middleware and GET /metrics.
+
+By default /metrics is on the API port without auth (what deploy/prometheus scrapes).
+METRICS_TOKEN makes it require `Authorization: Bearer <token>`; API_METRICS_PORT moves it
+to its own port (on API_HOST), off the public one, for networks that keep that port
+internal. Each API process has its own series, as before.
+"""
 
 from __future__ import annotations
 
+import hmac
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, HTTPException, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.metrics import API_REGISTRY, HTTP_REQUEST_DURATION, HTTP_REQUESTS
+from core.metrics import API_REGISTRY, HTTP_REQUEST_DURATION, HTTP_REQUESTS, MetricsServer
+from core.settings import Settings
 
 # Requests no route matched (404s for made-up paths) share one label value, so scanners
 # cannot create a series per path they try.
@@ -57,7 +68,45 @@ async def metrics_endpoint() -> Response:
     return Response(generate_latest(API_REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-def install_metrics(app: FastAPI) -> None:
-    """GET /metrics (no auth, for Prometheus) and the middleware that feeds it."""
+def token_protected(token: str) -> Any:
+    expected = f"Bearer {token}".encode()
+
+    async def protected_metrics(request: Request) -> Response:
+        given = request.headers.get("authorization", "").encode("utf-8", "replace")
+        if not hmac.compare_digest(given, expected):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "metrics need Authorization: Bearer <METRICS_TOKEN>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return await metrics_endpoint()
+
+    return protected_metrics
+
+
+def install_metrics(app: FastAPI, settings: Settings | None = None) -> None:
+    """The middleware that feeds the metrics, and where Prometheus reads them."""
     app.add_middleware(MetricsMiddleware)
-    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+    if settings is not None and settings.api_metrics_port:
+        _serve_on_own_port(app, settings.api_metrics_port, settings.api_host or "0.0.0.0")
+        return
+    token = settings.metrics_token if settings is not None else None
+    endpoint = token_protected(token.get_secret_value()) if token else metrics_endpoint
+    app.add_api_route("/metrics", endpoint, methods=["GET"], include_in_schema=False)
+
+
+def _serve_on_own_port(app: FastAPI, port: int, host: str) -> None:
+    # Started and stopped with the app, around the lifespan create_app gave it.
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app_: Any) -> AsyncIterator[Any]:
+        server = MetricsServer(port, [API_REGISTRY])
+        server.start(host)
+        try:
+            async with inner(app_) as state:
+                yield state
+        finally:
+            server.stop()
+
+    app.router.lifespan_context = lifespan

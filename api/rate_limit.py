@@ -20,6 +20,7 @@ Names and their settings (core/plans.py):
 | `create_track` | RATE_LIMIT_CREATE_TRACK_FREE / _PRO by plan | RATE_LIMIT_WINDOW_S |
 | `cover_save` | RATE_LIMIT_COVER_SAVE | RATE_LIMIT_WINDOW_S |
 | `series_create` | RATE_LIMIT_SERIES_CREATE | RATE_LIMIT_SERIES_WINDOW_S |
+| `cover_reroll` | RATE_LIMIT_COVER_REROLL | RATE_LIMIT_WINDOW_S |
 
 Every request that reaches the route's dependencies counts, including ones later
 refused (402, 403, 422): the limit is on attempts.
@@ -29,28 +30,51 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from fastapi import Depends, HTTPException, status
 from limits import RateLimitItemPerSecond
 from limits.aio.strategies import FixedWindowRateLimiter
 
 from api.deps import CurrentUser, ServicesDep
-from core.models import User
+from core.models import Plan, User
 from core.plans import RATE_LIMIT_NAMES, RateLimitName, rate_rule
 from core.rate_limit_storage import DatabaseStorage
+from core.settings import Settings
 
 NAMESPACE = "sf"
 
+# Limits of this module's own, beside core/plans.py's (which GET /api/me lists).
+ApiRateLimitName = Literal["cover_reroll"]
+API_RATE_LIMIT_NAMES: tuple[ApiRateLimitName, ...] = ("cover_reroll",)
 
-def rate_limit(name: RateLimitName) -> Any:
+
+@dataclass(frozen=True)
+class _Rule:
+    limit: int
+    window_s: int
+    what: str
+
+
+def _rule(settings: Settings, name: RateLimitName | ApiRateLimitName, plan: Plan) -> _Rule:
+    if name == "cover_reroll":
+        return _Rule(
+            settings.rate_limit_cover_reroll, settings.rate_limit_window_s, "cover re-rolls"
+        )
+    rule = rate_rule(settings, name, plan)
+    return _Rule(rule.limit, rule.window_s, rule.what)
+
+
+def rate_limit(name: RateLimitName | ApiRateLimitName) -> Any:
     """`Depends(...)` that enforces the named per-user limit and returns the user."""
-    if name not in RATE_LIMIT_NAMES:
+    if name not in (*RATE_LIMIT_NAMES, *API_RATE_LIMIT_NAMES):
         # Fail at import time, not on the first request.
-        raise ValueError(f"unknown rate limit {name!r}; known: {list(RATE_LIMIT_NAMES)}")
+        known = [*RATE_LIMIT_NAMES, *API_RATE_LIMIT_NAMES]
+        raise ValueError(f"unknown rate limit {name!r}; known: {known}")
 
     async def enforce(user: CurrentUser, services: ServicesDep) -> User:
-        rule = rate_rule(services.settings, name, user.plan)
+        rule = _rule(services.settings, name, user.plan)
         # Cheap to build: the storage only holds the session factory.
         limiter = FixedWindowRateLimiter(DatabaseStorage(services.sessions))
         item = RateLimitItemPerSecond(rule.limit, rule.window_s, namespace=NAMESPACE)

@@ -11,6 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from core.contracts import JobStatus, Step
 from core.webhooks import check_url_shape
 
+# Paging bounds (README, "HTTP API"). Postgres and SQLite take 64-bit LIMIT/OFFSET: an
+# unbounded integer from a query string overflows in SQL, so it is refused as a 422.
+MAX_PAGE_LIMIT = 100
+MAX_PAGE_OFFSET = 1_000_000
+
 
 def _no_control_chars(value: str | None) -> str | None:
     # NUL and other control characters break Postgres text columns and logs alike.

@@ -1,4 +1,5 @@
-"""Web hygiene for every response: security headers, a CSP on HTML, a request body limit.
+"""Web hygiene for every response: security headers, a CSP on HTML, a request body limit,
+and the settings the API refuses to start with.
 
 Both are plain ASGI middleware so they also cover streamed responses (server-sent
 events, file downloads) without buffering them.
@@ -6,6 +7,7 @@ events, file downloads) without buffering them.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from urllib.parse import urlsplit
 
@@ -54,10 +56,46 @@ def content_security_policy(settings: Settings) -> str:
     )
 
 
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def startup_problems(settings: Settings) -> list[str]:
+    """Settings the API must not serve with; each entry says which variable to change."""
+    problems = []
+    if secret_problem := settings.secret_key_problem():
+        problems.append(secret_problem)
+    if settings.dev_autologin:
+        if not is_loopback_host(settings.api_host):
+            problems.append(
+                "DEV_AUTOLOGIN=true needs the API to listen on loopback "
+                f"(API_HOST is {settings.api_host or 'unset'}); turn DEV_AUTOLOGIN off"
+            )
+        if settings.dev_login_secret is None:
+            problems.append("DEV_AUTOLOGIN=true needs DEV_LOGIN_SECRET (soundfoundry dev sets it)")
+        if "*" in settings.cors_origins:
+            problems.append("DEV_AUTOLOGIN=true cannot be combined with CORS_ORIGINS=*")
+    return problems
+
+
+class UnsafeSettings(RuntimeError):
+    pass
+
+
 class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp, csp: str) -> None:
+    def __init__(self, app: ASGIApp, csp: str, hsts_seconds: int = 0) -> None:
         self.app = app
         self.csp = csp
+        self.headers = dict(BASE_HEADERS)
+        if hsts_seconds:
+            self.headers["Strict-Transport-Security"] = f"max-age={hsts_seconds}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,7 +105,7 @@ class SecurityHeadersMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                for name, value in BASE_HEADERS.items():
+                for name, value in self.headers.items():
                     headers.setdefault(name, value)
                 if headers.get("content-type", "").startswith("text/html"):
                     # A page may tighten its own policy; otherwise it gets ours.
@@ -172,6 +210,14 @@ def _caused_by_body_limit(exc: BaseException) -> bool:
 
 
 def install(app: FastAPI, settings: Settings) -> None:
-    """Add both middlewares; call it after CORS so the headers wrap everything."""
+    """Add both middlewares; call it after CORS so the headers wrap everything.
+
+    Refuses unsafe settings first (UnsafeSettings), however the app is started."""
+    if problems := startup_problems(settings):
+        raise UnsafeSettings("; ".join(problems))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    app.add_middleware(SecurityHeadersMiddleware, csp=content_security_policy(settings))
+    app.add_middleware(
+        SecurityHeadersMiddleware,
+        csp=content_security_policy(settings),
+        hsts_seconds=settings.hsts_seconds,
+    )

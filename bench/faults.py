@@ -14,7 +14,10 @@ Printed: kills, tracks COMPLETE, paid submissions per track (the submission ledg
 predictions created at the fake, credits charged against expected, activity attempts
 cut short (from the workflows' histories) and the storm's time against the baseline.
 
-    .venv/bin/python -m bench.faults [--tracks 8] [--storm-s 60] [--seed 7]
+    .venv/bin/python -m bench.faults [--tracks 8] [--storm-s 60] [--seed 7] [--spread-s 0]
+
+--spread-s creates the tracks over that many seconds instead of at once, so that later
+kills also find submits out.
 
 Exit status: 1 if any track paid or was charged more than once, 2 if a track did not
 COMPLETE within the bounded wait, else 0.
@@ -26,6 +29,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import os
 import random
 import signal
 import statistics
@@ -372,7 +376,7 @@ async def _outcome(
 
 async def run(args: argparse.Namespace) -> int:
     configure_logging("WARNING")
-    wall_started = time.monotonic()
+    wall_started, load_at_start = time.monotonic(), os.getloadavg()
     n, duration_s = args.tracks, args.duration_s
     credits = 1000  # ample: a 10 s instrumental costs 2
     with ReplicateFake(key=REPLICATE_TOKEN) as fake:
@@ -396,7 +400,7 @@ async def run(args: argparse.Namespace) -> int:
             base_user, base_auth = await stack.user(credits)
             worker = await workers.start_ready()
             started = time.monotonic()
-            tracks = await _make_tracks(stack, base_auth, "baseline", n, duration_s)
+            tracks = await _make_tracks(stack, base_auth, "baseline", n, duration_s, args.spread_s)
             statuses, ended = await stack.wait_ended(
                 [t["job_id"] for t in tracks], args.settle_timeout_s
             )
@@ -405,27 +409,22 @@ async def run(args: argparse.Namespace) -> int:
             )
             await workers.terminate(worker)
 
-            # The storm.
+            # The storm: tracks are created while the kills go on.
             fake.script(submit=[Late(seconds=args.late_s, times=n)])
             storm_user, storm_auth = await stack.user(credits)
-            rng = random.Random(args.seed)
             worker = await workers.start_ready()
             started = time.monotonic()
-            tracks = await _make_tracks(stack, storm_auth, "storm", n, duration_s)
-            job_ids = [t["job_id"] for t in tracks]
-            storm_ends = started + args.storm_s
-            kills = 0
-            while True:
-                # Each worker gets a few seconds of real work before it dies.
-                delay = rng.uniform(1.0, 4.0)
-                if time.monotonic() + delay >= storm_ends:
-                    await asyncio.sleep(max(0.0, storm_ends - time.monotonic()))
-                    break
-                await asyncio.sleep(delay)
-                await workers.kill(worker)
-                kills += 1
-                worker = await workers.start_ready()
+            async with asyncio.TaskGroup() as group:
+                creating = group.create_task(
+                    _make_tracks(stack, storm_auth, "storm", n, duration_s, args.spread_s)
+                )
+                storming = group.create_task(
+                    _storm(workers, worker, started + args.storm_s, random.Random(args.seed))
+                )
+            tracks = creating.result()
+            kills, worker = storming.result()
             storm_over = time.monotonic()
+            job_ids = [t["job_id"] for t in tracks]
             during = await stack.statuses(job_ids)
             done_in_storm = sum(s is JobStatus.COMPLETE for s in during.values())
             statuses, ended = await stack.wait_ended(job_ids, args.settle_timeout_s)
@@ -435,7 +434,37 @@ async def run(args: argparse.Namespace) -> int:
             if storm.complete < n:
                 print("last worker's log:\n" + workers.tail(worker), file=sys.stderr)
 
+    print(machine_load(load_at_start))
     return _report(args, baseline, storm, kills, done_in_storm, storm_over, workers, wall_started)
+
+
+async def _storm(
+    workers: WorkerProcesses,
+    worker: subprocess.Popen[bytes],
+    ends: float,
+    rng: random.Random,
+) -> tuple[list[float], subprocess.Popen[bytes]]:
+    """SIGKILL the only worker 1-4 s after each "worker ready" until `ends`; returns the
+    kill times and the worker left running."""
+    kills: list[float] = []
+    while True:
+        # Each worker gets a few seconds of real work before it dies.
+        delay = rng.uniform(1.0, 4.0)
+        if time.monotonic() + delay >= ends:
+            await asyncio.sleep(max(0.0, ends - time.monotonic()))
+            return kills, worker
+        await asyncio.sleep(delay)
+        await workers.kill(worker)
+        kills.append(time.monotonic())
+        worker = await workers.start_ready()
+
+
+def machine_load(at_start: tuple[float, float, float]) -> str:
+    """Load averages (1 min) at start and now: timings mean little on a busy machine."""
+    return (
+        f"machine: {os.cpu_count()} cores, 1-min load average {at_start[0]:.1f} at start, "
+        f"{os.getloadavg()[0]:.1f} at end"
+    )
 
 
 def _histogram(values: Iterable[int]) -> str:
@@ -447,7 +476,7 @@ def _report(
     args: argparse.Namespace,
     baseline: Outcome,
     storm: Outcome,
-    kills: int,
+    kills: list[float],
     done_in_storm: int,
     storm_over: float,
     workers: WorkerProcesses,
@@ -486,12 +515,23 @@ def _report(
         f"                      predictions at fake     {sum(baseline.predictions.values())} "
         f"for {n} tracks"
     )
+    print(f"                      attempts cut short      {sum(baseline.cut_short.values())}")
     print()
     print(f"storm                 duration                {args.storm_s:g} s (seed {args.seed})")
-    print(f"                      kills (SIGKILL)         {kills}")
+    print(f"                      kills (SIGKILL)         {len(kills)}")
+    # A submit is out from the moment the fake creates the prediction until its late answer.
+    windows = [(t, t + args.late_s) for t in storm.submitted_at]
+    kills_mid_submit = sum(any(a <= k <= b for a, b in windows) for k in kills)
+    submits_hit = sum(any(a <= k <= b for k in kills) for a, b in windows)
+    print(
+        f"                      kills mid-submit        {kills_mid_submit} "
+        f"(hitting {submits_hit} of {len(windows)} submits while their answer was out)"
+    )
     print(f"                      tracks COMPLETE         {storm.complete} / {n}")
     print(f"                      done during the storm   {done_in_storm} / {n}")
     print(f"                      paid submissions        {_histogram(storm.paid.values())}")
+    via = ", ".join(f"{name} {c}" for name, c in storm.resolved_via.most_common())
+    print(f"                      run id learnt from      {via}")
     print(
         f"                      predictions at fake     {sum(storm.predictions.values())} "
         f"for {n} tracks (per track: {_histogram(storm.predictions.values())})"
@@ -533,12 +573,22 @@ def main() -> None:
     parser.add_argument("--late-s", type=float, default=1.5, help="submit answer delay")
     parser.add_argument("--render-s", type=float, default=15, help="prediction render time")
     parser.add_argument(
+        "--spread-s",
+        type=float,
+        default=0,
+        help="create the tracks evenly over this many seconds (0: all at once), so later "
+        "kills also find submits out",
+    )
+    parser.add_argument(
         "--settle-timeout-s",
         type=float,
         default=300,
         help="bound on waiting for the tracks to end (a killed 3-minute check_audio fits)",
     )
-    sys.exit(asyncio.run(run(parser.parse_args())))
+    args = parser.parse_args()
+    if args.tracks < 1 or args.spread_s >= args.storm_s:
+        parser.error("need --tracks >= 1 and --spread-s < --storm-s")
+    sys.exit(asyncio.run(run(args)))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ exactly one cover at a time and the rest of the product (signed links, the share
 never needs to know which kind it is. The PNG exists for link previews (og:image): the
 crawlers of chat apps and social networks do not render SVG.
 
-PNGs are rendered with resvg (the `resvg-py` wheel: Rust, no system library). Everything
+PNGs are rendered with resvg (the `resvg-py` wheel: Rust, no system library), each in its
+own child process with CPU, memory and time limits (core/render_sandbox.py). Everything
 is checked and rendered before the first write, so a rejected cover stores nothing.
 """
 
@@ -14,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import resvg_py
 from sqlalchemy import update
 from sqlmodel import col
 
@@ -24,24 +25,26 @@ from core.contracts import JobStatus
 from core.cover import render_cover_svg
 from core.db import SessionFactory, transaction
 from core.models import Track, User, utcnow
+from core.render_sandbox import RenderFailed, RenderSandbox, sandbox_for
 from core.storage import Storage, cover_key
 from core.svg_sanitize import sanitize_svg
 
 PNG_SIZE = 800  # px, square; large enough for summary_large_image cards, small to fetch
 # What shows through transparent parts of a user's cover: the UI's dark or light page.
 BACKDROP = {True: "#121119", False: "#ffffff"}
-# A sanitized SVG can still be slow to draw (a stack of filters); give up rather than hold
-# a request. The render thread finishes on its own; its result is dropped.
-RENDER_TIMEOUT_S = 20.0
 
 SANS_FALLBACK = "DejaVu Sans"
+# Sanitizing a 1 MB document takes a few hundred milliseconds of pure Python: off the event
+# loop, on threads of its own so it never waits behind (or holds up) storage or other I/O.
+_sanitizer_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="svg-sanitize")
 
 GENERATED = "generated"
 USER = "user"
 
 
-class CoverRenderError(ValueError):
-    """The SVG passed the sanitizer but could not be drawn as a PNG."""
+# The SVG passed the sanitizer but could not be drawn as a PNG (RenderTooCostly, a
+# subclass, when its render was stopped at a limit).
+CoverRenderError = RenderFailed
 
 
 def cover_svg_key(user_id: object, track_id: object) -> str:
@@ -95,29 +98,30 @@ def _square(svg: str) -> str:
     return f"{tag}{root.group(2)}>{svg[root.end() :]}"
 
 
-async def render_png(svg: str, *, dark: bool = True) -> bytes:
-    """A square PNG (PNG_SIZE px) of the SVG over the dark or light backdrop."""
+async def render_png(
+    svg: str, *, dark: bool = True, sandbox: RenderSandbox | None = None, owner: object = None
+) -> bytes:
+    """A square PNG (PNG_SIZE px) of the SVG over the dark or light backdrop.
 
-    def draw() -> bytes:
-        try:
-            data = resvg_py.svg_to_bytes(
-                svg_string=_square(svg),
-                background=BACKDROP[dark],
-                # resvg's default of 0 makes absolute units (mm, in) collapse to nothing.
-                dpi=96,
-                # fontdb maps sans-serif to Arial, absent on Linux; DejaVu is (Dockerfile).
-                sans_serif_family=SANS_FALLBACK,
-            )
-        except (ValueError, RuntimeError) as exc:
-            raise CoverRenderError(f"the SVG could not be drawn: {exc}") from exc
-        return bytes(data)
+    Drawn in `sandbox` (the default limits without one) in a slot of `owner`'s: a user's
+    render over their or the process's bound raises RenderBusy; without an owner (trusted
+    art) it waits for a slot. Raises CoverRenderError (RenderFailed) when it cannot be
+    drawn, RenderTooCostly when stopped at a limit.
+    """
+    sandbox = sandbox or sandbox_for()
+    async with sandbox.slot(owner):
+        return await _draw(sandbox, svg, dark)
 
-    try:
-        return await asyncio.wait_for(asyncio.to_thread(draw), RENDER_TIMEOUT_S)
-    except TimeoutError as exc:
-        raise CoverRenderError(
-            f"the SVG took longer than {RENDER_TIMEOUT_S:.0f} s to draw; simplify it"
-        ) from exc
+
+async def _draw(sandbox: RenderSandbox, svg: str, dark: bool) -> bytes:
+    return await sandbox.render(
+        _square(svg),
+        background=BACKDROP[dark],
+        # resvg's default of 0 makes absolute units (mm, in) collapse to nothing.
+        dpi=96,
+        # fontdb maps sans-serif to Arial, absent on Linux; DejaVu is (Dockerfile).
+        sans_serif_family=SANS_FALLBACK,
+    )
 
 
 async def _put_both(
@@ -138,23 +142,36 @@ async def store_generated_cover(
     prompt: str,
     seed: int,
     visual_version: int,
+    *,
+    sandbox: RenderSandbox | None = None,
 ) -> tuple[str, str]:
     """Draw the generated cover and store it; returns (svg_key, png_key)."""
     svg = render_cover_svg(prompt, seed, visual_version)
-    png = await render_png(svg)
+    png = await render_png(svg, sandbox=sandbox)
     return await _put_both(storage, user_id, track_id, svg, png)
 
 
 async def store_user_cover(
-    storage: Storage, user_id: uuid.UUID, track_id: uuid.UUID, svg: str, dark: bool
+    storage: Storage,
+    user_id: uuid.UUID,
+    track_id: uuid.UUID,
+    svg: str,
+    dark: bool,
+    *,
+    sandbox: RenderSandbox | None = None,
 ) -> tuple[str, str]:
     """Sanitize, draw and store a user's own cover; returns (svg_key, png_key).
 
-    Raises SvgTooLarge, SvgRejected or CoverRenderError before anything is written. What
-    is stored is the sanitizer's re-serialization, exactly what was checked.
+    Raises SvgTooLarge, SvgRejected (SvgTooComplex for reference fan-out), RenderBusy or
+    CoverRenderError before anything is written. What is stored is the sanitizer's
+    re-serialization, exactly what was checked. The user's render slot is held from the
+    sanitizer on, so sanitizing counts against the user's render bound too.
     """
-    clean = sanitize_svg(svg)
-    png = await render_png(clean, dark=dark)
+    sandbox = sandbox or sandbox_for()
+    async with sandbox.slot(user_id):
+        loop = asyncio.get_running_loop()
+        clean = await loop.run_in_executor(_sanitizer_threads, sanitize_svg, svg)
+        png = await _draw(sandbox, clean, dark)
     return await _put_both(storage, user_id, track_id, clean, png)
 
 
@@ -194,6 +211,7 @@ async def draw_track_cover(
     track_id: uuid.UUID,
     *,
     style_seed_enabled: bool,
+    sandbox: RenderSandbox | None = None,
 ) -> DrawnCover | None:
     """The worker's cover step: draw the generated cover from the track row and its user.
 
@@ -210,7 +228,7 @@ async def draw_track_cover(
         return DrawnCover(track.cover_key, track.cover_png_key, skipped=True)
     seed = cover_seed(track.seed, user.user_style_seed, style_seed_enabled)
     svg_key, png_key = await store_generated_cover(
-        storage, track.user_id, track.id, track.prompt, seed, track.visual_version
+        storage, track.user_id, track.id, track.prompt, seed, track.visual_version, sandbox=sandbox
     )
     # Only the PNG is recorded here: the SVG key becomes the track's cover when the job
     # completes (mark_complete), so an unfinished track shows no cover.
@@ -227,36 +245,65 @@ class TrackNotReady(Exception):
     """The track has no finished cover yet (it is not COMPLETE)."""
 
 
+class RerollConflict(Exception):
+    """Another re-roll of the same track changed its visual_version first."""
+
+
 async def redraw_generated_cover(
     sessions: SessionFactory,
     storage: Storage,
     track_id: uuid.UUID,
     *,
     style_seed_enabled: bool,
+    sandbox: RenderSandbox | None = None,
 ) -> Track:
     """Bump the track's visual_version and draw the generated cover for the new version.
 
-    The bump is the transaction's first statement, so it takes the row's write lock
-    (Postgres) or the database's (SQLite) and concurrent re-rolls queue up instead of
-    drawing the same version twice. It commits only once both files are stored. This
-    also replaces a user's own cover: a re-roll asks for generated art.
+    The art is drawn first, holding no transaction (a render takes a while and used to
+    hold the row, or all of SQLite, for that long). Then one short transaction moves
+    visual_version from the version read to the next with a compare-and-set, and writes
+    the files while it holds the row: of two concurrent re-rolls one wins, the other gets
+    RerollConflict, and files are written in the order the versions are. A failed write
+    rolls the bump back. This also replaces a user's own cover: a re-roll asks for
+    generated art. The render takes a slot of the track owner's (RenderBusy beyond it).
     """
+    async with sessions() as session:
+        track = await session.get(Track, track_id)
+        user = await session.get(User, track.user_id) if track is not None else None
+    if track is None or user is None or track.status != JobStatus.COMPLETE:
+        raise TrackNotReady(str(track_id))
+    drawn_from = track.visual_version
+    version = drawn_from + 1
+    seed = cover_seed(track.seed, user.user_style_seed, style_seed_enabled)
+    svg = render_cover_svg(track.prompt, seed, version)
+    png = await render_png(svg, sandbox=sandbox, owner=track.user_id)
+    svg_key = cover_svg_key(track.user_id, track_id)
+    png_key = cover_png_key(track.user_id, track_id)
     async with transaction(sessions) as session:
         bumped = await session.exec(
             update(Track)
-            .where(col(Track.id) == track_id, col(Track.status) == JobStatus.COMPLETE)
-            .values(visual_version=col(Track.visual_version) + 1, updated_at=utcnow())
+            .where(
+                col(Track.id) == track_id,
+                col(Track.status) == JobStatus.COMPLETE,
+                col(Track.visual_version) == drawn_from,
+            )
+            .values(
+                visual_version=version,
+                cover_key=svg_key,
+                cover_png_key=png_key,
+                cover_source=GENERATED,
+                cover_dark=None,
+                updated_at=utcnow(),
+            )
         )
         if bumped.rowcount != 1:  # type: ignore[attr-defined]
-            raise TrackNotReady(str(track_id))
-        track = await session.get(Track, track_id)
-        assert track is not None
-        user = await session.get(User, track.user_id)
-        assert user is not None
-        seed = cover_seed(track.seed, user.user_style_seed, style_seed_enabled)
-        svg_key, png_key = await store_generated_cover(
-            storage, track.user_id, track.id, track.prompt, seed, track.visual_version
-        )
-        track.cover_key, track.cover_png_key = svg_key, png_key
-        track.cover_source, track.cover_dark = GENERATED, None
-    return track
+            current = await session.get(Track, track_id)
+            if current is None or current.status != JobStatus.COMPLETE:
+                raise TrackNotReady(str(track_id))
+            raise RerollConflict(str(track_id))
+        await _put_both(storage, track.user_id, track_id, svg, png)
+    async with sessions() as session:
+        fresh = await session.get(Track, track_id)
+    if fresh is None:
+        raise TrackNotReady(str(track_id))
+    return fresh

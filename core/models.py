@@ -64,6 +64,11 @@ class ApiToken(SQLModel, table=True):
     token_hash: str = Field(max_length=64, unique=True)
     label: str = Field(default="default", max_length=100)
     created_at: datetime = _ts()
+    # Written at most once a minute per token, so authentication is not a write per request.
+    last_used_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    # Kept, not deleted, so the owner still sees when and which token was revoked.
+    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 
 
 class Track(SQLModel, table=True):

@@ -11,6 +11,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 KNOWN_PROVIDERS = ("fal", "replicate", "synth")
+# `api` and `worker` refuse this SECRET_KEY, or a shorter one, outside development.
+PLACEHOLDER_SECRET_KEY = "change-me-in-production"
+MIN_SECRET_KEY_LENGTH = 32
 
 
 def _split_csv(value: object) -> object:
@@ -49,7 +52,7 @@ class Settings(BaseSettings):
     signed_url_ttl_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
     public_base_url: str = "http://localhost:8000"
     # Signs local download links; `soundfoundry dev` generates one per checkout.
-    secret_key: SecretStr = SecretStr("change-me-in-production")
+    secret_key: SecretStr = SecretStr(PLACEHOLDER_SECRET_KEY)
 
     # Ordered provider chain. The seeds' MUSIC_PROVIDER, when set, is put first.
     music_providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -120,6 +123,9 @@ class Settings(BaseSettings):
     # (tests use loopback receivers).
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+    # Deliveries go through this HTTP(S) proxy when set (production egress control);
+    # otherwise straight to the vetted address. Proxies from the environment are ignored.
+    webhook_egress_proxy: SecretStr | None = None
     # Plans: the longest track each plan may ask for (README: "Plans, credits and limits").
     free_max_duration_s: int = Field(default=60, ge=5, le=300)
     pro_max_duration_s: int = Field(default=300, ge=5, le=300)
@@ -127,14 +133,36 @@ class Settings(BaseSettings):
     rate_limit_create_track_free: int = Field(default=5, ge=1)
     rate_limit_create_track_pro: int = Field(default=20, ge=1)
     rate_limit_cover_save: int = Field(default=30, ge=1)
+    # Cover re-rolls (POST /api/tracks/{id}/increment-visual-version) per window; each draws.
+    rate_limit_cover_reroll: int = Field(default=30, ge=1)
     rate_limit_window_s: int = Field(default=60, ge=1)
     rate_limit_series_create: int = Field(default=10, ge=1)
     rate_limit_series_window_s: int = Field(default=3600, ge=1)
+    # Live job streams (GET /api/jobs/{id}/events) one user may hold open at once, per API
+    # process; more answer 429.
+    sse_max_streams_per_user: int = Field(default=5, ge=1)
+    # A stream whose job has not changed for this long ends with an `idle` event.
+    sse_idle_timeout_s: float = Field(default=900.0, gt=0)
+    # How often an open stream checks its token again, so a revoked one closes it.
+    sse_token_recheck_s: float = Field(default=5.0, gt=0)
+    # Unrevoked, unexpired API tokens one user may hold (POST /api/tokens/self).
+    api_tokens_max_per_user: int = Field(default=25, ge=1)
     # Larger request bodies get 413; the cover upload carries a 1 MB SVG inside JSON.
     max_request_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     # Web pages opened from this machine (loopback) sign in as the dev user by themselves;
     # `soundfoundry dev` turns it on. Never on unless set.
     dev_autologin: bool = False
+    # The per-run secret of the dev sign-in link (`/?login=...`); `soundfoundry dev` makes it.
+    dev_login_secret: SecretStr | None = None
+    # The address the API listens on; `soundfoundry api` sets it from --host. DEV_AUTOLOGIN
+    # refuses to start unless it is loopback.
+    api_host: str | None = None
+    # Strict-Transport-Security max-age on every response; 0 leaves the header off.
+    hsts_seconds: int = Field(default=0, ge=0)
+    # /metrics on its own port (0: on the API port, as before); METRICS_TOKEN, when set,
+    # makes /metrics require `Authorization: Bearer <token>`.
+    api_metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_token: SecretStr | None = None
     log_level: str = "INFO"
     # Errors go to Sentry when set (API and worker); off when unset.
     sentry_dsn: SecretStr | None = None
@@ -142,6 +170,14 @@ class Settings(BaseSettings):
     # Covers and style (README: "Covers and style"). Users may save their own SVG covers
     # unless this is off; generated covers work either way.
     feature_cover_save: bool = True
+    # Every cover is drawn in its own child process (core/render_sandbox.py), killed at the
+    # deadline or by the kernel past its CPU seconds or address space.
+    cover_render_timeout_s: float = Field(default=20.0, gt=0)
+    cover_render_cpu_s: int = Field(default=10, ge=1)
+    cover_render_memory_mb: int = Field(default=512, ge=64)
+    # Renders at once per process; a user's beyond either bound get 429.
+    cover_render_max_concurrent: int = Field(default=4, ge=1)
+    cover_render_max_per_user: int = Field(default=2, ge=1)
     # The style system ships dark: each part is switched on on its own.
     style_seed_enabled: bool = False
     style_unlocks_enabled: bool = False
@@ -186,12 +222,33 @@ class Settings(BaseSettings):
             self.replicate_webhook_secret,
             self.s3_secret_key,
             self.sentry_dsn,
+            self.dev_login_secret,
+            self.metrics_token,
+            self.webhook_egress_proxy,
         ]
         secrets = [v.get_secret_value() for v in values if v is not None]
         database_password = make_url(self.database_url).password
         if database_password:
             secrets.append(str(database_password))
         return secrets
+
+    def secret_key_problem(self) -> str | None:
+        """Why SECRET_KEY must not sign links here, or None; only development may use the
+        placeholder or a short key (anyone could mint download links with them)."""
+        if self.environment == "development":
+            return None
+        key = self.secret_key.get_secret_value()
+        if key == PLACEHOLDER_SECRET_KEY:
+            return (
+                "SECRET_KEY is the placeholder; set it to a random value of at least"
+                f" {MIN_SECRET_KEY_LENGTH} characters (ENVIRONMENT={self.environment})"
+            )
+        if len(key) < MIN_SECRET_KEY_LENGTH:
+            return (
+                f"SECRET_KEY is shorter than {MIN_SECRET_KEY_LENGTH} characters; set a longer"
+                f" random value (ENVIRONMENT={self.environment})"
+            )
+        return None
 
     @property
     def is_sqlite(self) -> bool:

@@ -13,10 +13,11 @@ import os
 import shutil
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, contextmanager, suppress
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -35,6 +36,7 @@ CHUNK = 1024 * 1024
 # aiohttp's while a body streams.
 S3_FAILURES = (ClientError, BotoCoreError, aiohttp.ClientError)
 _tracer = tracer("soundfoundry.storage")
+_T = TypeVar("_T")
 
 
 class StorageError(Exception):
@@ -108,31 +110,48 @@ class Storage(ABC):
 
 
 class LocalStorage(Storage):
-    """Objects as files under one folder; for the embedded default and offline use."""
+    """Objects as files under one folder; for the embedded default and offline use.
+
+    File I/O runs on threads of this backend's own, never the event loop's default
+    executor, so nothing else that borrows threads there can make storage wait.
+    """
+
+    IO_THREADS = 8
 
     def __init__(self, root: Path, public_base_url: str, secret: str) -> None:
         self.root = root.resolve()
         self.public_base_url = public_base_url.rstrip("/")
         self._secret = secret.encode()
+        self._io: ThreadPoolExecutor | None = None
+
+    async def close(self) -> None:
+        if self._io is not None:
+            self._io.shutdown(wait=False)
+            self._io = None
+
+    async def _on_io_thread(self, work: Callable[..., _T], *args: object) -> _T:
+        if self._io is None:  # made on first use: opening the backend is optional
+            self._io = ThreadPoolExecutor(self.IO_THREADS, thread_name_prefix="local-storage")
+        return await asyncio.get_running_loop().run_in_executor(self._io, work, *args)
 
     def path_for(self, key: str) -> Path:
         return self.root / validate_key(key)
 
     async def put_file(self, key: str, path: Path, content_type: str) -> None:
-        await asyncio.to_thread(self._copy_in, path, self.path_for(key))
+        await self._on_io_thread(self._copy_in, path, self.path_for(key))
 
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        await asyncio.to_thread(self._write, self.path_for(key), data)
+        await self._on_io_thread(self._write, self.path_for(key), data)
 
     async def download(self, key: str, dest: Path) -> None:
         src = self._existing(key)
-        await asyncio.to_thread(shutil.copyfile, src, dest)
+        await self._on_io_thread(shutil.copyfile, src, dest)
 
     async def get_bytes(self, key: str) -> bytes:
-        return await asyncio.to_thread(self._existing(key).read_bytes)
+        return await self._on_io_thread(self._existing(key).read_bytes)
 
     async def copy(self, src: str, dst: str) -> None:
-        await asyncio.to_thread(self._copy_in, self._existing(src), self.path_for(dst))
+        await self._on_io_thread(self._copy_in, self._existing(src), self.path_for(dst))
 
     async def delete(self, key: str) -> None:
         self.path_for(key).unlink(missing_ok=True)
@@ -149,7 +168,7 @@ class LocalStorage(Storage):
             )
             return sorted(k for k in keys if k.startswith(prefix) and ".tmp-" not in k)
 
-        return await asyncio.to_thread(walk)
+        return await self._on_io_thread(walk)
 
     async def signed_url(self, key: str, ttl_s: int, download_name: str | None = None) -> str:
         expires = int(time.time()) + ttl_s

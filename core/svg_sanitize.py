@@ -33,6 +33,15 @@ Policy, in the order it is applied:
   the other URL-taking functions (src, image, image-set, cross-fade) are rejected.
 * Animation: `attributeName` may not target `href` or an event handler.
 * Nesting deeper than `MAX_DEPTH` is rejected (keeps the serializer's recursion bounded).
+* Reference fan-out: every `#id` reference (`<use>` and any other href, `url(#id)` in an
+  attribute or a `<style>`) draws its target again, and references inside the target
+  multiply: ten `<use>` of a group of ten `<use>` of a shape draw a hundred shapes. The
+  elements drawn through references, counted after expanding the whole reference graph,
+  may not exceed `MAX_EXPANDED_REFERENCES`, and references may not loop; otherwise
+  `SvgTooComplex`. Gradients and their stops count zero (a fill, not extra drawing). A
+  reference from a `<style>` is counted once per element of the document, since a selector
+  may match any of them. The budget refuses render bombs cheaply; the renderer's CPU and
+  memory limits (core/render_sandbox.py) bound whatever stays expensive below it.
 """
 
 from __future__ import annotations
@@ -43,10 +52,23 @@ import xml.etree.ElementTree as ET
 from defusedxml import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
 from defusedxml.ElementTree import DefusedXMLParser
 
-__all__ = ["DEFAULT_MAX_BYTES", "MAX_DEPTH", "SvgRejected", "SvgTooLarge", "sanitize_svg"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_EXPANDED_REFERENCES",
+    "SvgRejected",
+    "SvgTooComplex",
+    "SvgTooLarge",
+    "expanded_reference_count",
+    "sanitize_svg",
+]
 
 DEFAULT_MAX_BYTES = 1_000_000
 MAX_DEPTH = 200
+# Elements a document may draw through #id references once they are all expanded. Real
+# art with clones and patterns stays in the hundreds; a ~1 KB file of five nested levels
+# of ten <use> each expands past 100 000.
+MAX_EXPANDED_REFERENCES = 20_000
 
 SVG_NS = "http://www.w3.org/2000/svg"
 XLINK_NS = "http://www.w3.org/1999/xlink"
@@ -114,10 +136,19 @@ class SvgTooLarge(SvgRejected):
     """The SVG is over the size limit (the API answers 413 rather than 400)."""
 
 
-def sanitize_svg(data: str | bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
+class SvgTooComplex(SvgRejected):
+    """Its references expand past the budget or loop (the API answers 422)."""
+
+
+def sanitize_svg(
+    data: str | bytes,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_expanded_references: int = MAX_EXPANDED_REFERENCES,
+) -> str:
     """Validate user SVG and return it re-serialized from the checked tree, or raise.
 
-    Raises SvgTooLarge if the input is over `max_bytes`, SvgRejected for anything else.
+    Raises SvgTooLarge if the input is over `max_bytes`, SvgTooComplex if its references
+    expand past `max_expanded_references` (or loop), SvgRejected for anything else.
     The result is idempotent: sanitizing it again returns the same string.
     """
     _check_size(data, max_bytes)
@@ -127,6 +158,13 @@ def sanitize_svg(data: str | bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
     _check_depth(root)
     for elem in root.iter():
         _check_element(elem)
+    # After the element checks: every url() left is a plain "#id", so ids are easy to read.
+    expanded = expanded_reference_count(root, stop_above=max_expanded_references)
+    if expanded > max_expanded_references:
+        raise SvgTooComplex(
+            f"its #id references (<use>, patterns, masks, url(#...)) expand to more than "
+            f"{max_expanded_references} drawn elements; flatten or simplify it"
+        )
     return _serialize(root)
 
 
@@ -267,6 +305,106 @@ def _check_animation_target(element: str, value: str) -> None:
     target = value.strip().lower().rpartition(":")[2]
     if target == "href" or target in _URL_ATTRIBUTES or target.startswith("on"):
         raise SvgRejected(f"<{element}> may not animate {_preview(value)}")
+
+
+# --------------------------------------------------------------------------- reference fan-out
+
+# Paint servers that only colour a shape: referencing them draws nothing more.
+_WEIGHTLESS = frozenset({"lineargradient", "radialgradient", "stop"})
+# Elements whose href names a target without drawing it: a link, or what an animation
+# changes. (A link back to the root would otherwise look like a loop.)
+_NON_DRAWING_HREF = frozenset(
+    {"a", "animate", "animatecolor", "animatemotion", "animatetransform", "discard", "set"}
+)
+_CSS_URL_ID = re.compile(r"""url\(\s*(['"]?)#([\w.\-:]+)\1\s*\)""", re.IGNORECASE)
+
+
+def _referenced_ids(value: str) -> set[str]:
+    """The ids a value points at: a bare "#id" (href) or url(#id), read in both CSS views
+    (ids keep their case, so the views are not lowercased here)."""
+    ids = set()
+    trimmed = value.strip(_URL_TRIM)
+    if _FRAGMENT.fullmatch(trimmed):
+        ids.add(trimmed[1:])
+    if "(" in value or "\\" in value:
+        for view in (_decode_css_escapes(value), _decode_css_escapes(_CSS_COMMENT.sub("", value))):
+            ids.update(match.group(2) for match in _CSS_URL_ID.finditer(view))
+    return ids
+
+
+def expanded_reference_count(root: ET.Element, stop_above: int | None = None) -> int:
+    """How many elements the document draws through #id references, all expanded.
+
+    An element's expanded size is itself (1, or 0 for a gradient or stop), its children's
+    expanded sizes and, for each reference it makes, its target's expanded size. The
+    answer is the root's expanded size minus the document's own elements, plus each
+    `<style>` reference's target once per element. Raises SvgTooComplex when references
+    loop. With `stop_above`, counting stops once the answer is known to exceed it.
+    """
+    elements = list(root.iter())
+    by_id: dict[str, ET.Element] = {}
+    for elem in elements:
+        for key in ("id", f"{{{XML_NS}}}id"):
+            ident = elem.get(key)
+            if ident is not None:
+                by_id.setdefault(ident, elem)  # the first wins, as getElementById does
+
+    def weight(elem: ET.Element) -> int:
+        return 0 if _split(elem.tag)[1].lower() in _WEIGHTLESS else 1
+
+    reference_cache: dict[int, list[ET.Element]] = {}
+
+    def targets(elem: ET.Element) -> list[ET.Element]:
+        cached = reference_cache.get(id(elem))
+        if cached is None:
+            links_only = _split(elem.tag)[1].lower() in _NON_DRAWING_HREF
+            found = {
+                ident
+                for key, value in elem.attrib.items()
+                if not (links_only and _split(key)[1].lower() == "href")
+                for ident in _referenced_ids(value)
+            }
+            cached = reference_cache[id(elem)] = [by_id[i] for i in sorted(found) if i in by_id]
+        return cached
+
+    own = sum(weight(elem) for elem in elements)
+    # Sizes are capped just past the budget, so a bomb's numbers stay small to add.
+    cap = own + (stop_above if stop_above is not None else 1 << 62) + 1
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    # Iterative depth-first walk over child and reference edges: reference chains can be
+    # far longer than the nesting limit, too long for Python's recursion.
+    for start in elements:
+        if id(start) in size:
+            continue
+        stack: list[tuple[ET.Element, list[ET.Element]]] = []
+        on_path.add(id(start))
+        stack.append((start, [*start, *targets(start)]))
+        while stack:
+            elem, pending = stack[-1]
+            if pending:
+                nxt = pending.pop()
+                if id(nxt) in size:
+                    continue
+                if id(nxt) in on_path:
+                    where = nxt.get("id") or nxt.get(f"{{{XML_NS}}}id") or "?"
+                    raise SvgTooComplex(f"its #id references loop back to '#{where[:40]}'")
+                on_path.add(id(nxt))
+                stack.append((nxt, [*nxt, *targets(nxt)]))
+                continue
+            stack.pop()
+            on_path.discard(id(elem))
+            total = weight(elem) + sum(size[id(c)] for c in elem)
+            total += sum(size[id(t)] for t in targets(elem))
+            size[id(elem)] = min(total, cap)
+    expanded = size[id(root)] - own
+    for elem in elements:
+        if _split(elem.tag)[1].lower() == "style":
+            for ident in _referenced_ids("".join(elem.itertext())) & by_id.keys():
+                expanded += size[id(by_id[ident])] * len(elements)
+                if stop_above is not None and expanded > stop_above:
+                    return expanded
+    return expanded
 
 
 # --------------------------------------------------------------------------- CSS

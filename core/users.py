@@ -5,10 +5,10 @@ from __future__ import annotations
 from sqlmodel import col, select
 
 from core.db import SessionFactory, transaction
-from core.models import ApiToken, Plan, User
+from core.models import ApiToken, Plan, User, utcnow
 from core.settings import Settings, get_settings
 from core.style import ensure_default_series, new_style_seed
-from core.tokens import hash_token, new_token
+from core.tokens import hash_token, new_token, record_use, usable_now
 
 
 async def create_user(
@@ -39,10 +39,21 @@ async def create_user(
 
 
 async def user_for_token(sessions: SessionFactory, token: str) -> User | None:
+    """The user holding this token, or None when it is unknown, revoked or expired.
+
+    Checked on every request (and again by open event streams), so a revocation takes
+    effect at once; records the token's last use at most once a minute.
+    """
+    now = utcnow()
     async with sessions() as session:
         rows = await session.exec(
-            select(User)
+            select(User, ApiToken)
             .join(ApiToken, col(ApiToken.user_id) == col(User.id))
-            .where(col(ApiToken.token_hash) == hash_token(token))
+            .where(col(ApiToken.token_hash) == hash_token(token), usable_now(now))
         )
-        return rows.first()
+        found = rows.first()
+    if found is None:
+        return None
+    user, api_token = found
+    await record_use(sessions, api_token, now)
+    return user

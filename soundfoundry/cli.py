@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,8 +22,18 @@ users_app = typer.Typer(help="Manage users and their tokens.", no_args_is_help=T
 app.add_typer(users_app, name="users")
 admin_app = typer.Typer(help="Operator tools: stuck jobs, bulk cancel.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
+tokens_app = typer.Typer(help="A user's API tokens: create, list, revoke.", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
 app.add_typer(backfill_app, name="backfill")
 err = Console(stderr=True)
+
+
+def _refuse_to_start(problems: list[str]) -> None:
+    """Exit 2 with every reason, before anything listens or connects."""
+    if problems:
+        for problem in problems:
+            print(f"refusing to start: {problem}", file=sys.stderr)
+        raise typer.Exit(2)
 
 
 def _setup_logging() -> None:
@@ -63,6 +74,13 @@ def api(
     """Serve the HTTP API (Temporal must already be running)."""
     import uvicorn
 
+    from api.security import startup_problems
+
+    # The app (and uvicorn's worker processes) learn where they listen from API_HOST:
+    # DEV_AUTOLOGIN is refused unless it is loopback.
+    os.environ["API_HOST"] = host
+    get_settings.cache_clear()
+    _refuse_to_start(startup_problems(get_settings()))
     _setup_logging()
     uvicorn.run(
         "api.main:create_app",
@@ -82,6 +100,8 @@ def worker() -> None:
     """Run a Temporal worker for the track workflow (run several to scale out)."""
     from worker import main
 
+    problem = get_settings().secret_key_problem()
+    _refuse_to_start([problem] if problem else [])
     main()
 
 
@@ -317,23 +337,157 @@ def admin_stuck(
 
 @admin_app.command("cancel")
 def admin_cancel(
-    query: Annotated[str, typer.Option(help="visibility query, e.g. \"Provider='fal'\"")],
+    status: Annotated[str | None, typer.Option(help="QUEUED or RENDERING")] = None,
+    provider: Annotated[str | None, typer.Option(help="fal, replicate or synth")] = None,
+    user: Annotated[str | None, typer.Option(help="the owner's id or unique name")] = None,
+    older_than: Annotated[
+        int | None, typer.Option(help="started at least this many minutes ago")
+    ] = None,
+    query: Annotated[str | None, typer.Option(hidden=True)] = None,
     yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
 ) -> None:
-    """Cancel every running track workflow matching --query (refunds, cancels provider jobs)."""
-    from core.admin import cancel_by_query
+    """Cancel every running track workflow matching all the given filters (refunds, cancels
+    provider jobs)."""
+    from pydantic import ValidationError
+
+    from core.accounts import UserNotFound, find_user
+    from core.admin import CancelFilter, cancel_matching
+    from core.db import create_engine, session_factory
     from worker import connect_temporal
 
-    if not yes and not typer.confirm(f"Cancel every running track matching: {query}?"):
+    if query is not None:
+        err.print("[red]--query is gone: filter with --status, --provider, --user, --older-than[/]")
+        raise typer.Exit(2)
+
+    async def owner_id(ref: str) -> str:
+        engine = create_engine(get_settings().database_url)
+        try:
+            return str((await find_user(session_factory(engine), ref)).id)
+        finally:
+            await engine.dispose()
+
+    fields: dict[str, object] = {
+        "status": status.upper() if status else None,
+        "provider": provider,
+        "older_than_minutes": older_than,
+    }
+    try:
+        fields["user_id"] = asyncio.run(owner_id(user)) if user else None
+        criteria = CancelFilter.model_validate(fields)
+    except UserNotFound as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    except ValidationError as exc:
+        for problem in exc.errors():
+            where = ".".join(str(part) for part in problem["loc"]) or "filter"
+            err.print(f"[red]{where}: {problem['msg']}[/]")
+        raise typer.Exit(2) from None
+
+    shown = ", ".join(f"{k}={v}" for k, v in criteria.model_dump(exclude_none=True).items())
+    if not yes and not typer.confirm(f"Cancel every running track with {shown}?"):
         raise typer.Exit(1)
 
     async def run() -> list[str]:
-        return await cancel_by_query(await connect_temporal(get_settings()), query)
+        return await cancel_matching(await connect_temporal(get_settings()), criteria)
 
     cancelled = asyncio.run(run())
     for workflow_id in cancelled:
         print(workflow_id)
     err.print(f"cancelled {len(cancelled)} workflow(s)")
+
+
+def _with_sessions(work: Any) -> Any:
+    """Run `work(sessions)` against the configured database."""
+    from core.db import create_engine, session_factory
+
+    async def run() -> Any:
+        engine = create_engine(get_settings().database_url)
+        try:
+            return await work(session_factory(engine))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+@tokens_app.command("create")
+def tokens_create(
+    user: Annotated[str, typer.Argument(help="the user's id or name")],
+    name: Annotated[str, typer.Option(help="what the token is for")] = "default",
+    expires_in: Annotated[
+        int | None, typer.Option(min=1, max=3650, help="days until it stops working")
+    ] = None,
+) -> None:
+    """Create a token for a user; the token is printed alone on the last line."""
+    from core.accounts import UserNotFound, find_user
+    from core.tokens import issue_token
+
+    async def work(sessions: Any) -> tuple[Any, str]:
+        owner = await find_user(sessions, user)
+        return await issue_token(sessions, owner.id, name, expires_in)
+
+    try:
+        row, token = _with_sessions(work)
+    except UserNotFound as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    until = f", expires {row.expires_at:%Y-%m-%d %H:%M} UTC" if row.expires_at else ""
+    err.print(f"created token {row.id} ({name}{until}) for user {row.user_id}")
+    print(token)
+
+
+@tokens_app.command("list")
+def tokens_list(user: Annotated[str, typer.Argument(help="the user's id or name")]) -> None:
+    """A user's tokens (never the tokens themselves)."""
+    from rich.table import Table
+
+    from core.accounts import UserNotFound, find_user
+    from core.tokens import describe, list_tokens
+
+    async def work(sessions: Any) -> list[dict[str, Any]]:
+        owner = await find_user(sessions, user)
+        return [describe(row) for row in await list_tokens(sessions, owner.id)]
+
+    try:
+        rows = _with_sessions(work)
+    except UserNotFound as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+
+    def when(moment: Any) -> str:
+        return f"{moment:%Y-%m-%d %H:%M}" if moment else "-"
+
+    table = Table("id", "name", "created", "last used", "expires", "revoked")
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            row["name"],
+            when(row["created_at"]),
+            when(row["last_used_at"]),
+            when(row["expires_at"]),
+            when(row["revoked_at"]),
+        )
+    Console(width=200).print(table)
+    err.print(f"{len(rows)} token(s), times in UTC")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: Annotated[str, typer.Argument(help="the token's id")]) -> None:
+    """Revoke a token: requests with it fail at once, its open streams close soon after."""
+    import uuid
+
+    from core.tokens import TokenNotFound, revoke_token
+
+    try:
+        parsed = uuid.UUID(token_id)
+    except ValueError:
+        raise typer.BadParameter("not a token id", param_hint="TOKEN_ID") from None
+    try:
+        row = _with_sessions(lambda sessions: revoke_token(sessions, parsed))
+    except TokenNotFound as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    print(f"revoked {row.id} ({row.label}) of user {row.user_id}")
 
 
 @app.command()

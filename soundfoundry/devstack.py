@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from api.security import startup_problems
 from core.db import create_engine, session_factory
 from core.migrate import upgrade
 from core.settings import Settings
@@ -99,8 +100,10 @@ def dev_environment(api_port: int, temporal_port: int, ui_port: int) -> dict[str
         "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
         "TEMPORAL_UI_URL": f"http://localhost:{ui_port}",
         "SECRET_KEY": secret_file.read_text().strip(),
-        # The web UI at the API address signs in as the dev user (loopback requests only).
+        # The web UI at the API address signs in as the dev user, through the sign-in
+        # link printed at start (loopback only); its secret is new on every run.
         "DEV_AUTOLOGIN": "true",
+        "DEV_LOGIN_SECRET": secrets.token_urlsafe(32),
     }
     env = dict(os.environ)
     for key, value in defaults.items():
@@ -142,6 +145,12 @@ class DevStack:
         env = dev_environment(self.api_port, self.temporal_port, self.ui_port)
         os.environ.update(env)
         settings = Settings()
+        # What `soundfoundry api` would refuse (it listens on loopback here), said up front.
+        problems = startup_problems(settings.model_copy(update={"api_host": "127.0.0.1"}))
+        if problems:
+            for problem in problems:
+                self.console.print(f"[red]refusing to start: {problem}[/]", soft_wrap=True)
+            return 2
         try:
             self._start_temporal(env, settings)
             with self.console.status("Applying database migrations"):
@@ -154,7 +163,7 @@ class DevStack:
                 env,
             )
             wait_for_port(self.api_port, 60, self.processes[-1][1])
-            self._announce(token)
+            self._announce(token, settings)
             return self._supervise()
         except KeyboardInterrupt:
             return 0
@@ -180,10 +189,14 @@ class DevStack:
         self.processes.append((name, process))
         return process
 
-    def _announce(self, token: str) -> None:
+    def _announce(self, token: str, settings: Settings) -> None:
         c = self.console
         c.print("\n[bold green]SoundFoundry is running[/]")
         c.print(f"  API          http://localhost:{self.api_port}  (docs: /docs)")
+        if settings.dev_autologin and settings.dev_login_secret is not None:
+            secret = settings.dev_login_secret.get_secret_value()
+            link = f"http://localhost:{self.api_port}/?login={secret}"
+            c.print(f"  Sign in      {link}", soft_wrap=True, highlight=False)
         c.print(f"  Temporal UI  http://localhost:{self.ui_port}")
         c.print(f"  Temporal     127.0.0.1:{self.temporal_port}")
         c.print(f"  Dev token    saved in {STATE_DIR / 'dev-token'}")

@@ -43,7 +43,7 @@ async def test_doctor_fails_clearly_and_keeps_secrets_out(
 
 
 @pytest.mark.parametrize("stack_overrides", [SLOW])
-async def test_admin_api_lists_stuck_jobs_and_cancels_by_query(
+async def test_admin_api_lists_stuck_jobs_and_cancels_by_filter(
     stack: Stack, stack_overrides: Any
 ) -> None:
     user_id, auth = await stack.user(credits=20)
@@ -53,7 +53,7 @@ async def test_admin_api_lists_stuck_jobs_and_cancels_by_query(
 
     for method, path, body in (
         ("GET", "/api/admin/jobs/stuck?minutes=0.001", None),
-        ("POST", "/api/admin/jobs/cancel", {"query": "Provider='synth'"}),
+        ("POST", "/api/admin/jobs/cancel", {"provider": "synth"}),
     ):
         refused = await stack.http.request(method, path, json=body, headers=auth)
         assert refused.status_code == 403
@@ -66,13 +66,25 @@ async def test_admin_api_lists_stuck_jobs_and_cancels_by_query(
     recent = (await stack.http.get("/api/admin/jobs/stuck?minutes=60", headers=admin)).json()
     assert recent == []
 
-    bad = await stack.http.post(
-        "/api/admin/jobs/cancel", json={"query": "NotAnAttribute = 1"}, headers=admin
+    for bad_body, reason in (
+        ({"query": "Provider='synth'"}, "no longer accepted"),
+        ({}, "at least one of"),
+        ({"provider": "nope"}, "unknown provider"),
+        ({"status": "COMPLETE"}, "QUEUED"),
+        ({"older_than_minutes": 0}, "greater than or equal to 1"),
+    ):
+        bad = await stack.http.post("/api/admin/jobs/cancel", json=bad_body, headers=admin)
+        assert bad.status_code == 422 and reason in bad.text, (bad_body, bad.text)
+    # Started just now: not older than a minute, so nothing matches.
+    young = await stack.http.post(
+        "/api/admin/jobs/cancel",
+        json={"user_id": str(user_id), "older_than_minutes": 1},
+        headers=admin,
     )
-    assert bad.status_code == 400 and "query rejected" in bad.json()["detail"]
+    assert young.status_code == 200 and young.json() == {"cancelled": []}
     response = await stack.http.post(
         "/api/admin/jobs/cancel",
-        json={"query": f"TrackId = '{created['track_id']}'"},
+        json={"user_id": str(user_id), "status": "RENDERING", "provider": "synth"},
         headers=admin,
     )
     assert response.status_code == 200
@@ -93,8 +105,9 @@ async def test_admin_cli_stuck_and_bulk_cancel(stack: Stack, stack_overrides: An
     assert stuck.returncode == 0, stuck.stderr
     assert created["workflow_id"] in stuck.stdout and "1 stuck job(s)" in stuck.stderr
 
+    name = (await stack.http.get("/api/me", headers=auth)).json()["name"]
     cancel = await stack.cli(
-        "admin", "cancel", "--query", f"TrackId = '{created['track_id']}'", "--yes"
+        "admin", "cancel", "--user", name, "--status", "rendering", "--provider", "synth", "--yes"
     )
     assert cancel.returncode == 0, cancel.stderr
     assert cancel.stdout.split() == [created["workflow_id"]]

@@ -38,8 +38,8 @@ PUBLIC = {
 }
 # Bodies the schema cannot make (patterns, documents) or that must be harmless.
 BODIES: dict[tuple[str, str], Any] = {
-    # A valid visibility query that matches nothing: the admin call cancels no one's job.
-    ("POST", "/api/admin/jobs/cancel"): {"query": "TrackId = 'no-such-track'"},
+    # A valid filter that matches nothing: the admin call cancels no one's job.
+    ("POST", "/api/admin/jobs/cancel"): {"user_id": "00000000-0000-0000-0000-000000000000"},
 }
 
 

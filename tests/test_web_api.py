@@ -188,7 +188,13 @@ async def test_pages_are_server_rendered_with_a_strict_script_policy(
     assert (await http.get("/tracks/not-a-uuid")).status_code == 404
 
 
-@pytest.mark.parametrize("stack_overrides", [{"dev_autologin": True}])
+DEV_LOGIN_SECRET = "per-run-dev-login-secret-0123456789"
+
+
+@pytest.mark.parametrize(
+    "stack_overrides",
+    [{"dev_autologin": True, "api_host": "127.0.0.1", "dev_login_secret": DEV_LOGIN_SECRET}],
+)
 async def test_dev_autologin_only_for_loopback_browsers(
     embedded_stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -197,17 +203,24 @@ async def test_dev_autologin_only_for_loopback_browsers(
     monkeypatch.setattr("api.web.DEV_TOKEN_FILE", token_file)
     http = embedded_stack.http  # the ASGI client's address is 127.0.0.1
 
+    # The printed sign-in link: exchanged for a cookie, then the page carries the token.
+    signin = await http.get(f"/?login={DEV_LOGIN_SECRET}", headers={"Host": "localhost:8000"})
+    assert signin.status_code == 303 and signin.headers["location"] == "/create"
+    assert DEV_LOGIN_SECRET not in signin.headers["set-cookie"]
     local = await http.get("/create", headers={"Host": "localhost:8000"})
     assert '<meta name="sf-dev-token" content="sf_dev_token_value">' in local.text
     assert local.headers["cache-control"] == "no-store"
     assert "sf_dev_token_value" in (await http.get("/signin", headers={"Host": "127.0.0.1"})).text
 
+    http.cookies.clear()  # loopback alone, without the secret, gets nothing
+    assert "sf-dev-token" not in (await http.get("/create", headers={"Host": "localhost"})).text
     for headers in (
         {"Host": "evil.example"},  # DNS rebinding: a foreign name pointing at 127.0.0.1
         {"Host": "localhost", "X-Forwarded-For": "203.0.113.9"},  # relayed by a proxy
         {"Host": "localhost", "Forwarded": "for=203.0.113.9"},
     ):
-        assert "sf-dev-token" not in (await http.get("/create", headers=headers)).text, headers
+        page = await http.get(f"/create?login={DEV_LOGIN_SECRET}", headers=headers)
+        assert "sf-dev-token" not in page.text, headers
 
     # A browser on another machine, even one that calls the server "localhost".
     app = create_app(embedded_stack.settings)
@@ -216,10 +229,13 @@ async def test_dev_autologin_only_for_loopback_browsers(
         LifespanManager(app),
         httpx.AsyncClient(transport=transport, base_url="http://localhost") as remote,
     ):
-        assert "sf-dev-token" not in (await remote.get("/create")).text
+        assert "sf-dev-token" not in (await remote.get(f"/create?login={DEV_LOGIN_SECRET}")).text
 
     token_file.unlink()
-    assert "sf-dev-token" not in (await http.get("/create", headers={"Host": "localhost"})).text
+    page = await http.get(
+        f"/?login={DEV_LOGIN_SECRET}", headers={"Host": "localhost"}, follow_redirects=True
+    )
+    assert page.status_code == 200 and "sf-dev-token" not in page.text
 
 
 async def test_dev_autologin_is_off_unless_set(embedded_stack: Stack) -> None:

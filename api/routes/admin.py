@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import CurrentUser, ServicesDep
-from core.admin import StuckJob, cancel_by_query, stuck_jobs
+from core.admin import CancelFilter, StuckJob, cancel_matching, stuck_jobs
 from core.contracts import JobStatus
 from core.models import User
 
@@ -21,14 +21,6 @@ def admin_user(user: CurrentUser) -> User:
 
 
 router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(admin_user)])
-
-
-class BulkCancel(BaseModel):
-    query: str = Field(
-        min_length=1,
-        max_length=1000,
-        description="Temporal visibility query, e.g. \"JobStatus='RENDERING' AND Provider='fal'\"",
-    )
 
 
 class BulkCancelled(BaseModel):
@@ -45,13 +37,14 @@ async def list_stuck_jobs(
 
 
 @router.post("/jobs/cancel", response_model=BulkCancelled)
-async def bulk_cancel(body: BulkCancel, services: ServicesDep) -> BulkCancelled:
+async def bulk_cancel(body: CancelFilter, services: ServicesDep) -> BulkCancelled:
+    """Cancel every running track workflow matching all the given criteria."""
     client = await services.temporal.client()
     try:
-        cancelled = await cancel_by_query(client, body.query)
+        cancelled = await cancel_matching(client, body)
     except RPCError as exc:
         if exc.status is not RPCStatusCode.INVALID_ARGUMENT:
             raise
-        # An invalid query is the caller's mistake: say what the server said.
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"query rejected: {exc.message}") from exc
+        # e.g. the search attributes are not registered on this namespace.
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"filter rejected: {exc.message}") from exc
     return BulkCancelled(cancelled=cancelled)

@@ -1,7 +1,10 @@
 """Covers: re-roll the generated art, or save the user's own SVG.
 
 Both only for the owner (anyone else gets 404) and only once the track is COMPLETE (409
-before): the workflow draws the first cover itself, and neither action races it.
+before): the workflow draws the first cover itself, and neither action races it. Both are
+rate limited per user and draw in the render sandbox (core/render_sandbox.py): a render
+stopped at its CPU, memory or time limit, or an SVG whose references fan out past the
+sanitizer's budget, answers 422; a user with renders already running answers 429.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import CurrentUser, ServicesDep
+from api.deps import ServicesDep
 from api.rate_limit import rate_limit
 from api.routes.tracks import owned_track, track_out
 from api.schemas import TrackOut
@@ -20,6 +23,7 @@ from core.contracts import JobStatus
 from core.covers import (
     USER,
     CoverRenderError,
+    RerollConflict,
     TrackNotReady,
     record_cover,
     redraw_generated_cover,
@@ -27,7 +31,8 @@ from core.covers import (
 )
 from core.logging import get_logger
 from core.models import Track, User
-from core.svg_sanitize import SvgRejected, SvgTooLarge
+from core.render_sandbox import RenderBusy, RenderTooCostly, sandbox_for
+from core.svg_sanitize import SvgRejected, SvgTooComplex, SvgTooLarge
 
 router = APIRouter(prefix="/api/tracks", tags=["covers"])
 log = get_logger("soundfoundry.api")
@@ -50,6 +55,9 @@ class CoverSaved(BaseModel):
     dark: bool
 
 
+REROLL_CONFLICT = "another re-roll of this track finished first; reload the track to see it"
+
+
 def _not_complete(track: Track, action: str) -> HTTPException:
     return HTTPException(
         status.HTTP_409_CONFLICT,
@@ -57,14 +65,25 @@ def _not_complete(track: Track, action: str) -> HTTPException:
     )
 
 
+def _busy(exc: RenderBusy) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        str(exc),
+        headers={"Retry-After": str(exc.retry_after_s)},
+    )
+
+
 @router.post("/{track_id}/increment-visual-version", response_model=TrackOut)
 async def increment_visual_version(
-    track_id: uuid.UUID, user: CurrentUser, services: ServicesDep
+    track_id: uuid.UUID,
+    user: Annotated[User, rate_limit("cover_reroll")],
+    services: ServicesDep,
 ) -> TrackOut:
     """Re-roll the generated cover: visual_version + 1, then draw SVG and PNG anew.
 
     A track carrying the user's own cover gets generated art again (a re-roll asks for
-    it); the user can save their cover again at any time.
+    it); the user can save their cover again at any time. Of concurrent re-rolls of one
+    track one wins; the others answer 409.
     """
     track, job = await owned_track(services, track_id, user.id)
     if track.status != JobStatus.COMPLETE:
@@ -75,9 +94,18 @@ async def increment_visual_version(
             services.storage,
             track_id,
             style_seed_enabled=services.settings.style_seed_enabled,
+            sandbox=sandbox_for(services.settings),
         )
     except TrackNotReady as exc:
         raise _not_complete(track, "the cover can be regenerated") from exc
+    except RerollConflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, REROLL_CONFLICT) from exc
+    except RenderBusy as exc:
+        raise _busy(exc) from exc
+    except CoverRenderError as exc:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"cover not regenerated: {exc}"
+        ) from exc
     log.info("cover regenerated", track_id=str(track_id), visual_version=track.visual_version)
     return await track_out(services, track, job)
 
@@ -89,7 +117,7 @@ async def save_cover(
     user: Annotated[User, rate_limit("cover_save")],
     services: ServicesDep,
 ) -> CoverSaved:
-    """Save my own SVG as the cover. Rejections (400, 413) store nothing."""
+    """Save my own SVG as the cover. Rejections (400, 413, 422, 429) store nothing."""
     if not services.settings.feature_cover_save:
         raise HTTPException(status.HTTP_403_FORBIDDEN, COVER_SAVE_OFF)
     track, _ = await owned_track(services, track_id, user.id)
@@ -97,10 +125,22 @@ async def save_cover(
         raise _not_complete(track, "a cover can be saved")
     try:
         svg_key, png_key = await store_user_cover(
-            services.storage, user.id, track_id, body.svg, body.dark
+            services.storage,
+            user.id,
+            track_id,
+            body.svg,
+            body.dark,
+            sandbox=sandbox_for(services.settings),
         )
     except SvgTooLarge as exc:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(exc)) from exc
+    except RenderBusy as exc:
+        raise _busy(exc) from exc
+    except (SvgTooComplex, RenderTooCostly) as exc:
+        # Well-formed and allowed, but too expensive to draw: refused as content.
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"cover rejected: {exc}"
+        ) from exc
     except (SvgRejected, CoverRenderError) as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"cover rejected: {exc}") from exc
     await record_cover(services.sessions, track_id, svg_key, png_key, source=USER, dark=body.dark)

@@ -1,8 +1,15 @@
-"""Signed, expiring downloads for the local storage backend (S3 signs its own links)."""
+"""Signed, expiring downloads for the local storage backend (S3 signs its own links).
+
+Everything here is user content (uploaded SVG covers among it) served from the app's own
+origin, so it goes out under a sandboxing CSP with nosniff: a document opened from here
+runs no script and reaches nothing, whatever a sanitizer missed. SVG is an attachment
+unless `inline=true`; `<img>` shows it either way (browsers ignore the disposition there).
+"""
 
 from __future__ import annotations
 
 import mimetypes
+import re
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import FileResponse
@@ -12,20 +19,34 @@ from core.storage import LocalStorage, StorageError
 
 router = APIRouter(tags=["files"])
 
+USER_CONTENT_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
+# Far beyond any TTL, and small enough to compare with the clock as a float.
+_MAX_EXPIRES = 2**53
+
+
+def _refuse() -> HTTPException:
+    return HTTPException(status.HTTP_403_FORBIDDEN, "link is invalid or has expired")
+
 
 @router.get("/files/{key:path}")
 async def download(
     key: str,
     services: ServicesDep,
     expires: int = Query(),
-    sig: str = Query(min_length=64, max_length=64),
+    sig: str = Query(max_length=200),
     name: str | None = Query(default=None, max_length=200),
+    inline: bool = Query(default=False, description="show an SVG in the browser (sandboxed)"),
 ) -> FileResponse:
     storage = services.storage
     if not isinstance(storage, LocalStorage):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "not found")
+    # Checked before comparing: compare_digest refuses non-ASCII text, and a huge
+    # `expires` cannot be compared with the clock.
+    if not _SIGNATURE.fullmatch(sig) or not 0 <= expires <= _MAX_EXPIRES:
+        raise _refuse()
     if not storage.verify(key, expires, sig):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "link is invalid or has expired")
+        raise _refuse()
     try:
         path = storage.path_for(key)
     except StorageError as exc:
@@ -33,4 +54,15 @@ async def download(
     if not path.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, "not found")
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return FileResponse(path, media_type=media_type, filename=name)
+    disposition = "inline"
+    if media_type == "image/svg+xml" and not inline:
+        disposition = "attachment"
+    elif name:
+        disposition = "attachment"  # a download name asks for a download
+    return FileResponse(
+        path,
+        media_type=media_type,
+        filename=name or path.name,
+        content_disposition_type=disposition,
+        headers={"Content-Security-Policy": USER_CONTENT_CSP, "X-Content-Type-Options": "nosniff"},
+    )

@@ -16,7 +16,14 @@ from api.deps import CurrentUser, Services, ServicesDep
 from api.idempotency import IdempotencyKeyHeader, claim, replay
 from api.rate_limit import rate_limit
 from api.routes.style import after_track_created, series_for_new_track
-from api.schemas import TrackCreate, TrackCreated, TrackOut, TrackPage
+from api.schemas import (
+    MAX_PAGE_LIMIT,
+    MAX_PAGE_OFFSET,
+    TrackCreate,
+    TrackCreated,
+    TrackOut,
+    TrackPage,
+)
 from core.contracts import GenerationRequest, JobStatus
 from core.db import transaction
 from core.idempotency import IdempotencyKeyTaken, request_hash
@@ -200,8 +207,8 @@ async def _start_unconfirmed(
 async def list_tracks(
     user: CurrentUser,
     services: ServicesDep,
-    limit: int = Query(default=20, ge=1, le=100),
-    offset: int = Query(default=0, ge=0),
+    limit: int = Query(default=20, ge=1, le=MAX_PAGE_LIMIT),
+    offset: int = Query(default=0, ge=0, le=MAX_PAGE_OFFSET),
 ) -> TrackPage:
     async with services.sessions() as session:
         total = (

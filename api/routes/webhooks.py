@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from api.deps import CurrentUser, ServicesDep
 from api.schemas import WebhookSettingsOut
@@ -21,11 +21,21 @@ def _out(secret: str) -> WebhookSettingsOut:
     )
 
 
+# Both answers carry the signing secret: no browser or proxy cache may keep them.
+NO_STORE = "no-store"
+
+
 @router.get("", response_model=WebhookSettingsOut)
-async def webhook_settings(user: CurrentUser, services: ServicesDep) -> WebhookSettingsOut:
+async def webhook_settings(
+    user: CurrentUser, services: ServicesDep, response: Response
+) -> WebhookSettingsOut:
+    response.headers["Cache-Control"] = NO_STORE
     return _out(await services.jobs.webhook_secret(user.id))
 
 
 @router.post("/rotate", response_model=WebhookSettingsOut)
-async def rotate_webhook_secret(user: CurrentUser, services: ServicesDep) -> WebhookSettingsOut:
+async def rotate_webhook_secret(
+    user: CurrentUser, services: ServicesDep, response: Response
+) -> WebhookSettingsOut:
+    response.headers["Cache-Control"] = NO_STORE
     return _out(await services.jobs.webhook_secret(user.id, rotate=True))

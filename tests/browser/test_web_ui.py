@@ -367,7 +367,13 @@ async def test_another_users_track_is_not_found(web: Web, browsing: Browsing) ->
     assert response is not None and response.status == 404
 
 
-@pytest.mark.parametrize("web_overrides", [{"dev_autologin": True}])
+DEV_LOGIN_SECRET = "per-run-dev-login-secret-0123456789"
+
+
+@pytest.mark.parametrize(
+    "web_overrides",
+    [{"dev_autologin": True, "api_host": "127.0.0.1", "dev_login_secret": DEV_LOGIN_SECRET}],
+)
 async def test_dev_autologin_signs_the_dev_user_in(
     web: Web, browsing: Browsing, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -377,7 +383,7 @@ async def test_dev_autologin_signs_the_dev_user_in(
     monkeypatch.setattr("api.web.DEV_TOKEN_FILE", token_file)
 
     page = browsing.page
-    await page.goto(f"{web.url}/create")  # no sign-in step
+    await page.goto(f"{web.url}/?login={DEV_LOGIN_SECRET}")  # the link `soundfoundry dev` prints
     await until(page, "document.getElementById('account-credits').textContent === '1000'")
     assert page.url == f"{web.url}/create"
     assert await page.evaluate("localStorage.getItem('sf.token')") == token

@@ -10,7 +10,14 @@ import pytest
 
 from core import svg_sanitize
 from core.cover import render_cover_svg
-from core.svg_sanitize import MAX_DEPTH, SvgRejected, SvgTooLarge, sanitize_svg
+from core.svg_sanitize import (
+    MAX_DEPTH,
+    MAX_EXPANDED_REFERENCES,
+    SvgRejected,
+    SvgTooComplex,
+    SvgTooLarge,
+    sanitize_svg,
+)
 
 CORPUS = Path(__file__).parent / "svg_corpus"
 HOSTILE = sorted((CORPUS / "hostile").glob("*.svg"))
@@ -381,3 +388,111 @@ def test_garbage_is_rejected_not_crashed(data: str | bytes) -> None:
 def test_wrong_type_is_a_type_error() -> None:
     with pytest.raises(TypeError):
         sanitize_svg(123)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- reference fan-out
+
+
+def _nested_uses(levels: int, fan: int = 10, leaf: str = '<rect id="l0" width="10"/>') -> str:
+    groups = "".join(
+        f'<g id="l{level}">' + f'<use href="#l{level - 1}"/>' * fan + "</g>"
+        for level in range(1, levels + 1)
+    )
+    return _svg(f'<defs>{leaf}{groups}</defs><use href="#l{levels}"/>')
+
+
+def _expanded(svg: str) -> int:
+    return svg_sanitize.expanded_reference_count(ET.fromstring(svg))
+
+
+def test_a_kilobyte_use_bomb_is_too_complex() -> None:
+    bomb = _nested_uses(5)
+    assert len(bomb) < 1100
+    with pytest.raises(SvgTooComplex) as info:
+        sanitize_svg(bomb)
+    assert f"more than {MAX_EXPANDED_REFERENCES}" in info.value.reason
+    assert isinstance(info.value, SvgRejected) and not isinstance(info.value, SvgTooLarge)
+
+
+def test_fan_out_multiplies_through_nesting() -> None:
+    # Each level's group draws itself and ten <use> of the level below, each in full.
+    one, two = _expanded(_nested_uses(1)), _expanded(_nested_uses(2))
+    # The ten inner uses draw a rect each; the outer use draws the group, its ten uses and
+    # their ten rects again.
+    assert one == 10 * 1 + (1 + 10 * 2)
+    assert two > 10 * one
+    assert _expanded(_nested_uses(3)) > 10 * two
+
+
+def test_budget_is_a_boundary_and_configurable() -> None:
+    svg = _nested_uses(2)
+    count = _expanded(svg)
+    assert sanitize_svg(svg, max_expanded_references=count)
+    with pytest.raises(SvgTooComplex):
+        sanitize_svg(svg, max_expanded_references=count - 1)
+
+
+def test_patterns_masks_and_markers_count_as_references() -> None:
+    leaf = '<pattern id="l0"><circle r="1"/><circle r="2"/></pattern>'
+    fills = "".join('<rect width="1" height="1" fill="url(#l0)"/>' for _ in range(50))
+    assert _expanded(_svg(f"<defs>{leaf}</defs>{fills}")) == 50 * 3
+    masked = _svg('<mask id="m"><rect/><rect/></mask>' + '<path mask="url(#m)"/>' * 4)
+    assert _expanded(masked) == 4 * 3
+    # Escaped and commented url() in a style attribute still count.
+    styled = _svg('<g id="g"><rect/></g><rect style="fill: u\\72l(#g)"/>')
+    assert _expanded(styled) == 2
+
+
+def test_stylesheet_references_count_once_per_element() -> None:
+    doc = _svg(
+        "<style>rect { fill: url(#p) }</style>"
+        '<pattern id="p"><circle r="1"/></pattern>' + "<rect/>" * 10
+    )
+    elements = len(list(ET.fromstring(doc).iter()))
+    assert _expanded(doc) == 2 * elements
+
+
+def test_gradients_cost_nothing_to_reference() -> None:
+    gradient = '<linearGradient id="g"><stop offset="0"/><stop offset="1"/></linearGradient>'
+    many = '<rect fill="url(#g)"/>' * 5000
+    doc = _svg(f"<defs>{gradient}</defs><style>.a {{ fill: url(#g) }}</style>{many}")
+    assert _expanded(doc) == 0
+    assert sanitize_svg(doc)
+
+
+def test_a_long_chain_of_uses_is_refused_without_recursion_errors() -> None:
+    chain = '<rect id="c0"/>' + "".join(
+        f'<use id="c{i}" href="#c{i - 1}"/>' for i in range(1, 5000)
+    )
+    with pytest.raises(SvgTooComplex):
+        sanitize_svg(_svg(chain))  # quadratic: the last use draws the 4999 before it
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '<g id="a"><use href="#a"/></g>',
+        '<use id="a" href="#a"/>',
+        '<pattern id="p"><rect fill="url(#q)"/></pattern><pattern id="q"><rect fill="url(#p)"/>'
+        "</pattern>",
+    ],
+)
+def test_reference_loops_are_refused(body: str) -> None:
+    with pytest.raises(SvgTooComplex, match="loop back"):
+        sanitize_svg(_svg(body))
+
+
+def test_links_and_animation_targets_are_not_drawing_references() -> None:
+    doc = _svg(
+        '<a href="#top"><text>back to top</text></a><rect id="r"/>'
+        '<animate href="#r" attributeName="x" to="5"/>',
+        attrs=' id="top"',
+    )
+    assert _expanded(doc) == 0
+    assert sanitize_svg(doc)
+
+
+def test_benign_corpus_and_generated_covers_stay_well_inside_the_budget() -> None:
+    for path in BENIGN:
+        assert _expanded(path.read_text(encoding="utf-8")) < MAX_EXPANDED_REFERENCES // 100
+    assert _expanded(_cover()) < 10
