@@ -12,6 +12,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import (
     Client,
@@ -26,7 +27,7 @@ from temporalio.client import (
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import Worker
+from temporalio.worker import Worker, WorkerTuner
 
 from activities.assets import AssetActivities
 from activities.generation import GenerationActivities
@@ -117,12 +118,26 @@ def build_worker(
             sweep.sweep_submissions,
             webhooks.deliver_webhook,
         ],
-        max_concurrent_activities=settings.worker_max_concurrent_activities,
-        max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
+        **_slots(settings),
         # Running activities get this long to finish after SIGTERM; long generations are
         # resumed by another worker from their heartbeat, so nothing waits on a deploy.
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_s),
     )
+
+
+def _slots(settings: Settings) -> dict[str, Any]:
+    """Worker slot options: fixed counts, or the SDK's resource-based tuner. Waiting on a
+    provider holds no slot either way (the workflow waits on timers)."""
+    if settings.worker_tuning == "resource":
+        tuner = WorkerTuner.create_resource_based(
+            target_cpu_usage=settings.worker_target_cpu,
+            target_memory_usage=settings.worker_target_memory,
+        )
+        return {"tuner": tuner}
+    return {
+        "max_concurrent_activities": settings.worker_max_concurrent_activities,
+        "max_concurrent_workflow_tasks": settings.worker_max_concurrent_workflow_tasks,
+    }
 
 
 async def ensure_reconcile_schedule(client: Client, settings: Settings) -> None:

@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     # A QUEUED job whose workflow never started (the API died mid-request) is started
     # after this long.
     reconcile_start_after_s: float = Field(default=60.0, gt=0)
+    # "fixed": the two WORKER_MAX_CONCURRENT_* counts below; "resource": the SDK's
+    # resource-based tuner hands out slots while the host stays under these targets.
+    worker_tuning: Literal["fixed", "resource"] = "fixed"
+    worker_target_cpu: float = Field(default=0.8, gt=0, le=1)
+    worker_target_memory: float = Field(default=0.8, gt=0, le=1)
     worker_max_concurrent_activities: int = Field(default=8, ge=1)
     worker_max_concurrent_workflow_tasks: int = Field(default=16, ge=1)
     worker_graceful_shutdown_s: float = Field(default=30.0, ge=0)

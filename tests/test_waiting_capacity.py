@@ -82,3 +82,15 @@ async def test_an_in_flight_cap_holds_the_third_track_in_a_visible_step(
     assert first_done is not None
     assert third_created >= first_done.astimezone(UTC)
     assert _capacity_waits() == waits_before + 1
+
+
+@pytest.mark.parametrize("extra_overrides", [{**REPLICATE, "worker_tuning": "resource"}])
+async def test_a_resource_tuned_worker_serves_tracks(
+    stack: Stack, replicate: ReplicateFake, extra_overrides: Any
+) -> None:
+    replicate.script(jobs=[Job(running_polls=1)] * 2)
+    _, auth = await stack.user(credits=100, plan=Plan.PRO)
+    created = [await stack.create_track(auth, duration_s=10) for _ in range(2)]
+    for c in created:
+        job = await stack.wait_for_job(c["job_id"], auth, timeout_s=60)
+        assert job["status"] == "COMPLETE", job
