@@ -632,6 +632,15 @@
         refreshTrack();
         loadAccount();
       });
+      source.addEventListener("closed", function (event) {
+        // The server ended the stream: an idle job (reconnect later, the job may move
+        // again) or a revoked token (stop; the next API call says why).
+        source.close();
+        var reason = JSON.parse(event.data || "{}").reason;
+        document.body.dataset.stream = "closed";
+        if (reason === "idle") window.setTimeout(connect, 60000);
+        else pageError("Live updates stopped: sign in again.");
+      });
       source.addEventListener("error", function () {
         if (finished || source.readyState !== EventSource.CLOSED) return; // it retries itself
         // The server refused the stream (e.g. token revoked): check why, then retry.
