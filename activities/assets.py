@@ -86,5 +86,5 @@ class AssetActivities:
                 attempt.message = f"Cover stored at {key}"
                 return key
             kept = " (the user's own cover, kept)" if drawn.skipped else ""
-            attempt.message = f"Cover stored at {drawn.svg_key} and {drawn.png_key}{kept}"
+            attempt.message = f"Cover stored at {drawn.svg_key}{kept}"
             return drawn.svg_key

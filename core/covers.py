@@ -151,6 +151,56 @@ async def store_generated_cover(
     return await _put_both(storage, user_id, track_id, svg, png)
 
 
+async def store_generated_svg(
+    storage: Storage,
+    user_id: uuid.UUID,
+    track_id: uuid.UUID,
+    prompt: str,
+    seed: int,
+    visual_version: int,
+) -> str:
+    """Draw the generated cover's SVG (milliseconds) and store it; returns its key."""
+    svg_key = cover_svg_key(user_id, track_id)
+    svg = render_cover_svg(prompt, seed, visual_version)
+    await storage.put_bytes(svg_key, svg.encode(), "image/svg+xml")
+    return svg_key
+
+
+async def ensure_preview_png(
+    sessions: SessionFactory,
+    storage: Storage,
+    track: Track,
+    *,
+    sandbox: RenderSandbox | None = None,
+) -> str | None:
+    """The key of the track's PNG preview, drawn from its stored SVG on first use.
+
+    Only link previews show the PNG, so the pipeline never waits for it: the first
+    request renders it (in the sandbox, waiting for a slot) and records it. A re-roll
+    that lands meanwhile wins: the key is recorded only for the cover it was drawn from.
+    """
+    if track.cover_png_key:
+        return track.cover_png_key
+    if not track.cover_key:
+        return None
+    svg = (await storage.get_bytes(track.cover_key)).decode()
+    png = await render_png(svg, dark=track.cover_dark is not False, sandbox=sandbox)
+    png_key = cover_png_key(track.user_id, track.id)
+    await storage.put_bytes(png_key, png, "image/png")
+    async with transaction(sessions) as session:
+        await session.exec(
+            update(Track)
+            .where(
+                col(Track.id) == track.id,
+                col(Track.visual_version) == track.visual_version,
+                col(Track.cover_key) == track.cover_key,
+                col(Track.cover_png_key).is_(None),
+            )
+            .values(cover_png_key=png_key)
+        )
+    return png_key
+
+
 async def store_user_cover(
     storage: Storage,
     user_id: uuid.UUID,
@@ -201,7 +251,7 @@ async def record_cover(
 @dataclass
 class DrawnCover:
     svg_key: str
-    png_key: str
+    png_key: str | None  # None until a link preview first asks for it
     skipped: bool  # the track carries the user's own cover, left as it is
 
 
@@ -227,18 +277,19 @@ async def draw_track_cover(
     if track.cover_source == USER and track.cover_key and track.cover_png_key:
         return DrawnCover(track.cover_key, track.cover_png_key, skipped=True)
     seed = cover_seed(track.seed, user.user_style_seed, style_seed_enabled)
-    svg_key, png_key = await store_generated_cover(
-        storage, track.user_id, track.id, track.prompt, seed, track.visual_version, sandbox=sandbox
+    svg_key = await store_generated_svg(
+        storage, track.user_id, track.id, track.prompt, seed, track.visual_version
     )
-    # Only the PNG is recorded here: the SVG key becomes the track's cover when the job
-    # completes (mark_complete), so an unfinished track shows no cover.
+    # The SVG key becomes the track's cover when the job completes (mark_complete), so
+    # an unfinished track shows no cover. The PNG preview is drawn on first use
+    # (ensure_preview_png), off the pipeline's critical path.
     async with transaction(sessions) as session:
         await session.exec(
             update(Track)
             .where(col(Track.id) == track_id)
-            .values(cover_png_key=png_key, cover_source=GENERATED, cover_dark=None)
+            .values(cover_png_key=None, cover_source=GENERATED, cover_dark=None)
         )
-    return DrawnCover(svg_key, png_key, skipped=False)
+    return DrawnCover(svg_key, None, skipped=False)
 
 
 class TrackNotReady(Exception):

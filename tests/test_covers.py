@@ -46,9 +46,17 @@ async def test_generated_cover_is_svg_and_png_and_a_reroll_differs(stack: Stack)
     assert first_svg == render_cover_svg("Warm ambient pad", 1234, 1)
     row = await track_row(stack, track_id)
     assert row.cover_key == f"covers/{user_id}/{track_id}.svg"
-    assert row.cover_png_key == f"covers/{user_id}/{track_id}.png"
-    first_png = decode_png(await stack.storage.get_bytes(row.cover_png_key))
+    # The track was COMPLETE without its PNG preview: sharing it draws one.
+    assert row.cover_png_key is None
+    slug = (await stack.http.post(f"/api/tracks/{track_id}/share", headers=auth)).json()["slug"]
+    assert (await track_row(stack, track_id)).cover_png_key is not None
+    preview = await stack.http.get(f"/share/{slug}/cover.png")
+    assert preview.status_code == 200, preview.text
+    first_png = decode_png(preview.content)
     assert first_png.size == (PNG_SIZE, PNG_SIZE)
+    row = await track_row(stack, track_id)
+    assert row.cover_png_key == f"covers/{user_id}/{track_id}.png"
+    assert await stack.storage.get_bytes(row.cover_png_key) == preview.content
 
     # Only the owner may re-roll; anyone else learns nothing about the track.
     path = f"/api/tracks/{track_id}/increment-visual-version"
@@ -79,6 +87,7 @@ async def test_generated_cover_is_svg_and_png_and_a_reroll_differs(stack: Stack)
     again = (await stack.http.get(f"/api/tracks/{track_id}", headers=auth)).json()
     assert again["visual_version"] == 2
     assert (await track_row(stack, track_id)).visual_version == 2
+    assert row.cover_key and row.cover_png_key
     assert sorted(await stack.storage.list_keys("covers/")) == sorted(
         [row.cover_key, row.cover_png_key]
     )

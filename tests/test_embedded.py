@@ -42,7 +42,6 @@ async def test_embedded_default_end_to_end(embedded_stack: Stack) -> None:
     assert await stack.storage.list_keys("") == sorted(
         [
             f"covers/{user_id}/{created['track_id']}.svg",
-            f"covers/{user_id}/{created['track_id']}.png",  # the link-preview rendering
             f"tracks/{user_id}/{created['track_id']}.wav",
         ]
     )

@@ -53,7 +53,6 @@ async def test_track_goes_from_request_to_playable_audio_and_cover(stack: Stack)
         [
             f"tracks/{user_id}/{created['track_id']}.wav",
             f"covers/{user_id}/{created['track_id']}.svg",
-            f"covers/{user_id}/{created['track_id']}.png",  # the link-preview rendering
         ]
     )
     assert await stack.credits(user_id) == 18  # kept on success

@@ -28,8 +28,9 @@ from api.deps import CurrentUser, ServicesDep, get_services
 from api.routes.tracks import owned_track
 from api.web import templates
 from core.contracts import JobStatus
-from core.covers import PNG_SIZE
+from core.covers import PNG_SIZE, ensure_preview_png
 from core.logging import get_logger
+from core.render_sandbox import sandbox_for
 from core.sharing import revoke_track_links, share_track, shared_track
 from core.storage import ObjectNotFound
 
@@ -79,6 +80,11 @@ async def share(
             f"a track can be shared once it is COMPLETE (it is {track.status.value})",
         )
     link, created = await share_track(services.sessions, track_id)
+    # Sharing is when a link preview first becomes possible: draw it now, so the page's
+    # first visitor (and its og:image fetcher) never waits for the render.
+    await ensure_preview_png(
+        services.sessions, services.storage, track, sandbox=sandbox_for(services.settings)
+    )
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     if created:
         log.info("share link created", track_id=str(track_id))
@@ -152,10 +158,16 @@ async def share_page(slug: str, request: Request) -> Response:
 async def share_cover(slug: str, request: Request) -> Response:
     services = get_services(request)
     found = await shared_track(services.sessions, slug)
-    if found is None or not found[1].cover_png_key:
+    if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "not found")
     try:
-        png = await services.storage.get_bytes(found[1].cover_png_key)
+        # Drawn on the first request for it (the pipeline does not wait for previews).
+        png_key = await ensure_preview_png(
+            services.sessions, services.storage, found[1], sandbox=sandbox_for(services.settings)
+        )
+        if png_key is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "not found")
+        png = await services.storage.get_bytes(png_key)
     except ObjectNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "not found") from exc
     return _secure(Response(png, media_type="image/png"))
