@@ -78,7 +78,7 @@ WEBHOOKS_PATCH = "webhooks-v1"
 LEDGER_PATCH = "submission-ledger-v1"
 # Cleanup gets the provider's answer in flight, plus a margin.
 CLEANUP_TIMEOUT = timedelta(minutes=5)
-FIRST_POLL_S = 0.5
+FIRST_POLL_S = 1.0
 # A track held by a provider's in-flight cap asks again at most this far apart.
 MAX_CAPACITY_WAIT_S = 10.0
 PROVIDER_ATTRIBUTE = SearchAttributeKey.for_keyword("Provider")
@@ -344,6 +344,17 @@ class TrackWorkflow:
         delay = min(FIRST_POLL_S, plan.poll_interval_s)
         token = submission.token or ""
         while True:
+            # A job is never done the moment it is accepted: wait first, then look.
+            remaining = (deadline - workflow.now()).total_seconds()
+            if remaining <= 0:
+                raise LinkFailed(
+                    ErrorCode.TIMEOUT.value,
+                    f"{submission.provider} gave no result within {plan.generation_timeout_s:g} s",
+                )
+            with contextlib.suppress(asyncio.TimeoutError):
+                await workflow.wait_condition(
+                    lambda: token in self._provider_events, timeout=min(delay, remaining)
+                )
             self._provider_events.pop(token, None)
             status = await workflow.execute_activity_method(
                 GenerationActivities.poll_generation,
@@ -355,16 +366,6 @@ class TrackWorkflow:
                 return
             if status.progress is not None:
                 self._set(Step.GENERATING, 0.1 + 0.5 * min(max(status.progress, 0.0), 1.0))
-            remaining = (deadline - workflow.now()).total_seconds()
-            if remaining <= 0:
-                raise LinkFailed(
-                    ErrorCode.TIMEOUT.value,
-                    f"{submission.provider} gave no result within {plan.generation_timeout_s:g} s",
-                )
-            with contextlib.suppress(asyncio.TimeoutError):
-                await workflow.wait_condition(
-                    lambda: token in self._provider_events, timeout=min(delay, remaining)
-                )
             delay = min(delay * 2, plan.poll_interval_s)
 
     async def _cancel_submissions(
