@@ -332,19 +332,33 @@ async def test_kill_storm_pays_and_charges_once_per_track(
 ) -> None:
     """Several tracks while the only worker is SIGKILLed every few seconds for a minute."""
     # Answers that take a while, so kills land while submits are out.
-    replicate.script(submit=[Late(seconds=1.5, times=8)], jobs=[Job(running_s=15)] * 8)
+    replicate.script(submit=[Late(seconds=1.5, times=8)], jobs=[Job(running_s=10)] * 8)
     user_id, auth = await stack.user(credits=200, plan=Plan.PRO)  # pro: 20 creates a minute
     worker = await workers.spawn_ready()
-    tracks = [await stack.create_track(auth, duration_s=10) for _ in range(6)]
-    rng = random.Random(7)
     storm_ends = time.monotonic() + 60
-    kills = 0
+    tracks: list[dict[str, Any]] = []
+
+    async def create_through_the_storm() -> None:
+        # Spread over the storm, so there is always work in flight to cut short.
+        for _ in range(6):
+            tracks.append(await stack.create_track(auth, duration_s=10))
+            await asyncio.sleep(7)
+
+    creating = asyncio.create_task(create_through_the_storm())
+    # The first kill lands for sure while a submit's answer is out (the prediction
+    # exists, the worker has not heard back); the rest land wherever they fall.
+    await eventually(lambda: replicate.submissions >= 1, what="the first prediction")
+    workers.kill(worker)
+    kills = 1
+    worker = await workers.spawn_ready()
+    rng = random.Random(7)
     while time.monotonic() < storm_ends:
         # Each worker gets a few seconds of real work before it dies.
         await asyncio.sleep(rng.uniform(1.0, 4.0))
         workers.kill(worker)
         kills += 1
         worker = await workers.spawn_ready()
+    await creating
     done_in_storm = 0
     for created in tracks:
         job = (await stack.http.get(f"/api/jobs/{created['job_id']}", headers=auth)).json()
