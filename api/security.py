@@ -29,7 +29,11 @@ BASE_HEADERS: dict[str, str] = {
 def storage_origin(settings: Settings) -> str | None:
     """Where signed audio and cover links point, for img-src and media-src."""
     if settings.storage_backend != "s3":
-        return None  # local files are served by this app: 'self'
+        # Local files are served by this app, but their links name PUBLIC_BASE_URL: a
+        # page opened at another address of the app (127.0.0.1 for localhost) must be
+        # allowed to load from it too.
+        parts = urlsplit(settings.public_base_url)
+        return f"{parts.scheme}://{parts.netloc}"
     public = settings.s3_public_endpoint or settings.s3_endpoint
     if public:
         parts = urlsplit(public)

@@ -68,10 +68,14 @@ async def test_pages_get_a_csp_naming_the_storage_origin(stack: Stack) -> None:
         _has_base_headers(page)
 
 
-def test_csp_without_s3_is_self_only() -> None:
-    local = Settings(_env_file=None, storage_backend="local")  # type: ignore[call-arg]
+def test_csp_without_s3_names_the_apps_public_address() -> None:
+    # Local links name PUBLIC_BASE_URL, wherever the page itself was opened.
+    local = Settings(  # type: ignore[call-arg]
+        _env_file=None, storage_backend="local", public_base_url="http://localhost:8000"
+    )
     csp = content_security_policy(local)
-    assert "img-src 'self' data:;" in csp and "media-src 'self';" in csp
+    assert "img-src 'self' data: http://localhost:8000;" in csp
+    assert "media-src 'self' http://localhost:8000;" in csp
     aws = Settings(_env_file=None, storage_backend="s3")  # type: ignore[call-arg]
     assert "media-src 'self' https://*.amazonaws.com" in content_security_policy(aws)
 

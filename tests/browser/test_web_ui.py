@@ -410,3 +410,35 @@ async def test_a_failed_track_says_why_and_that_credits_came_back(
     await until(page, "document.getElementById('account-credits').textContent === '20'")
     assert await web.stack.credits(user_id) == 20
     await page.screenshot(path=screenshot_path("track-failed"), full_page=True)
+
+
+async def test_the_player_works_when_the_ui_is_opened_at_another_address(
+    web: Web, browsing: Browsing
+) -> None:
+    """PUBLIC_BASE_URL says 127.0.0.1; a person opens the UI at localhost instead."""
+    _, token = await web.user(credits=100)
+    created = await web.stack.create_track({"Authorization": f"Bearer {token}"}, duration_s=6)
+    job = await web.stack.wait_for_job(created["job_id"], {"Authorization": f"Bearer {token}"})
+    assert job["status"] == "COMPLETE", job
+    other = web.url.replace("127.0.0.1", "localhost")
+    page = browsing.page
+    blocked: list[str] = []
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security" in m.text else None)
+    await page.goto(f"{other}/signin?next=/tracks/{created['track_id']}")
+    await page.fill("#token", token)
+    await page.click("#signin-form button[type=submit]")
+    await page.wait_for_url(f"{other}/tracks/{created['track_id']}")
+    await page.wait_for_selector("#player-card:not([hidden])")
+    await until(
+        page,
+        "document.getElementById('cover').complete"
+        " && document.getElementById('cover').naturalWidth > 0",
+    )
+    await page.click("#play")
+    await until(
+        page,
+        "(() => { const a = document.getElementById('audio');"
+        " return !a.paused && a.currentTime > 0.5; })()",
+        wait_ms=15_000,
+    )
+    assert blocked == [], blocked
