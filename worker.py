@@ -42,6 +42,7 @@ from core.db import create_engine, session_factory
 from core.jobs import JobStore
 from core.logging import configure_logging, get_logger
 from core.metrics import WORKER_REGISTRY, MetricsServer, RemoteTextCollector, init_worker_series
+from core.search_attributes import register_search_attributes
 from core.settings import Settings, get_settings
 from core.storage import Storage, build_storage
 from core.telemetry import configure_tracing, init_sentry
@@ -197,6 +198,10 @@ async def _serve(settings: Settings, runtime: Runtime | None) -> None:
     async with worker_resources(settings) as (store, storage, providers):
         worker = build_worker(client, settings, store, storage, providers)
         await ensure_reconcile_schedule(client, settings)
+        if settings.search_attributes_enabled:
+            added = await register_search_attributes(client, settings.temporal_namespace)
+            if added:
+                log.info("search attributes registered", names=added)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -23,11 +23,11 @@ from rich.console import Console
 from api.security import startup_problems
 from core.db import create_engine, session_factory
 from core.migrate import upgrade
+from core.search_attributes import SEARCH_ATTRIBUTES
 from core.settings import Settings
 from core.users import create_user, user_for_token
 
 STATE_DIR = Path(".soundfoundry")
-SEARCH_ATTRIBUTES = ("TrackId", "UserId", "Provider", "JobStatus")
 DEV_USER = "dev"
 DEV_CREDITS = 1000
 

@@ -9,16 +9,14 @@ from dataclasses import dataclass
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 
 from activities.providers.registry import ProviderRegistry
 from core.db import create_engine
 from core.migrate import alembic_config
+from core.search_attributes import missing_search_attributes
 from core.settings import Settings
 from core.storage import LocalStorage, S3Storage, build_storage
-from soundfoundry.devstack import SEARCH_ATTRIBUTES
 from worker import connect_temporal
 
 
@@ -51,15 +49,14 @@ async def check_temporal(settings: Settings) -> Check:
     await client.workflow_service.describe_namespace(
         DescribeNamespaceRequest(namespace=settings.temporal_namespace)
     )
-    registered = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=settings.temporal_namespace)
-    )
-    keyword = IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
-    missing = [
-        name for name in SEARCH_ATTRIBUTES if registered.custom_attributes.get(name) != keyword
-    ]
+    missing = await missing_search_attributes(client, settings.temporal_namespace)
     if missing:
-        return Check("temporal", False, f"search attributes not registered: {', '.join(missing)}")
+        return Check(
+            "temporal",
+            False,
+            f"search attributes not registered: {', '.join(missing)} (a worker registers"
+            " them when it starts; or set SEARCH_ATTRIBUTES_ENABLED=false)",
+        )
     return Check(
         "temporal",
         True,
