@@ -31,7 +31,7 @@ from core.contracts import SubmissionState
 from core.models import Plan
 from core.submissions import SubmissionLedger
 from tests.conftest import Stack, eventually
-from tests.fakes import Drop, Fail, FailAfter, FakeServer, Job, Late
+from tests.fakes import Drop, Fail, FailAfter, FakeServer, Job, Late, Stall
 from tests.fakes.fal_server import FalFake
 from tests.fakes.fixtures import extra_overrides, fal, replicate, stack_overrides
 from tests.fakes.replicate_server import ReplicateFake
@@ -233,6 +233,38 @@ async def test_sigkill_while_the_submit_is_in_flight_pays_once(
     assert await stack.credits(user_id) == 50 - created["credits_required"]
 
 
+@pytest.mark.parametrize(
+    "extra_overrides",
+    [{**REPLICATE_ONLY, "provider_request_timeout_s": 10, "heartbeat_timeout_s": 2}],
+)
+async def test_more_worker_deaths_than_retries_do_not_fail_the_track(
+    stack: Stack, replicate: ReplicateFake, workers: Workers, extra_overrides: Any
+) -> None:
+    """Retries are for the provider's errors; a worker dying is not the track's fault."""
+    deaths = stack.settings.submit_max_attempts + 1
+    # The submit's answer is out when the first worker dies; every later worker dies while
+    # it looks the prediction up in the listing, which hangs.
+    replicate.script(submit=[Late(seconds=8)], list=[Stall(seconds=8, times=deaths - 1)])
+    user_id, auth = await stack.user(credits=50)
+    worker = await workers.spawn_ready()
+    created = await stack.create_track(auth, duration_s=10)
+    await eventually(lambda: replicate.submissions == 1, what="the prediction to be created")
+    for death in range(deaths):
+        workers.kill(worker)
+        worker = await workers.spawn_ready()
+        if death < deaths - 1:
+            await eventually(
+                lambda n=death + 1: replicate.listings >= n,  # type: ignore[misc]
+                timeout_s=30,
+                what=f"lookup {death + 1} of the lost answer",
+            )
+    job = await stack.wait_for_job(created["job_id"], auth, timeout_s=90)
+    assert job["status"] == "COMPLETE", job
+    assert replicate.submissions == 1, "a retry paid for a second prediction"
+    assert await ledger_states(stack, created["job_id"]) == [SubmissionState.FINISHED]
+    assert await stack.credits(user_id) == 50 - created["credits_required"]
+
+
 # -- cancel and terminate reach the provider's job -------------------------------------
 
 
@@ -366,7 +398,10 @@ async def test_kill_storm_pays_and_charges_once_per_track(
     retried = 0
     for created in tracks:
         job = await stack.wait_for_job(created["job_id"], auth, timeout_s=120)
-        assert job["status"] == "COMPLETE", job
+        if job["status"] != "COMPLETE":
+            logs = await logs_of(stack, created["job_id"], auth)
+            rows = await SubmissionLedger(stack.store.sessions).for_job(uuid.UUID(job["id"]))
+            pytest.fail(f"{job}\nlogs: {logs}\nledger: {[r.model_dump() for r in rows]}")
         states = await ledger_states(stack, created["job_id"])
         assert [s for s in states if s.paid] == [SubmissionState.FINISHED], states
         retried += await _interrupted_activities(stack, created["workflow_id"])

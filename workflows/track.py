@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
@@ -17,6 +19,7 @@ from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
     TimeoutError,
+    TimeoutType,
     is_cancelled_exception,
 )
 
@@ -81,6 +84,9 @@ CLEANUP_TIMEOUT = timedelta(minutes=5)
 FIRST_POLL_S = 1.0
 # A track held by a provider's in-flight cap asks again at most this far apart.
 MAX_CAPACITY_WAIT_S = 10.0
+# Retry budgets are for the provider's errors. A step whose attempts all ran out because
+# workers died (activity timeouts) runs again until its link's deadline.
+OUTLAST_WORKERS_PATCH = "outlast-lost-workers-v1"
 PROVIDER_ATTRIBUTE = SearchAttributeKey.for_keyword("Provider")
 JOB_STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("JobStatus")
 
@@ -106,6 +112,19 @@ def _policy(bounds: RetryBounds) -> RetryPolicy:
         maximum_interval=timedelta(seconds=bounds.max_interval_s),
         maximum_attempts=bounds.max_attempts,
         non_retryable_error_types=NON_RETRYABLE_TYPES,
+    )
+
+
+T = TypeVar("T")
+
+
+def _workers_lost(exc: ActivityError) -> bool:
+    """The activity's attempts ran out on timeouts: its workers died or hung, the provider
+    never answered an error (calls to providers time out inside the activity)."""
+    cause = exc.cause
+    return isinstance(cause, TimeoutError) and cause.type in (
+        TimeoutType.HEARTBEAT,
+        TimeoutType.START_TO_CLOSE,
     )
 
 
@@ -264,19 +283,25 @@ class TrackWorkflow:
         failed: str | None,
     ) -> CheckedAudio:
         self._submission = None
-        submission = await self._submit(track, plan, link, number, failed)
+        deadline = workflow.now() + timedelta(seconds=plan.generation_timeout_s)
+        submission = await self._outlasting_workers(
+            lambda: self._submit(track, plan, link, number, failed), deadline
+        )
         self._submission = submission
         self._set(Step.GENERATING, 0.1)
         if link.remote:
             await self._wait_for_provider(submission, plan)
-        staged = await workflow.execute_activity_method(
-            GenerationActivities.fetch_generation,
-            submission,
-            start_to_close_timeout=timedelta(seconds=plan.generation_timeout_s),
-            heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_s),
-            retry_policy=_policy(plan.poll_retry),
+        staged = await self._outlasting_workers(
+            lambda: workflow.execute_activity_method(
+                GenerationActivities.fetch_generation,
+                submission,
+                start_to_close_timeout=timedelta(seconds=plan.generation_timeout_s),
+                heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_s),
+                retry_policy=_policy(plan.poll_retry),
+            ),
+            deadline,
         )
-        checked = await self._check(track, plan, staged)
+        checked = await self._outlasting_workers(lambda: self._check(track, plan, staged), deadline)
         self._submission = None
         if number > 1:
             # Earlier links may have left a submit whose job only shows up now.
@@ -337,6 +362,20 @@ class TrackWorkflow:
             retry_policy=_policy(plan.poll_retry),
         )
 
+    async def _outlasting_workers(self, step: Callable[[], Awaitable[T]], deadline: datetime) -> T:
+        """Run one step of a link; run it again while it fails only because workers died."""
+        while True:
+            try:
+                return await step()
+            except ActivityError as exc:
+                if not (
+                    _workers_lost(exc)
+                    and workflow.now() < deadline
+                    and workflow.patched(OUTLAST_WORKERS_PATCH)
+                ):
+                    raise
+                workflow.logger.warning("workers died under a step; running it again")
+
     async def _wait_for_provider(self, submission: Submission, plan: GenerationPlan) -> None:
         """Poll with short activities and wait on a durable timer in between, so a
         waiting track holds no worker slot; a verified webhook ends the wait early."""
@@ -356,11 +395,14 @@ class TrackWorkflow:
                     lambda: token in self._provider_events, timeout=min(delay, remaining)
                 )
             self._provider_events.pop(token, None)
-            status = await workflow.execute_activity_method(
-                GenerationActivities.poll_generation,
-                submission,
-                start_to_close_timeout=timedelta(seconds=plan.request_timeout_s + 5),
-                retry_policy=_policy(plan.poll_retry),
+            status = await self._outlasting_workers(
+                lambda: workflow.execute_activity_method(
+                    GenerationActivities.poll_generation,
+                    submission,
+                    start_to_close_timeout=timedelta(seconds=plan.request_timeout_s + 5),
+                    retry_policy=_policy(plan.poll_retry),
+                ),
+                deadline,
             )
             if status.done:
                 return
