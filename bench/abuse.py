@@ -34,6 +34,7 @@ from core.migrate import upgrade
 from core.settings import Settings
 from core.storage import build_storage
 from core.users import create_user
+from soundfoundry.devstack import DEV_SERVER_TUNING
 from tests.services import TemporalDevServer
 from worker import build_worker
 
@@ -122,7 +123,7 @@ def _p99(values: list[float]) -> float:
 async def main(seconds: float, attackers: int, loops: int) -> None:
     configure_logging("WARNING")
     with tempfile.TemporaryDirectory() as tmp:
-        async with TemporalDevServer() as temporal:
+        async with TemporalDevServer(extra_args=DEV_SERVER_TUNING) as temporal:
             settings = Settings(
                 _env_file=None,  # type: ignore[call-arg]
                 environment="test",

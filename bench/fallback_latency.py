@@ -34,6 +34,7 @@ from core.migrate import upgrade
 from core.settings import Settings
 from core.storage import build_storage
 from core.users import create_user
+from soundfoundry.devstack import DEV_SERVER_TUNING
 from tests.fakes import Fail
 from tests.fakes.fal_server import FalFake
 from tests.fakes.replicate_server import ReplicateFake
@@ -76,7 +77,7 @@ async def main(runs: int) -> None:
         FalFake(key=FAL_KEY) as fal,
         ReplicateFake(key=REPLICATE_TOKEN) as replicate,
     ):
-        async with TemporalDevServer() as temporal:
+        async with TemporalDevServer(extra_args=DEV_SERVER_TUNING) as temporal:
             settings = Settings(
                 _env_file=None,  # type: ignore[call-arg]
                 database_url=f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}",

@@ -59,6 +59,7 @@ from core.models import Plan, ProviderSubmission, User
 from core.settings import Settings
 from core.submissions import SubmissionLedger
 from core.users import create_user
+from soundfoundry.devstack import DEV_SERVER_TUNING
 from tests.conftest import settings_env
 from tests.fakes import Job, Late
 from tests.fakes.replicate_server import ReplicateFake
@@ -246,7 +247,7 @@ async def bench_stack(fake: ReplicateFake, **overrides: Any) -> AsyncIterator[Be
     """
     with tempfile.TemporaryDirectory(prefix="sf-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
-        async with TemporalDevServer(ui=False) as temporal:
+        async with TemporalDevServer(ui=False, extra_args=DEV_SERVER_TUNING) as temporal:
             values: dict[str, Any] = {
                 "database_url": f"sqlite+aiosqlite:///{tmp / 'bench.db'}",
                 "storage_backend": "local",

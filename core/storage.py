@@ -161,11 +161,12 @@ class LocalStorage(Storage):
 
     async def list_keys(self, prefix: str) -> list[str]:
         def walk() -> list[str]:
-            if not self.root.exists():
+            # Only the folder the prefix names is walked: the cost follows what is listed,
+            # not the size of the whole library.
+            folder = self.root / prefix.rpartition("/")[0] if "/" in prefix else self.root
+            if not folder.is_dir() or not folder.resolve().is_relative_to(self.root):
                 return []
-            keys = (
-                p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file()
-            )
+            keys = (p.relative_to(self.root).as_posix() for p in folder.rglob("*") if p.is_file())
             return sorted(k for k in keys if k.startswith(prefix) and ".tmp-" not in k)
 
         return await self._on_io_thread(walk)

@@ -50,6 +50,17 @@ def temporal_cli() -> Path:
     )
 
 
+# Measured (bench/pipeline.py --timeline): on the dev server's defaults every task waits
+# ~45 ms before its worker sees it, because the history queues read new tasks at most 20
+# times a second; with eager activity dispatch an activity skips matching altogether.
+DEV_SERVER_TUNING = (
+    "--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000",
+    "--dynamic-config-value", "history.timerProcessorMaxPollRPS=1000",
+    "--dynamic-config-value", "history.visibilityProcessorMaxPollRPS=1000",
+    "--dynamic-config-value", "system.enableActivityEagerExecution=true",
+)  # fmt: skip
+
+
 def temporal_dev_command(
     binary: Path, *, port: int, ui_port: int, db_file: Path | None, namespace: str
 ) -> list[str]:
@@ -60,6 +71,7 @@ def temporal_dev_command(
         "--ui-port", str(ui_port),
         "--namespace", namespace,
         "--log-level", "warn",
+        *DEV_SERVER_TUNING,
     ]  # fmt: skip
     if db_file is not None:
         command += ["--db-filename", str(db_file)]

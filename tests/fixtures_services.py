@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 
+from soundfoundry.devstack import DEV_SERVER_TUNING
 from tests.services import (
     SOUNDFOUNDRY_SEARCH_ATTRIBUTES,
     PostgresCluster,
@@ -53,5 +54,8 @@ def s3_bucket(s3_gateway: VersityGateway) -> str:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def temporal_server() -> AsyncIterator[TemporalDevServer]:
-    async with TemporalDevServer(search_attributes=SOUNDFOUNDRY_SEARCH_ATTRIBUTES) as server:
+    # Tuned as `soundfoundry dev` runs it: tests wait on tasks, not on the queues' pacing.
+    async with TemporalDevServer(
+        search_attributes=SOUNDFOUNDRY_SEARCH_ATTRIBUTES, extra_args=DEV_SERVER_TUNING
+    ) as server:
         yield server

@@ -87,6 +87,8 @@ MAX_CAPACITY_WAIT_S = 10.0
 # Retry budgets are for the provider's errors. A step whose attempts all ran out because
 # workers died (activity timeouts) runs again until its link's deadline.
 OUTLAST_WORKERS_PATCH = "outlast-lost-workers-v1"
+# Fast models are often done by the time their submit is answered: look once at once.
+POLL_AT_ONCE_PATCH = "poll-at-once-v1"
 PROVIDER_ATTRIBUTE = SearchAttributeKey.for_keyword("Provider")
 JOB_STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("JobStatus")
 
@@ -382,18 +384,20 @@ class TrackWorkflow:
         deadline = workflow.now() + timedelta(seconds=plan.generation_timeout_s)
         delay = min(FIRST_POLL_S, plan.poll_interval_s)
         token = submission.token or ""
+        look_now = workflow.patched(POLL_AT_ONCE_PATCH)
         while True:
-            # A job is never done the moment it is accepted: wait first, then look.
             remaining = (deadline - workflow.now()).total_seconds()
             if remaining <= 0:
                 raise LinkFailed(
                     ErrorCode.TIMEOUT.value,
                     f"{submission.provider} gave no result within {plan.generation_timeout_s:g} s",
                 )
-            with contextlib.suppress(asyncio.TimeoutError):
-                await workflow.wait_condition(
-                    lambda: token in self._provider_events, timeout=min(delay, remaining)
-                )
+            if not look_now:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await workflow.wait_condition(
+                        lambda: token in self._provider_events, timeout=min(delay, remaining)
+                    )
+            look_now = False
             self._provider_events.pop(token, None)
             status = await self._outlasting_workers(
                 lambda: workflow.execute_activity_method(

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from activities.providers._http import Redactor, parse_retry_after, shorten
+from activities.providers._http import Redactor, parse_retry_after, shorten, tls_context
 from activities.providers.base import ErrorCode, MusicProvider, ProviderError
 from core.contracts import GenerationRequest
 
@@ -132,7 +132,9 @@ class HostedProvider(MusicProvider):
             async with (
                 asyncio.timeout(self._request_timeout_s),
                 # No transport retries (httpx's default), and no pooled connection.
-                httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http,
+                httpx.AsyncClient(
+                    timeout=timeout, follow_redirects=False, verify=tls_context()
+                ) as http,
             ):
                 response = await http.post(
                     call.url, json=call.body, headers=call.headers, params=call.params

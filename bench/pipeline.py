@@ -1,0 +1,285 @@
+"""The pipeline's own cost: an instant provider, so every millisecond measured is ours.
+
+The issue: "Fast and lean: the pipeline's own cost, measured against a plain task-queue
+baseline". The stack is the embedded default on loopback (Temporal dev server, SQLite,
+local files, the API in-process, ONE `worker.py` process; bench.faults.bench_stack), the
+provider the Replicate fake with predictions that succeed at once (5 s WAV).
+
+    sequential   tracks one at a time: POST /api/tracks -> job COMPLETE (p50, p95)
+    burst        B tracks at once: sustained tracks/s (first POST -> last COMPLETE) and
+                 the median POST -> COMPLETE
+    RSS          worker peak (VmHWM) over the run
+
+`--baseline` runs the same work through a plain Celery + Redis pipeline
+(bench.celery_baseline: one task submits, polls, downloads, checks, stores the audio
+and an SVG cover and writes SQLite state) in the same run, and prints every figure as a
+ratio to it.
+
+    .venv/bin/python -m bench.pipeline [--sequential 30] [--burst 200] [--baseline]
+                                       [--baseline-processes 1]
+
+Exit status 1 if a target is missed, else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from temporalio.api.enums.v1 import EventType
+
+from bench.faults import REPLICATE_TOKEN, BenchStack, bench_stack, machine_load
+from bench.inflight import RssSampler, _activity_times, _cpu_seconds, _proc_status, _spread
+from core.contracts import JobStatus
+from core.logging import configure_logging
+from tests.fakes import Job
+from tests.fakes.replicate_server import ReplicateFake
+
+MB = 1024 * 1024
+SEQUENTIAL_P50_TARGET_MS = 250.0
+BURST_TARGET_PER_S = 10.0
+BASELINE_SHARE_TARGET = 0.6
+RSS_TARGET_MB = 300.0
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _until_terminal(
+    stack: BenchStack,
+    auth: dict[str, str],
+    job_ids: list[str],
+    timeout_s: float,
+    every_s: float,
+) -> dict[str, float]:
+    """When each job was first seen terminal (monotonic), reading the database."""
+    ended: dict[str, float] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(ended) < len(job_ids):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(job_ids) - len(ended)} tracks not done in {timeout_s} s")
+        statuses = await stack.statuses([j for j in job_ids if j not in ended])
+        now = time.monotonic()
+        for job_id, status in statuses.items():
+            if status.is_terminal:
+                if status is not JobStatus.COMPLETE:
+                    response = await stack.http.get(f"/api/jobs/{job_id}/logs", headers=auth)
+                    raise RuntimeError(f"job {job_id} ended {status.value}: {response.text}")
+                ended[job_id] = now
+        await asyncio.sleep(every_s)
+    return ended
+
+
+async def measure_ours(args: argparse.Namespace, fake: ReplicateFake) -> dict[str, Any]:
+    async with bench_stack(
+        fake,
+        # Every create of the burst falls in one rate-limit window.
+        rate_limit_create_track_pro=args.burst + args.sequential + 10,
+    ) as stack:
+        _, auth = await stack.user(credits=10 * (args.burst + args.sequential + 5))
+        worker = await stack.workers.start_ready()
+        rss_at_ready = _proc_status(worker.pid)["VmRSS"]
+        cpu_at_ready = _cpu_seconds(worker.pid)
+        sampler = RssSampler(worker.pid)
+        sampling = asyncio.create_task(sampler.run())
+        try:
+            # A warm-up track: the first one pays for imports and caches.
+            warm = await stack.create_track(auth, "warm-up", args.duration_s)
+            await _until_terminal(stack, auth, [warm["job_id"]], 60, 0.005)
+            sequential_ms: list[float] = []
+            sequential_ids: list[str] = []
+            for i in range(args.sequential):
+                t0 = time.monotonic()
+                created = await stack.create_track(auth, f"seq {i}", args.duration_s)
+                ended = await _until_terminal(stack, auth, [created["job_id"]], 60, 0.005)
+                sequential_ms.append(1000 * (ended[created["job_id"]] - t0))
+                sequential_ids.append(created["workflow_id"])
+            cpu_before_burst = _cpu_seconds(worker.pid)
+            gate = asyncio.Semaphore(args.create_concurrency)
+            posted: dict[str, float] = {}
+
+            async def create(i: int) -> dict[str, Any]:
+                async with gate:
+                    started = time.monotonic()
+                    created = await stack.create_track(auth, f"burst {i}", args.duration_s)
+                    posted[created["job_id"]] = started
+                    return created
+
+            b0 = time.monotonic()
+            burst = await asyncio.gather(*(create(i) for i in range(args.burst)))
+            ended = await _until_terminal(
+                stack, auth, [t["job_id"] for t in burst], args.timeout_s, 0.1
+            )
+            burst_s = max(ended.values()) - b0
+            burst_cpu = _cpu_seconds(worker.pid) - cpu_before_burst
+        finally:
+            sampling.cancel()
+            await asyncio.gather(sampling, return_exceptions=True)
+        activities = await _activity_times(stack, sequential_ids)
+        timeline = await _timeline(stack, sequential_ids[-1])
+        hwm = _proc_status(worker.pid).get("VmHWM", 0)
+        cpu = _cpu_seconds(worker.pid) - cpu_at_ready
+        await stack.workers.terminate(worker)
+    return {
+        "sequential_ms": sequential_ms,
+        "burst_s": burst_s,
+        "burst_p50_s": statistics.median(ended[j] - posted[j] for j in ended),
+        "burst_cpu_s": burst_cpu,
+        "rss_at_ready_mb": rss_at_ready / MB,
+        "peak_rss_mb": max([hwm, *sampler.samples]) / MB,
+        "cpu_s": cpu,
+        "activities": activities,
+        "timeline": timeline,
+        "per_track_activities": sum(len(v) for v in activities.queued.values())
+        / max(1, len(sequential_ids)),
+    }
+
+
+async def _timeline(stack: BenchStack, workflow_id: str) -> list[str]:
+    """One sequential track's history: each event's offset from the start, in ms."""
+    history = await stack.temporal.get_workflow_handle(workflow_id).fetch_history()
+    start = history.events[0].event_time.ToDatetime()
+    lines = []
+    for event in history.events:
+        offset = (event.event_time.ToDatetime() - start).total_seconds() * 1000
+        kind = EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
+        name = ""
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            name = event.activity_task_scheduled_event_attributes.activity_type.name
+        lines.append(f"{offset:8.1f} ms  {kind} {name}".rstrip())
+    return lines
+
+
+def _target(label: str, value: str, target: str, ok: bool) -> None:
+    print(f"{label:<40}{value:<22}{target:<30}{'PASS' if ok else 'FAIL'}")
+
+
+async def run(args: argparse.Namespace) -> int:
+    configure_logging("WARNING")
+    load_at_start = os.getloadavg()
+    fake = ReplicateFake(key=REPLICATE_TOKEN)
+    # Predictions that have succeeded by the first poll.
+    total = 1 + 2 * (args.sequential + args.burst)
+    fake.script(jobs=[Job(running_polls=0)] * total)
+    fake.start()
+    try:
+        ours = await measure_ours(args, fake)
+        baseline = None
+        if args.baseline:
+            from bench.celery_baseline import run_baseline
+
+            with tempfile.TemporaryDirectory(prefix="sf-baseline-") as tmp:
+                baseline = await asyncio.to_thread(
+                    run_baseline,
+                    fake.url,
+                    REPLICATE_TOKEN,
+                    sequential=args.sequential,
+                    burst=args.burst,
+                    processes=args.baseline_processes,
+                    workdir=Path(tmp),
+                )
+    finally:
+        fake.stop()
+
+    seq = ours["sequential_ms"]
+    p50, p95 = statistics.median(seq), _percentile(seq, 0.95)
+    per_s = args.burst / ours["burst_s"]
+    print(machine_load(load_at_start))
+    print(
+        f"instant Replicate fake, {args.duration_s} s tracks; one worker; "
+        f"{args.sequential} sequential tracks, then a burst of {args.burst}"
+    )
+    print()
+    print(f"{'':<40}{'SoundFoundry':<22}{'target':<30}")
+    _target(
+        "sequential POST -> COMPLETE p50",
+        f"{p50:.0f} ms (p95 {p95:.0f})",
+        f"<= {SEQUENTIAL_P50_TARGET_MS:g} ms",
+        p50 <= SEQUENTIAL_P50_TARGET_MS,
+    )
+    _target(
+        f"burst of {args.burst}: sustained",
+        f"{per_s:.1f} tracks/s",
+        f">= {BURST_TARGET_PER_S:g} tracks/s",
+        per_s >= BURST_TARGET_PER_S,
+    )
+    print(f"{'  burst POST -> COMPLETE p50':<40}{ours['burst_p50_s']:.1f} s")
+    print(f"{'  worker CPU per burst track':<40}{1000 * ours['burst_cpu_s'] / args.burst:.0f} ms")
+    _target(
+        "worker peak RSS",
+        f"{ours['peak_rss_mb']:.0f} MB",
+        f"<= {RSS_TARGET_MB:g} MB",
+        ours["peak_rss_mb"] <= RSS_TARGET_MB,
+    )
+    print(f"{'  at ready':<40}{ours['rss_at_ready_mb']:.0f} MB")
+    ok = (
+        p50 <= SEQUENTIAL_P50_TARGET_MS
+        and per_s >= BURST_TARGET_PER_S
+        and ours["peak_rss_mb"] <= RSS_TARGET_MB
+    )
+    if baseline is not None:
+        base_p50 = statistics.median(baseline.sequential_ms)
+        base_per_s = baseline.burst_tracks_per_s
+        share = per_s / base_per_s
+        print()
+        print(
+            f"baseline: Celery + Redis, {args.baseline_processes} worker process(es), "
+            "same fake, same work"
+        )
+        print(f"{'sequential p50':<40}{base_p50:.0f} ms   ours {p50 / base_p50:.1f} x")
+        print(
+            f"{'burst sustained':<40}{base_per_s:.1f} tracks/s   ours {share:.2f} x "
+            f"(target >= {BASELINE_SHARE_TARGET})"
+        )
+        print(
+            f"{'burst POST -> COMPLETE p50':<40}{baseline.burst_p50_s:.1f} s   ours "
+            f"{ours['burst_p50_s'] / baseline.burst_p50_s:.1f} x"
+        )
+        print(
+            f"{'worker peak RSS':<40}{baseline.worker_peak_rss_mb:.0f} MB   ours "
+            f"{ours['peak_rss_mb'] / baseline.worker_peak_rss_mb:.1f} x"
+        )
+        ok = ok and share >= BASELINE_SHARE_TARGET
+    activities = ours["activities"]
+    print()
+    print(
+        f"sequential tracks: {ours['per_track_activities']:.1f} activities per track; "
+        "per activity type: queued (scheduled -> started), run (started -> closed)"
+    )
+    for name, queued in sorted(activities.queued.items(), key=lambda kv: -sum(kv[1])):
+        print(f"  {name:<22}{_spread(queued):<34}{_spread(activities.ran.get(name, []))}")
+    if args.timeline:
+        print()
+        print("the last sequential track's history:")
+        for line in ours["timeline"]:
+            print(f"  {line}")
+    return 0 if ok else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sequential", type=int, default=30)
+    parser.add_argument("--burst", type=int, default=200)
+    parser.add_argument("--duration-s", type=int, default=5)
+    parser.add_argument("--create-concurrency", type=int, default=20)
+    parser.add_argument("--timeout-s", type=float, default=600)
+    parser.add_argument("--baseline", action="store_true", help="also run Celery + Redis")
+    parser.add_argument("--baseline-processes", type=int, default=1)
+    parser.add_argument("--timeline", action="store_true", help="print one track's history")
+    args = parser.parse_args()
+    if args.sequential < 1 or args.burst < 1:
+        parser.error("need --sequential >= 1 and --burst >= 1")
+    sys.exit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()
