@@ -1,8 +1,9 @@
 """A plain task-queue baseline: the old system's shape (Celery + Redis), the same work.
 
 One Celery task per track does, in order: create a Replicate prediction, poll it until it
-succeeded, download the WAV, decode it and reject silence (peak and RMS), write the audio
-and an SVG cover to a local folder, and record QUEUED -> RENDERING -> COMPLETE with
+succeeded, download the WAV, write it to a local folder, check it with our own
+core.audio (decode, peak, RMS, loudness, tempo; reject silence and a wrong length), draw
+our SVG cover (core.cover) into the folder, and record QUEUED -> RENDERING -> COMPLETE with
 timestamps in SQLite (the producer inserts QUEUED, the task updates). Completion is read
 from SQLite, as our bench reads our database, never from the result backend.
 
@@ -19,8 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import io
-import math
 import os
 import signal
 import socket
@@ -36,11 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import redis
-import soundfile as sf
 from celery import Celery
 from celery import __version__ as celery_version
+
+from core.audio import AudioInfo, analyze, quality_problem
+from core.cover import render_cover_svg
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TASK_NAME = "bench.celery_baseline.render_track"
@@ -132,35 +132,12 @@ def _generate(http: httpx.Client, prompt: str) -> bytes:
     return audio.content
 
 
-def _check_audio(wav: bytes) -> tuple[float, float]:
-    """Peak and RMS in dBFS; raises on audio that is silent or the wrong length."""
-    samples, rate = sf.read(io.BytesIO(wav), dtype="float32", always_2d=True)
-    seconds = len(samples) / rate
-    if abs(seconds - DURATION_S) > 0.1 * DURATION_S:
-        raise ValueError(f"audio is {seconds:.1f} s, asked for {DURATION_S} s")
-    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
-    rms = math.sqrt(float(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
-    peak_db, rms_db = (20 * math.log10(v) if v > 0 else -math.inf for v in (peak, rms))
-    if not rms_db > SILENCE_DBFS:
-        raise ValueError(f"audio is silent (rms {rms_db:.1f} dBFS)")
-    return peak_db, rms_db
-
-
-def cover_svg(prompt: str, size: int = 512) -> str:
-    """A background and four translucent circles, all drawn from the prompt's hash."""
-    h = hashlib.sha256(prompt.encode()).digest()
-    shapes = [f'<rect width="{size}" height="{size}" fill="hsl({h[0] * 360 // 256},40%,16%)"/>']
-    for i in range(1, 13, 3):
-        x, y, r = h[i] * size // 256, h[i + 1] * size // 256, 24 + h[i + 2] * size // 1024
-        shapes.append(
-            f'<circle cx="{x}" cy="{y}" r="{r}" fill="hsl({h[i + 2] * 360 // 256},70%,60%)" '
-            'fill-opacity="0.7"/>'
-        )
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {size} {size}">'
-        + "".join(shapes)
-        + "</svg>"
-    )
+def _check_audio(path: Path) -> AudioInfo:
+    """The very check our pipeline runs (core.audio): decode, loudness, tempo, peaks."""
+    info = analyze(path)
+    if problem := quality_problem(info, DURATION_S, silence_dbfs=SILENCE_DBFS):
+        raise ValueError(problem)
+    return info
 
 
 @app.task(name=TASK_NAME)
@@ -170,14 +147,17 @@ def render_track(track_id: str, prompt: str) -> dict[str, float]:
     _set_state(db, track_id, "RENDERING")
     try:
         wav = _generate(http, prompt)
-        peak_db, rms_db = _check_audio(wav)
-        (workdir / "audio" / f"{track_id}.wav").write_bytes(wav)
-        (workdir / "covers" / f"{track_id}.svg").write_text(cover_svg(prompt))
+        audio = workdir / "audio" / f"{track_id}.wav"
+        audio.write_bytes(wav)
+        info = _check_audio(audio)
+        # Our cover art, drawn by the same function the pipeline uses.
+        seed = int.from_bytes(hashlib.sha256(track_id.encode()).digest()[:4], "big")
+        (workdir / "covers" / f"{track_id}.svg").write_text(render_cover_svg(prompt, seed, 1))
     except Exception as exc:
         _set_state(db, track_id, "FAILED", error=repr(exc)[:500])
         raise
     _set_state(db, track_id, "COMPLETE")
-    return {"peak_dbfs": peak_db, "rms_dbfs": rms_db}  # kept by the result backend
+    return {"peak_dbfs": info.peak_dbfs, "rms_dbfs": info.rms_dbfs}  # kept by the backend
 
 
 # ------------------------------------------------------------------------------------

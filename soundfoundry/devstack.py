@@ -2,12 +2,14 @@
 
 Temporal's dev server (SQLite, Web UI), one worker and the API run as child processes;
 the database is SQLite and objects live in a local folder, all under `.soundfoundry/`.
-Ctrl-C stops them in reverse order.
+Ctrl-C (or SIGTERM, SIGHUP) stops them in reverse order; if `soundfoundry dev` itself is
+killed, the kernel stops them (parent-death signal), so nothing is left holding the ports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import secrets
 import signal
@@ -19,6 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
 
 from api.security import startup_problems
 from core.db import create_engine, session_factory
@@ -28,6 +34,9 @@ from core.settings import Settings
 from core.users import create_user, user_for_token
 
 STATE_DIR = Path(".soundfoundry")
+# Signals that end the stack as Ctrl-C does: a terminal closed, a service manager, a quit.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+_PR_SET_PDEATHSIG = 1
 DEV_USER = "dev"
 DEV_CREDITS = 1000
 
@@ -97,6 +106,37 @@ def wait_for_port(
     raise TimeoutError(f"nothing listened on port {port} within {timeout_s:.0f} s")
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when `soundfoundry dev` dies, even by SIGKILL."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+async def wait_for_pollers(settings: Settings, timeout_s: float) -> None:
+    """Until a worker polls the task queue for workflow and activity tasks alike: a track
+    created before that would only sit in the queue."""
+    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    deadline = time.monotonic() + timeout_s
+    kinds = (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
+    while True:
+        polled = [
+            await client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace=settings.temporal_namespace,
+                    task_queue=TaskQueue(name=settings.task_queue),
+                    task_queue_type=kind,
+                )
+            )
+            for kind in kinds
+        ]
+        if all(answer.pollers for answer in polled):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no worker polled {settings.task_queue!r} within {timeout_s:.0f} s")
+        await asyncio.sleep(0.2)
+
+
 def dev_environment(api_port: int, temporal_port: int, ui_port: int) -> dict[str, str]:
     """Defaults for the embedded stack; anything already in the environment wins."""
     STATE_DIR.mkdir(exist_ok=True)
@@ -145,6 +185,10 @@ def ensure_dev_token(settings: Settings, token_file: Path) -> str:
     return token
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 @dataclass
 class DevStack:
     api_port: int = 8000
@@ -154,6 +198,9 @@ class DevStack:
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
     def run(self) -> int:
+        # From the first moment: a stop signal during start-up still stops what started.
+        for stop_signal in STOP_SIGNALS:
+            signal.signal(stop_signal, _interrupt)
         env = dev_environment(self.api_port, self.temporal_port, self.ui_port)
         os.environ.update(env)
         settings = Settings()
@@ -174,7 +221,9 @@ class DevStack:
                 [sys.executable, "-m", "soundfoundry", "api", "--port", str(self.api_port)],
                 env,
             )
-            wait_for_port(self.api_port, 60, self.processes[-1][1])
+            with self.console.status("Waiting for the worker and the API"):
+                wait_for_port(self.api_port, 60, self.processes[-1][1])
+                asyncio.run(wait_for_pollers(settings, 60))
             self._announce(token, settings)
             return self._supervise()
         except KeyboardInterrupt:
@@ -197,7 +246,9 @@ class DevStack:
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         # Children get their own process group so our Ctrl-C handling decides the order.
-        process = subprocess.Popen(command, env=env, start_new_session=True)
+        process = subprocess.Popen(
+            command, env=env, start_new_session=True, preexec_fn=_die_with_parent
+        )
         self.processes.append((name, process))
         return process
 
@@ -216,22 +267,17 @@ class DevStack:
         print(f"SOUNDFOUNDRY_TOKEN={token}", flush=True)
 
     def _supervise(self) -> int:
-        stop = {"now": False}
-
-        def request_stop(*_: object) -> None:
-            stop["now"] = True
-
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)
-        while not stop["now"]:
+        while True:
             for name, process in self.processes:
                 if process.poll() is not None:
                     self.console.print(f"[red]{name} exited with {process.returncode}[/]")
                     return 1
             time.sleep(0.5)
-        return 0
 
     def stop(self) -> None:
+        # A second signal while stopping must not cut the orderly stop short.
+        for stop_signal in STOP_SIGNALS:
+            signal.signal(stop_signal, signal.SIG_IGN)
         for name, process in reversed(self.processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

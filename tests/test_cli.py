@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import soundfile as sf
 
 from tests.services import free_port
@@ -101,3 +102,77 @@ def _answers(url: str) -> bool:
     except httpx.HTTPError:
         return False
     return True
+
+
+def _children_of(pid: int) -> list[int]:
+    """Every process whose parent is `pid` (from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGHUP], ids=["killed", "hangup"])
+def test_dev_stack_is_ready_when_it_says_so_and_leaves_nothing_behind(
+    tmp_path: Path, how: signal.Signals
+) -> None:
+    api, frontend, ui = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "STORAGE_"))}
+    dev = subprocess.Popen(
+        [str(BIN / "soundfoundry"), "dev", "--api-port", str(api),
+         "--temporal-port", str(frontend), "--ui-port", str(ui)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    children: list[int] = []
+    try:
+        assert dev.stdout is not None
+        token = next(
+            (
+                line.split("=", 1)[1].strip()
+                for line in dev.stdout
+                if line.startswith("SOUNDFOUNDRY_TOKEN=")
+            ),
+            None,
+        )
+        assert token, "soundfoundry dev never said it was running"
+        children = _children_of(dev.pid)
+        assert len(children) == 3, children  # Temporal, the worker, the API
+        # Ready means ready: a track created the moment it says so is picked up at once.
+        auth = {"Authorization": f"Bearer {token}"}
+        base = f"http://127.0.0.1:{api}"
+        created = httpx.post(
+            f"{base}/api/tracks", json={"prompt": "ready check", "duration_s": 5}, headers=auth
+        ).json()
+        deadline = time.monotonic() + 30
+        while (job := httpx.get(f"{base}/api/jobs/{created['job_id']}", headers=auth).json())[
+            "status"
+        ] != "COMPLETE":
+            assert job["status"] in ("QUEUED", "RENDERING"), job
+            assert time.monotonic() < deadline, f"the first track is still {job['status']}"
+            time.sleep(0.2)
+        dev.send_signal(how)
+        dev.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in children if _alive(pid)], "children outlived soundfoundry dev"
+        for port in (api, frontend, ui):
+            assert not _answers(f"http://127.0.0.1:{port}/"), f"port {port} still open"
+    finally:
+        for pid in [dev.pid, *children]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        dev.wait(timeout=10)
