@@ -164,7 +164,11 @@ async def ensure_reconcile_schedule(client: Client, settings: Settings) -> None:
 async def worker_resources(
     settings: Settings,
 ) -> AsyncIterator[tuple[JobStore, Storage, ProviderRegistry]]:
-    engine = create_engine(settings.database_url)
+    engine = create_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
     storage = build_storage(settings)
     providers = ProviderRegistry.from_settings(settings)
     await storage.open()

@@ -15,8 +15,8 @@ provider the Replicate fake with predictions that succeed at once (5 s WAV).
 and an SVG cover and writes SQLite state) in the same run, and prints every figure as a
 ratio to it.
 
-    .venv/bin/python -m bench.pipeline [--sequential 30] [--burst 200] [--baseline]
-                                       [--baseline-processes 1]
+    .venv/bin/python -m bench.pipeline [--sequential 30] [--burst 200] [--workers 1]
+                                       [--baseline] [--baseline-processes 1] [--timeline]
 
 Exit status 1 if a target is missed, else 0.
 """
@@ -87,6 +87,8 @@ async def measure_ours(args: argparse.Namespace, fake: ReplicateFake) -> dict[st
     ) as stack:
         _, auth = await stack.user(credits=10 * (args.burst + args.sequential + 5))
         worker = await stack.workers.start_ready()
+        # More worker processes on the same task queue share the burst (scale out).
+        extra = [await stack.workers.start_ready() for _ in range(args.workers - 1)]
         rss_at_ready = _proc_status(worker.pid)["VmRSS"]
         cpu_at_ready = _cpu_seconds(worker.pid)
         sampler = RssSampler(worker.pid)
@@ -103,7 +105,7 @@ async def measure_ours(args: argparse.Namespace, fake: ReplicateFake) -> dict[st
                 ended = await _until_terminal(stack, auth, [created["job_id"]], 60, 0.005)
                 sequential_ms.append(1000 * (ended[created["job_id"]] - t0))
                 sequential_ids.append(created["workflow_id"])
-            cpu_before_burst = _cpu_seconds(worker.pid)
+            cpu_before_burst = sum(_cpu_seconds(w.pid) for w in (worker, *extra))
             gate = asyncio.Semaphore(args.create_concurrency)
             posted: dict[str, float] = {}
 
@@ -120,7 +122,7 @@ async def measure_ours(args: argparse.Namespace, fake: ReplicateFake) -> dict[st
                 stack, auth, [t["job_id"] for t in burst], args.timeout_s, 0.1
             )
             burst_s = max(ended.values()) - b0
-            burst_cpu = _cpu_seconds(worker.pid) - cpu_before_burst
+            burst_cpu = sum(_cpu_seconds(w.pid) for w in (worker, *extra)) - cpu_before_burst
         finally:
             sampling.cancel()
             await asyncio.gather(sampling, return_exceptions=True)
@@ -128,7 +130,8 @@ async def measure_ours(args: argparse.Namespace, fake: ReplicateFake) -> dict[st
         timeline = await _timeline(stack, sequential_ids[-1])
         hwm = _proc_status(worker.pid).get("VmHWM", 0)
         cpu = _cpu_seconds(worker.pid) - cpu_at_ready
-        await stack.workers.terminate(worker)
+        for each in (worker, *extra):
+            await stack.workers.terminate(each)
     return {
         "sequential_ms": sequential_ms,
         "burst_s": burst_s,
@@ -195,7 +198,7 @@ async def run(args: argparse.Namespace) -> int:
     per_s = args.burst / ours["burst_s"]
     print(machine_load(load_at_start))
     print(
-        f"instant Replicate fake, {args.duration_s} s tracks; one worker; "
+        f"instant Replicate fake, {args.duration_s} s tracks; {args.workers} worker(s); "
         f"{args.sequential} sequential tracks, then a burst of {args.burst}"
     )
     print()
@@ -213,7 +216,7 @@ async def run(args: argparse.Namespace) -> int:
         per_s >= BURST_TARGET_PER_S,
     )
     print(f"{'  burst POST -> COMPLETE p50':<40}{ours['burst_p50_s']:.1f} s")
-    print(f"{'  worker CPU per burst track':<40}{1000 * ours['burst_cpu_s'] / args.burst:.0f} ms")
+    print(f"{'  workers CPU per burst track':<40}{1000 * ours['burst_cpu_s'] / args.burst:.0f} ms")
     _target(
         "worker peak RSS",
         f"{ours['peak_rss_mb']:.0f} MB",
@@ -272,12 +275,13 @@ def main() -> None:
     parser.add_argument("--duration-s", type=int, default=5)
     parser.add_argument("--create-concurrency", type=int, default=20)
     parser.add_argument("--timeout-s", type=float, default=600)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--baseline", action="store_true", help="also run Celery + Redis")
     parser.add_argument("--baseline-processes", type=int, default=1)
     parser.add_argument("--timeline", action="store_true", help="print one track's history")
     args = parser.parse_args()
-    if args.sequential < 1 or args.burst < 1:
-        parser.error("need --sequential >= 1 and --burst >= 1")
+    if args.sequential < 1 or args.burst < 1 or args.workers < 1:
+        parser.error("need --sequential, --burst and --workers >= 1")
     sys.exit(asyncio.run(run(args)))
 
 

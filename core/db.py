@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 
-def create_engine(database_url: str) -> AsyncEngine:
+def create_engine(database_url: str, *, pool_size: int = 5, max_overflow: int = 10) -> AsyncEngine:
     if database_url.startswith("sqlite"):
         _ensure_sqlite_dir(database_url)
         engine = create_async_engine(database_url, connect_args={"timeout": 30})
@@ -20,7 +20,9 @@ def create_engine(database_url: str) -> AsyncEngine:
         # read while the other writes, and busy_timeout waits instead of failing.
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(database_url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_async_engine(
+        database_url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow
+    )
 
 
 def _ensure_sqlite_dir(database_url: str) -> None:

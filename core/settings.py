@@ -31,6 +31,10 @@ class Settings(BaseSettings):
 
     # Embedded default: SQLite beside the project; production points this at Postgres.
     database_url: str = "sqlite+aiosqlite:///.soundfoundry/soundfoundry.db"
+    # Postgres connections per process: a worker runs up to WORKER_MAX_CONCURRENT_ACTIVITIES
+    # activities at once, each holding one connection for a moment.
+    database_pool_size: int = Field(default=10, ge=1)
+    database_max_overflow: int = Field(default=10, ge=0)
 
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
