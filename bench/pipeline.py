@@ -16,6 +16,7 @@ and an SVG cover and writes SQLite state) in the same run, and prints every figu
 ratio to it.
 
     .venv/bin/python -m bench.pipeline [--sequential 30] [--burst 200] [--workers 1]
+                                       [--postgres-s3]
                                        [--baseline] [--baseline-processes 1] [--timeline]
 
 Exit status 1 if a target is missed, else 0.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -41,6 +43,7 @@ from core.contracts import JobStatus
 from core.logging import configure_logging
 from tests.fakes import Job
 from tests.fakes.replicate_server import ReplicateFake
+from tests.services import PostgresCluster, VersityGateway
 
 MB = 1024 * 1024
 SEQUENTIAL_P50_TARGET_MS = 250.0
@@ -80,10 +83,31 @@ async def _until_terminal(
 
 
 async def measure_ours(args: argparse.Namespace, fake: ReplicateFake) -> dict[str, Any]:
+    with contextlib.ExitStack() as services:
+        overrides: dict[str, Any] = {}
+        if args.postgres_s3:
+            # The production shape: Postgres and a real S3 server, both on loopback.
+            postgres = services.enter_context(PostgresCluster())
+            s3 = services.enter_context(VersityGateway())
+            overrides = {
+                "database_url": postgres.create_database("bench"),
+                "storage_backend": "s3",
+                "s3_endpoint": s3.endpoint,
+                "s3_access_key": s3.access_key,
+                "s3_secret_key": s3.secret_key,
+                "s3_bucket": s3.create_bucket("sf-bench"),
+            }
+        return await _measure_on(args, fake, overrides)
+
+
+async def _measure_on(
+    args: argparse.Namespace, fake: ReplicateFake, overrides: dict[str, Any]
+) -> dict[str, Any]:
     async with bench_stack(
         fake,
         # Every create of the burst falls in one rate-limit window.
         rate_limit_create_track_pro=args.burst + args.sequential + 10,
+        **overrides,
     ) as stack:
         _, auth = await stack.user(credits=10 * (args.burst + args.sequential + 5))
         worker = await stack.workers.start_ready()
@@ -199,6 +223,7 @@ async def run(args: argparse.Namespace) -> int:
     print(machine_load(load_at_start))
     print(
         f"instant Replicate fake, {args.duration_s} s tracks; {args.workers} worker(s); "
+        f"{'Postgres + S3' if args.postgres_s3 else 'SQLite + local files'}; "
         f"{args.sequential} sequential tracks, then a burst of {args.burst}"
     )
     print()
@@ -276,6 +301,9 @@ def main() -> None:
     parser.add_argument("--create-concurrency", type=int, default=20)
     parser.add_argument("--timeout-s", type=float, default=600)
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
+    parser.add_argument(
+        "--postgres-s3", action="store_true", help="Postgres + versitygw instead of SQLite + files"
+    )
     parser.add_argument("--baseline", action="store_true", help="also run Celery + Redis")
     parser.add_argument("--baseline-processes", type=int, default=1)
     parser.add_argument("--timeline", action="store_true", help="print one track's history")

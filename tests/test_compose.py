@@ -23,7 +23,7 @@ import yaml
 
 from core.settings import Settings
 from core.storage import S3Storage, build_storage
-from soundfoundry.devstack import SEARCH_ATTRIBUTES
+from soundfoundry.devstack import DEV_SERVER_TUNING, SEARCH_ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.temporal.yml"
@@ -846,3 +846,23 @@ def test_docker_compose_refuses_to_start_without_secrets(tmp_path: Path) -> None
     result = run_compose(example, "config", "-q")
     assert result.returncode != 0
     assert "in .env" in result.stderr
+
+
+def test_staging_temporal_is_tuned_like_the_dev_server(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    temporal = services["temporal"]
+    target = f"/etc/temporal/{environment_of(temporal)['DYNAMIC_CONFIG_FILE_PATH']}"
+    mounts = {
+        str(volume).split(":")[1]: str(volume).split(":")[0] for volume in temporal["volumes"]
+    }
+    assert target in mounts, f"nothing is mounted at {target}"
+    staged = yaml.safe_load((ROOT / mounts[target]).read_text())
+    staging = {key: entries[0]["value"] for key, entries in staged.items()}
+    flags = DEV_SERVER_TUNING
+    dev = {}
+    for flag, value in zip(flags[::2], flags[1::2], strict=True):
+        assert flag == "--dynamic-config-value"
+        key, _, raw = value.partition("=")
+        dev[key] = yaml.safe_load(raw)
+    assert staging == dev
