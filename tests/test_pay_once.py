@@ -36,6 +36,7 @@ from tests.fakes.fal_server import FalFake
 from tests.fakes.fixtures import extra_overrides, fal, replicate, stack_overrides
 from tests.fakes.replicate_server import ReplicateFake
 from tests.test_operators import reconciler, temporal
+from tests.test_replay_hosted import export_and_replay
 
 __all__ = ["extra_overrides", "fal", "reconciler", "replicate", "stack_overrides"]
 
@@ -238,7 +239,7 @@ async def test_sigkill_while_the_submit_is_in_flight_pays_once(
     [{**REPLICATE_ONLY, "provider_request_timeout_s": 10, "heartbeat_timeout_s": 2}],
 )
 async def test_more_worker_deaths_than_retries_do_not_fail_the_track(
-    stack: Stack, replicate: ReplicateFake, workers: Workers, extra_overrides: Any
+    stack: Stack, replicate: ReplicateFake, workers: Workers, extra_overrides: Any, tmp_path: Path
 ) -> None:
     """Retries are for the provider's errors; a worker dying is not the track's fault."""
     deaths = stack.settings.submit_max_attempts + 1
@@ -263,6 +264,8 @@ async def test_more_worker_deaths_than_retries_do_not_fail_the_track(
     assert replicate.submissions == 1, "a retry paid for a second prediction"
     assert await ledger_states(stack, created["job_id"]) == [SubmissionState.FINISHED]
     assert await stack.credits(user_id) == 50 - created["credits_required"]
+    # The step that ran again replays as it ran.
+    await export_and_replay(stack, created["workflow_id"], "track_v4_worker_deaths", tmp_path)
 
 
 # -- cancel and terminate reach the provider's job -------------------------------------
