@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,7 +30,7 @@ from pathlib import Path
 import httpx
 from temporalio.client import Client
 
-from tests.services import free_port
+from tests.services import start_dev_stack
 
 BIN = Path(sys.executable).parent
 FIRST_TRACK_TARGET_S = 5.0
@@ -50,15 +48,10 @@ async def _first_activity_wait(address: str, workflow_id: str) -> float:
 
 
 def one_run(timeout_s: float) -> tuple[float, float, float]:
-    api, frontend, ui = free_port(), free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "STORAGE_"))}
     with tempfile.TemporaryDirectory(prefix="sf-first-") as tmp:
         t0 = time.monotonic()
-        dev = subprocess.Popen(
-            [str(BIN / "soundfoundry"), "dev", "--api-port", str(api),
-             "--temporal-port", str(frontend), "--ui-port", str(ui)],
-            cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
+        stack = start_dev_stack(Path(tmp), BIN / "soundfoundry")
+        dev, api, frontend = stack.process, stack.api, stack.frontend
         try:
             assert dev.stdout is not None
             lines = iter(dev.stdout)

@@ -32,6 +32,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
@@ -67,6 +68,30 @@ def free_port(host: str = LOOPBACK) -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@dataclass
+class DevStackProcess:
+    """`soundfoundry dev` started on free ports (see `start_dev_stack`)."""
+
+    process: subprocess.Popen[str]
+    api: int
+    frontend: int
+    ui: int
+    env: dict[str, str]
+
+
+def start_dev_stack(cwd: Path, soundfoundry: Path) -> DevStackProcess:
+    """`soundfoundry dev` in `cwd` on free ports, on its embedded default whatever the
+    caller's environment says about databases and storage. Its stdout is a text pipe."""
+    api, frontend, ui = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "STORAGE_"))}
+    process = subprocess.Popen(
+        [str(soundfoundry), "dev", "--api-port", str(api),
+         "--temporal-port", str(frontend), "--ui-port", str(ui)],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    return DevStackProcess(process, api, frontend, ui, env)
 
 
 def tool_cache_dir() -> Path:

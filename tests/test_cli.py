@@ -13,7 +13,7 @@ import httpx
 import pytest
 import soundfile as sf
 
-from tests.services import free_port
+from tests.services import start_dev_stack
 
 BIN = Path(sys.executable).parent
 
@@ -55,13 +55,8 @@ def test_users_create_prints_a_working_token_on_its_last_line(tmp_path: Path) ->
 
 
 def test_dev_stack_serves_create_poll_download_and_stops_cleanly(tmp_path: Path) -> None:
-    api, frontend, ui = free_port(), free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "STORAGE_"))}
-    dev = subprocess.Popen(
-        [str(BIN / "soundfoundry"), "dev", "--api-port", str(api),
-         "--temporal-port", str(frontend), "--ui-port", str(ui)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+    stack = start_dev_stack(tmp_path, BIN / "soundfoundry")
+    dev, api, frontend, ui, env = stack.process, stack.api, stack.frontend, stack.ui, stack.env
     try:
         token_file = tmp_path / ".soundfoundry" / "dev-token"
         deadline = time.monotonic() + 120
@@ -129,13 +124,8 @@ def _alive(pid: int) -> bool:
 def test_dev_stack_is_ready_when_it_says_so_and_leaves_nothing_behind(
     tmp_path: Path, how: signal.Signals
 ) -> None:
-    api, frontend, ui = free_port(), free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "STORAGE_"))}
-    dev = subprocess.Popen(
-        [str(BIN / "soundfoundry"), "dev", "--api-port", str(api),
-         "--temporal-port", str(frontend), "--ui-port", str(ui)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+    stack = start_dev_stack(tmp_path, BIN / "soundfoundry")
+    dev, api, frontend, ui = stack.process, stack.api, stack.frontend, stack.ui
     children: list[int] = []
     try:
         assert dev.stdout is not None
