@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
@@ -89,6 +89,9 @@ MAX_CAPACITY_WAIT_S = 10.0
 OUTLAST_WORKERS_PATCH = "outlast-lost-workers-v1"
 # Fast models are often done by the time their submit is answered: look once at once.
 POLL_AT_ONCE_PATCH = "poll-at-once-v1"
+# Bookkeeping (plan, store, complete) runs as local activities: no task dispatch and three
+# history events fewer each, for work that is short and safe to repeat.
+LOCAL_BOOKKEEPING_PATCH = "local-bookkeeping-v1"
 PROVIDER_ATTRIBUTE = SearchAttributeKey.for_keyword("Provider")
 JOB_STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("JobStatus")
 
@@ -118,6 +121,7 @@ def _policy(bounds: RetryBounds) -> RetryPolicy:
 
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 
 def _workers_lost(exc: ActivityError) -> bool:
@@ -153,6 +157,7 @@ class TrackWorkflow:
         self._submission: Submission | None = None
         self._publish_attributes = False
         self._ledger = False
+        self._local_bookkeeping = False
         self._plan: GenerationPlan | None = None
         # Verified provider webhooks, by submission token, until the wait consumes them.
         self._provider_events: dict[str, ProviderEvent] = {}
@@ -184,14 +189,26 @@ class TrackWorkflow:
                 f"track failed: {_error_message(exc)}", type=code, non_retryable=True
             ) from exc
 
-    async def _make_track(self, track: TrackInput) -> TrackResult:
-        self._set(Step.PREPARING, 0.05)
-        plan = await workflow.execute_activity_method(
-            JobActivities.plan_track,
-            track,
+    async def _bookkeeping(self, method: Callable[[Any, A], Awaitable[T]], arg: A) -> T:
+        """A short, repeatable step on our own database or storage, patiently retried."""
+        if self._local_bookkeeping:
+            return await workflow.execute_local_activity_method(
+                method,
+                arg,
+                start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+                retry_policy=BOOKKEEPING_RETRY,
+            )
+        return await workflow.execute_activity_method(
+            method,
+            arg,
             start_to_close_timeout=BOOKKEEPING_TIMEOUT,
             retry_policy=BOOKKEEPING_RETRY,
         )
+
+    async def _make_track(self, track: TrackInput) -> TrackResult:
+        self._set(Step.PREPARING, 0.05)
+        self._local_bookkeeping = workflow.patched(LOCAL_BOOKKEEPING_PATCH)
+        plan = await self._bookkeeping(JobActivities.plan_track, track)
         self._publish_attributes = plan.search_attributes and workflow.patched(
             SEARCH_ATTRIBUTES_PATCH
         )
@@ -204,28 +221,18 @@ class TrackWorkflow:
             checked, fallbacks = await self._generate_before_ledger(track, plan)
 
         self._set(Step.STORING, 0.8)
-        audio_key = await workflow.execute_activity_method(
-            AssetActivities.store_audio,
-            StoreAudioInput(track=track, checked=checked),
-            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
-            retry_policy=BOOKKEEPING_RETRY,
+        audio_key = await self._bookkeeping(
+            AssetActivities.store_audio, StoreAudioInput(track=track, checked=checked)
         )
         self._set(Step.COVER, 0.9)
-        cover_key = await workflow.execute_activity_method(
-            AssetActivities.store_cover,
-            CoverInput(track=track),
-            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
-            retry_policy=BOOKKEEPING_RETRY,
-        )
+        cover_key = await self._bookkeeping(AssetActivities.store_cover, CoverInput(track=track))
         stored = StoredTrack(
             audio_key=audio_key, cover_key=cover_key, provider=checked.staged.provider
         )
         self._set(Step.FINISHING, 0.95)
-        await workflow.execute_activity_method(
+        await self._bookkeeping(
             JobActivities.complete_job,
             CompleteInput(track=track, stored=stored, checked=checked, fallbacks=fallbacks),
-            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
-            retry_policy=BOOKKEEPING_RETRY,
         )
         self._set(Step.DONE, 1.0)
         self._publish(status=JobStatus.COMPLETE)
