@@ -56,21 +56,40 @@ class AudioDecodeError(ValueError):
 
 
 def analyze(path: Path, n_peaks: int = 400) -> AudioInfo:
-    """Measure a decoded audio file: duration, levels, loudness, tempo and waveform peaks."""
+    """Measure a decoded audio file: duration, levels, loudness, tempo and waveform peaks.
+
+    The file is read once, block by block, and every measure is taken as the blocks go
+    by; only the decimated mono signal the tempo needs is kept (about 1/8 of a stereo
+    44.1 kHz file's float32 samples), so memory stays bounded for long tracks.
+    """
     if n_peaks < 0:
         raise ValueError("n_peaks must be >= 0")
-    decoded = _decode(path)
-    data, sample_rate = decoded.data, decoded.sample_rate
-    frames, channels = data.shape
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    if path.stat().st_size == 0:
+        raise AudioDecodeError(f"audio file {path.name} is empty")
+    try:
+        with sf.SoundFile(path) as f:
+            measured = _measure(f, path.name, n_peaks, f.frames)
+            if measured.frames != f.frames:
+                # The header promised another length: lay the waveform out over the truth.
+                f.seek(0)
+                measured = _measure(f, path.name, n_peaks, measured.frames)
+    except RuntimeError as exc:  # soundfile's LibsndfileError and friends
+        raise AudioDecodeError(f"cannot decode audio file {path.name}: {exc}") from exc
+    if measured.frames == 0 or measured.sample_rate <= 0:
+        raise AudioDecodeError(f"audio file {path.name} contains no audio frames")
     return AudioInfo(
-        duration_s=frames / sample_rate,
-        sample_rate=sample_rate,
-        channels=channels,
-        peak_dbfs=amplitude_to_dbfs(decoded.peak),
-        rms_dbfs=amplitude_to_dbfs(math.sqrt(decoded.sum_squares / data.size)),
-        loudness_lufs=integrated_loudness(data, sample_rate),
-        bpm=estimate_tempo(_downmix(data), sample_rate),
-        peaks=waveform_peaks(data, n_peaks),
+        duration_s=measured.frames / measured.sample_rate,
+        sample_rate=measured.sample_rate,
+        channels=measured.channels,
+        peak_dbfs=amplitude_to_dbfs(measured.peak),
+        rms_dbfs=amplitude_to_dbfs(
+            math.sqrt(measured.sum_squares / (measured.frames * measured.channels))
+        ),
+        loudness_lufs=measured.loudness_lufs,
+        bpm=measured.bpm,
+        peaks=measured.peaks,
     )
 
 
@@ -100,46 +119,54 @@ def amplitude_to_dbfs(amplitude: float) -> float:
 
 
 @dataclass
-class _Decoded:
-    data: FloatArray  # (frames, channels)
+class _Measured:
+    frames: int
     sample_rate: int
+    channels: int
     peak: float
     sum_squares: float
+    loudness_lufs: float | None
+    bpm: float | None
+    peaks: list[float]
 
 
-def _decode(path: Path) -> _Decoded:
-    """Decode the whole file into one float32 array, measuring levels block by block.
-
-    A preallocated float32 buffer costs 4 bytes per sample instead of the 8 (plus
-    temporaries) of a default float64 read, and each block is measured while it is hot.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(path)
-    if path.stat().st_size == 0:
-        raise AudioDecodeError(f"audio file {path.name} is empty")
-    peak = 0.0
-    sum_squares = 0.0
-    try:
-        with sf.SoundFile(path) as f:
-            sample_rate, channels = f.samplerate, f.channels
-            data = np.empty((max(f.frames, 0), channels), dtype=np.float32)
-            filled = 0
-            while filled < len(data):
-                block = f.read(out=data[filled : filled + _READ_BLOCK_FRAMES])
-                if len(block) == 0:
-                    break
-                filled += len(block)
-                high, low = float(block.max()), float(block.min())
-                if not (math.isfinite(high) and math.isfinite(low)):
-                    raise AudioDecodeError(f"audio file {path.name} has non-finite samples")
-                peak = max(peak, high, -low)
-                wide = block.reshape(-1).astype(np.float64)  # float32 sums drift
-                sum_squares += float(np.dot(wide, wide))
-    except RuntimeError as exc:  # soundfile's LibsndfileError and friends
-        raise AudioDecodeError(f"cannot decode audio file {path.name}: {exc}") from exc
-    if filled == 0 or sample_rate <= 0:
-        raise AudioDecodeError(f"audio file {path.name} contains no audio frames")
-    return _Decoded(data[:filled], sample_rate, peak, sum_squares)
+def _measure(f: sf.SoundFile, name: str, n_peaks: int, expected_frames: int) -> _Measured:
+    """One pass over the file: levels, loudness, waveform and the tempo's decimated mono."""
+    sample_rate, channels = f.samplerate, f.channels
+    loudness = _LoudnessMeter(channels, sample_rate, expected_frames)
+    waveform = _Waveform(expected_frames, n_peaks)
+    factor = _tempo_factor(sample_rate)
+    tempo_signal = _Decimator(factor)
+    peak = sum_squares = 0.0
+    frames = 0
+    buffer = np.empty((_READ_BLOCK_FRAMES, channels), dtype=np.float32)
+    while True:
+        block = f.read(out=buffer)
+        if len(block) == 0:
+            break
+        high, low = float(block.max()), float(block.min())
+        if not (math.isfinite(high) and math.isfinite(low)):
+            raise AudioDecodeError(f"audio file {name} has non-finite samples")
+        peak = max(peak, high, -low)
+        wide = block.reshape(-1).astype(np.float64)  # float32 sums drift
+        sum_squares += float(np.dot(wide, wide))
+        loudness.add(block)
+        waveform.add(block, frames)
+        tempo_signal.add(_downmix(block))
+        frames += len(block)
+    bpm = None
+    if frames >= _MIN_TEMPO_AUDIO_S * sample_rate:
+        bpm = _tempo_of_decimated(tempo_signal.result(), sample_rate / factor)
+    return _Measured(
+        frames=frames,
+        sample_rate=sample_rate,
+        channels=channels,
+        peak=peak,
+        sum_squares=sum_squares,
+        loudness_lufs=loudness.result(),
+        bpm=bpm,
+        peaks=waveform.result(),
+    )
 
 
 def _downmix(data: FloatArray) -> FloatArray:
@@ -150,50 +177,109 @@ def _downmix(data: FloatArray) -> FloatArray:
     return mono
 
 
-def waveform_peaks(data: FloatArray, n_peaks: int) -> list[float]:
-    """Max absolute sample (over all channels) in each of n_peaks equal windows, in 0..1."""
-    if n_peaks == 0:
-        return []
-    frames = len(data)
-    starts = np.linspace(0, frames, n_peaks, endpoint=False).astype(np.int64)
-    starts = np.minimum(starts, frames - 1)
-    highs = np.maximum.reduceat(data, starts, axis=0).max(axis=1)
-    lows = np.minimum.reduceat(data, starts, axis=0).min(axis=1)
-    peaks = np.clip(np.maximum(highs, -lows), 0.0, 1.0)
-    return [round(float(p), 4) for p in peaks]
+class _Waveform:
+    """Max absolute sample (over all channels) in each of n_peaks equal windows, in 0..1,
+    kept up to date block by block."""
+
+    def __init__(self, frames: int, n_peaks: int) -> None:
+        self.n_peaks = n_peaks if frames > 0 else 0
+        starts = np.linspace(0, frames, self.n_peaks, endpoint=False).astype(np.int64)
+        self.starts = np.minimum(starts, max(frames - 1, 0))
+        self.peaks = np.zeros(self.n_peaks, dtype=np.float32)
+
+    def add(self, block: FloatArray, offset: int) -> None:
+        if self.n_peaks == 0:
+            return
+        # The windows the block overlaps, and where each begins inside the block.
+        first = int(np.searchsorted(self.starts, offset, "right")) - 1
+        last = int(np.searchsorted(self.starts, offset + len(block) - 1, "right")) - 1
+        cuts = np.concatenate(([0], self.starts[first + 1 : last + 1] - offset))
+        # Reduce along frames first: numpy's max over a 2-wide axis is slow.
+        highs = np.maximum.reduceat(block, cuts, axis=0).max(axis=1)
+        lows = np.minimum.reduceat(block, cuts, axis=0).min(axis=1)
+        windows = slice(first, last + 1)
+        self.peaks[windows] = np.maximum(self.peaks[windows], np.maximum(highs, -lows))
+
+    def result(self) -> list[float]:
+        return [round(float(p), 4) for p in np.clip(self.peaks, 0.0, 1.0)]
 
 
-def integrated_loudness(data: FloatArray, sample_rate: int) -> float | None:
-    """ITU-R BS.1770 integrated loudness in LUFS, or None if too short, silent or exotic."""
-    frames, channels = data.shape
-    # One full gating block at least; past five channels the sixth would be taken for an
-    # LFE (not weighted) on files that carry no such layout.
-    if frames <= _LOUDNESS_BLOCK_S * sample_rate or channels > 5:
-        return None
-    # libebur128, the reference EBU R128 meter: C speed and no SciPy (whose signal package
-    # alone added ~75 MB to every worker).
-    state = pyebur128.R128State(channels, sample_rate, pyebur128.MeasurementMode.MODE_I)
-    state.add_frames(np.ascontiguousarray(data, dtype=np.float32).ravel(), frames)
-    try:
-        lufs = float(pyebur128.get_loudness_global(state))
-    except (ValueError, RuntimeError):
-        return None
-    if not math.isfinite(lufs) or lufs < DB_FLOOR:
-        return None
-    return round(lufs, 2)
+class _LoudnessMeter:
+    """ITU-R BS.1770 integrated loudness in LUFS (None if too short, silent or exotic),
+    fed block by block."""
+
+    def __init__(self, channels: int, sample_rate: int, frames: int) -> None:
+        # One full gating block at least; past five channels the sixth would be taken for
+        # an LFE (not weighted) on files that carry no such layout.
+        self.state = None
+        if frames > _LOUDNESS_BLOCK_S * sample_rate and channels <= 5:
+            # libebur128, the reference EBU R128 meter: C speed and no SciPy (whose
+            # signal package alone added ~75 MB to every worker).
+            self.state = pyebur128.R128State(
+                channels, sample_rate, pyebur128.MeasurementMode.MODE_I
+            )
+
+    def add(self, block: FloatArray) -> None:
+        if self.state is not None:
+            self.state.add_frames(np.ascontiguousarray(block).ravel(), len(block))
+
+    def result(self) -> float | None:
+        if self.state is None:
+            return None
+        try:
+            lufs = float(pyebur128.get_loudness_global(self.state))
+        except (ValueError, RuntimeError):
+            return None
+        if not math.isfinite(lufs) or lufs < DB_FLOOR:
+            return None
+        return round(lufs, 2)
 
 
-def estimate_tempo(mono: FloatArray, sample_rate: int) -> float | None:
-    """Estimated beats per minute in 60..200, or None when there is no clear beat.
+class _Decimator:
+    """`decimate` over a signal that arrives in pieces: the same samples out as one call
+    on the whole signal, holding only the taps' worth of input between pieces."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+        self.carry = np.zeros(0, dtype=np.float32)
+        self.pieces: list[FloatArray] = []
+
+    def add(self, piece: FloatArray) -> None:
+        if self.factor == 1:
+            self.pieces.append(piece)
+            return
+        signal = np.concatenate((self.carry, piece))
+        taps = _decimation_taps(self.factor)
+        n_out = (len(signal) - taps) // self.factor + 1 if len(signal) >= taps else 0
+        if n_out > 0:
+            self.pieces.append(decimate(signal[: (n_out - 1) * self.factor + taps], self.factor))
+        self.carry = signal[n_out * self.factor :]
+
+    def result(self) -> FloatArray:
+        if not self.pieces:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(self.pieces)
+
+
+def _tempo_factor(sample_rate: int) -> int:
+    """How much the tempo's mono signal is decimated: to about `_TEMPO_ANALYSIS_RATE`."""
+    return max(1, round(sample_rate / _TEMPO_ANALYSIS_RATE))
+
+
+def _decimation_taps(factor: int) -> int:
+    return 8 * factor + 1
+
+
+def _tempo_of_decimated(signal: FloatArray, rate: float) -> float | None:
+    """Estimated beats per minute in 60..200 of mono audio decimated to `rate`, or None
+    when there is no clear beat.
 
     Spectral-flux onset envelope, then its autocorrelation scored over a comb of beat
     multiples (so a real beat period beats a lucky single lag), weighted by a broad
     preference for common tempos to settle half/double-tempo ambiguity. A periodicity
     only counts as a beat if onsets bunch up at one phase of it (see `_beat_salience`).
     """
-    if len(mono) < _MIN_TEMPO_AUDIO_S * sample_rate:
-        return None
-    onsets, fps = onset_envelope(mono, sample_rate)
+    onsets, fps = onset_envelope(signal, rate)
     if len(onsets) < 2:
         return None
     envelope = np.maximum(onsets - _moving_average(onsets, int(fps)), 0.0)
@@ -247,11 +333,9 @@ def _beat_salience(onsets: FloatArray, fps: float, period: float) -> float:
     return float(np.median(ratios)) if ratios else 0.0
 
 
-def onset_envelope(mono: FloatArray, sample_rate: int) -> tuple[FloatArray, float]:
-    """Log-spectral flux (how much louder each frame got), and its frame rate in fps."""
-    factor = max(1, round(sample_rate / _TEMPO_ANALYSIS_RATE))
-    signal = decimate(mono, factor)
-    rate = sample_rate / factor
+def onset_envelope(signal: FloatArray, rate: float) -> tuple[FloatArray, float]:
+    """Log-spectral flux (how much louder each frame got) of decimated mono audio, and
+    its frame rate in fps."""
     hop = max(1, round(rate / _ONSET_FPS))
     n_fft = _FFT_PER_HOP * hop
     window = np.hanning(n_fft).astype(np.float32)
@@ -269,22 +353,28 @@ def onset_envelope(mono: FloatArray, sample_rate: int) -> tuple[FloatArray, floa
     if reference <= 0.0:
         return np.zeros(n_frames - 1, dtype=np.float32), rate / hop
     # Log compression relative to the loudest bin, so the level of the file does not matter.
-    np.log1p(magnitude * np.float32(1000.0 / reference), out=magnitude)
+    # In place, as everything below: the spectrogram is the analysis's largest array.
+    magnitude *= np.float32(1000.0 / reference)
+    np.log1p(magnitude, out=magnitude)
     # Bins below ~40 Hz only carry leakage from lower partials, which ripples with phase.
     lowest = int(np.ceil(40.0 * n_fft / rate))
-    rises = np.diff(magnitude[:, lowest:], axis=0)
-    # Only rises above ~1 dB count: steady tones ripple a little from frame to frame
-    # (beating partials, window leakage), and that ripple must not read as a beat.
-    rises -= _MIN_RISE
-    np.maximum(rises, 0.0, out=rises)
-    return rises.sum(axis=1, dtype=np.float32), rate / hop
+    flux = np.empty(n_frames - 1, dtype=np.float32)
+    for start in range(0, n_frames - 1, 2048):
+        stop = min(start + 2048, n_frames - 1)
+        rises = magnitude[start + 1 : stop + 1, lowest:] - magnitude[start:stop, lowest:]
+        # Only rises above ~1 dB count: steady tones ripple a little from frame to frame
+        # (beating partials, window leakage), and that ripple must not read as a beat.
+        rises -= _MIN_RISE
+        np.maximum(rises, 0.0, out=rises)
+        flux[start:stop] = rises.sum(axis=1, dtype=np.float32)
+    return flux, rate / hop
 
 
 def decimate(x: FloatArray, factor: int) -> FloatArray:
     """Low-pass (windowed sinc) and keep every factor-th sample, without aliasing."""
     if factor == 1:
         return x
-    taps = 8 * factor + 1
+    taps = _decimation_taps(factor)
     n = np.arange(taps) - (taps - 1) / 2
     kernel = np.sinc(n / factor * 0.9) * np.hamming(taps)
     kernel = (kernel / kernel.sum()).astype(np.float32)
