@@ -23,20 +23,12 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from asgi_lifespan import LifespanManager
 
-from activities.providers.registry import ProviderRegistry
-from api.main import create_app
-from core.db import create_engine, session_factory
-from core.jobs import JobStore
+from bench.in_process import in_process_stack
 from core.logging import configure_logging
-from core.migrate import upgrade
 from core.settings import Settings
-from core.storage import build_storage
-from core.users import create_user
 from soundfoundry.devstack import DEV_SERVER_TUNING
 from tests.services import TemporalDevServer
-from worker import build_worker
 
 SVG_OPEN = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 100 100">'
 
@@ -140,26 +132,12 @@ async def main(seconds: float, attackers: int, loops: int) -> None:
                 rate_limit_cover_reroll=100_000,
                 rate_limit_create_track_free=100,
             )
-            await asyncio.to_thread(upgrade, settings.database_url)
-            engine = create_engine(settings.database_url)
-            store = JobStore(session_factory(engine), settings.secret_values())
-            storage = build_storage(settings)
-            providers = ProviderRegistry.from_settings(settings)
-            _, victim_token = await create_user(store.sessions, "victim", 100)
-            victim = {"Authorization": f"Bearer {victim_token}"}
-            app = create_app(settings)
-            worker = build_worker(temporal.client, settings, store, storage, providers)
-            async with (
-                worker,
-                LifespanManager(app),
-                httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=app), base_url="http://bench", timeout=120
-                ) as http,
-            ):
+            async with in_process_stack(temporal.client, settings, timeout_s=120) as stack:
+                http = stack.http
+                victim = await stack.user("victim", 100)
                 attacker_tracks: list[tuple[dict[str, str], str]] = []
                 for index in range(attackers):
-                    _, token = await create_user(store.sessions, f"attacker-{index}", 100)
-                    auth = {"Authorization": f"Bearer {token}"}
+                    auth = await stack.user(f"attacker-{index}", 100)
                     attacker_tracks.append((auth, await _finished_track(http, auth)))
                 await _read_me(http, victim, 1.0)  # warm-up
                 baseline, baseline_failures = await _read_me(http, victim, seconds)
@@ -174,9 +152,6 @@ async def main(seconds: float, attackers: int, loops: int) -> None:
                 stormy, stormy_failures = await _read_me(http, victim, seconds)
                 stop.set()
                 await asyncio.gather(*storm)
-            await providers.aclose()
-            await storage.close()
-            await engine.dispose()
 
     print(f"storm: {attackers} attackers x {loops} parallel loops, {seconds:g} s each phase")
     print(f"limits: render CPU {settings.cover_render_cpu_s} s, wall ", end="")

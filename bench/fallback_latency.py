@@ -23,23 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from asgi_lifespan import LifespanManager
 
-from activities.providers.registry import ProviderRegistry
-from api.main import create_app
-from core.db import create_engine, session_factory
-from core.jobs import JobStore
+from bench.in_process import in_process_stack
 from core.logging import configure_logging
-from core.migrate import upgrade
 from core.settings import Settings
-from core.storage import build_storage
-from core.users import create_user
 from soundfoundry.devstack import DEV_SERVER_TUNING
 from tests.fakes import Fail
 from tests.fakes.fal_server import FalFake
 from tests.fakes.replicate_server import ReplicateFake
 from tests.services import TemporalDevServer
-from worker import build_worker
 
 FAL_KEY = "bench-fal-key-0123456789"
 REPLICATE_TOKEN = "r8_bench-token-0123456789"
@@ -91,22 +83,9 @@ async def main(runs: int) -> None:
                 replicate_base_url=replicate.url,
                 poll_interval_s=0.05,
             )
-            await asyncio.to_thread(upgrade, settings.database_url)
-            engine = create_engine(settings.database_url)
-            store = JobStore(session_factory(engine), settings.secret_values())
-            storage = build_storage(settings)
-            providers = ProviderRegistry.from_settings(settings)
-            _, token = await create_user(store.sessions, "bench", 10_000)
-            auth = {"Authorization": f"Bearer {token}"}
-            app = create_app(settings)
-            worker = build_worker(temporal.client, settings, store, storage, providers)
-            async with (
-                worker,
-                LifespanManager(app),
-                httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=app), base_url="http://bench"
-                ) as http,
-            ):
+            async with in_process_stack(temporal.client, settings) as stack:
+                http = stack.http
+                auth = await stack.user("bench", 10_000)
                 await _run_one(http, auth)  # warm-up: first worker start, imports
                 baseline, fallback = [], []
                 for _ in range(runs):
@@ -117,8 +96,6 @@ async def main(runs: int) -> None:
                     fallback.append(
                         _gap(logs, ("submitted.failed", "fal"), ("submitted", "replicate"))
                     )
-            await providers.aclose()
-            await engine.dispose()
 
     def describe(values: list[float]) -> str:
         return (
