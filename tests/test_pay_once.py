@@ -399,20 +399,34 @@ async def test_kill_storm_pays_and_charges_once_per_track(
         job = (await stack.http.get(f"/api/jobs/{created['job_id']}", headers=auth)).json()
         done_in_storm += job["status"] == "COMPLETE"
     retried = 0
+    complete: list[dict[str, Any]] = []
     for created in tracks:
         job = await stack.wait_for_job(created["job_id"], auth, timeout_s=120)
-        if job["status"] != "COMPLETE":
-            logs = await logs_of(stack, created["job_id"], auth)
-            rows = await SubmissionLedger(stack.store.sessions).for_job(uuid.UUID(job["id"]))
-            pytest.fail(f"{job}\nlogs: {logs}\nledger: {[r.model_dump() for r in rows]}")
-        states = await ledger_states(stack, created["job_id"])
-        assert [s for s in states if s.paid] == [SubmissionState.FINISHED], states
+        rows = await SubmissionLedger(stack.store.sessions).for_job(uuid.UUID(job["id"]))
         retried += await _interrupted_activities(stack, created["workflow_id"])
-    assert replicate.submissions == len(tracks), "a track paid for more than one prediction"
-    charged = sum(t["credits_required"] for t in tracks)
+        if job["status"] == "COMPLETE":
+            complete.append(created)
+            assert [r.state for r in rows if r.state.paid] == [SubmissionState.FINISHED], rows
+            continue
+        # A kill between the ledger's commit and the request leaving is, to the next
+        # worker, a submit that may have been sent: by design it is never sent again, and
+        # with one provider the track fails, refunded. Anything else is a bug.
+        logs = await logs_of(stack, created["job_id"], auth)
+        explained = (
+            job["status"] == "FAILED"
+            and job["error_code"] == "ambiguous_submit"
+            and job["credits_refunded"]
+            and [(r.state, r.run_id) for r in rows] == [(SubmissionState.AMBIGUOUS, None)]
+        )
+        assert explained, f"{job}\nlogs: {logs}\nledger: {[r.model_dump() for r in rows]}"
+    assert len(complete) > len(tracks) // 2, "the storm failed most tracks"
+    # One prediction per finished track; the ambiguous ones never reached the provider.
+    assert replicate.submissions == len(complete), "a track paid for more than one prediction"
+    charged = sum(t["credits_required"] for t in complete)
     assert await stack.credits(user_id) == 200 - charged
     print(
-        f"kill storm: {kills} kills, {len(tracks)} tracks ({done_in_storm} done during it), "
+        f"kill storm: {kills} kills, {len(tracks)} tracks ({done_in_storm} done during it, "
+        f"{len(complete)} COMPLETE in the end), "
         f"{retried} activity attempts cut short, {replicate.submissions} predictions"
     )
     # The storm must have hit work in progress, or it proved nothing.
