@@ -114,6 +114,8 @@ def build_worker(
             generation.cancel_generation,
             assets.store_audio,
             assets.store_cover,
+            assets.master_audio,
+            assets.record_renditions,
             health.check_provider_health,
             reconcile.reconcile_jobs,
             sweep.sweep_submissions,

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
+from pathlib import Path
+
 from pydantic import BaseModel
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
+from activities.heartbeat import heartbeating
+from activities.providers.base import ErrorCode
 from activities.recording import recorded_attempt
-from core.contracts import CheckedAudio, Step, TrackInput
+from core import mastering
+from core.audio import AudioDecodeError, estimate_tempo
+from core.contracts import CheckedAudio, MasteredAudio, Rendition, Step, TrackInput
 from core.covers import draw_track_cover, store_generated_cover
 from core.jobs import JobStore
 from core.render_sandbox import sandbox_for
 from core.settings import Settings
-from core.storage import Storage, audio_key
+from core.storage import Storage, audio_key, rendition_key
 
 
 class StoreAudioInput(BaseModel):
@@ -24,10 +33,34 @@ class CoverInput(BaseModel):
     visual_version: int = 1
 
 
+class MasterInput(BaseModel):
+    track: TrackInput
+    source_key: str
+
+
+class RenditionsInput(BaseModel):
+    track: TrackInput
+    mastered: MasteredAudio | None = None  # None: mastering gave up
+    reason: str | None = None
+
+
+# Stored rendition names, by format: `tracks/<user>/<track>.<name>.<format>`.
+RENDITION_NAMES = {"flac": "master", "mp3": "stream"}
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def _lufs(value: float | None) -> str:
+    return "silent" if value is None else f"{value:.1f} LUFS"
+
+
 class AssetActivities:
     def __init__(self, store: JobStore, storage: Storage, settings: Settings | None = None) -> None:
         self.store = store
         self.storage = storage
+        self.settings = settings or Settings()
         # Covers follow the user's style seed only when STYLE_SEED_ENABLED.
         self.style_seed_enabled = settings.style_seed_enabled if settings else False
         # Even our own SVGs render under the operator's COVER_RENDER_* limits.
@@ -88,3 +121,108 @@ class AssetActivities:
             kept = " (the user's own cover, kept)" if drawn.skipped else ""
             attempt.message = f"Cover stored at {drawn.svg_key}{kept}"
             return drawn.svg_key
+
+    @activity.defn(name="master_audio")
+    async def master_audio(self, job: MasterInput) -> MasteredAudio:
+        """Master the stored audio to the loudness target and store a lossless FLAC and an
+        MP3 stream beside it. The same input always gives the same bytes at the same keys,
+        so a retry rewrites identical files; the provider's file is left in place."""
+        track = job.track
+        s = self.settings
+        async with recorded_attempt(
+            self.store, track_id=track.track_id, job_id=track.job_id, event="audio_mastered"
+        ) as attempt:
+            # A cancelled attempt leaves its thread writing here: cleanup must not fail.
+            with tempfile.TemporaryDirectory(
+                prefix="sf-master-", ignore_cleanup_errors=True
+            ) as tmp:
+                source = Path(tmp) / f"source.{job.source_key.rsplit('.', 1)[-1]}"
+                await self.storage.download(job.source_key, source)
+                try:
+                    async with heartbeating():
+                        report = await asyncio.to_thread(
+                            mastering.master_audio,
+                            source,
+                            Path(tmp),
+                            target_lufs=s.master_target_lufs,
+                            ceiling_dbtp=s.master_ceiling_dbtp,
+                            mp3_bitrate_kbps=s.mp3_bitrate_kbps,
+                        )
+                        bpm = await asyncio.to_thread(estimate_tempo, report.renditions[0].path)
+                except (AudioDecodeError, RuntimeError) as exc:
+                    # The check decoded this file; failing now is not worth retrying.
+                    raise ApplicationError(
+                        f"audio could not be mastered: {exc}",
+                        type=ErrorCode.BAD_AUDIO.value,
+                        non_retryable=True,
+                    ) from exc
+                renditions = []
+                for made in report.renditions:
+                    key = rendition_key(
+                        track.user_id, track.track_id, RENDITION_NAMES[made.format], made.format
+                    )
+                    await self.storage.put_file(key, made.path, made.content_type)
+                    renditions.append(
+                        Rendition(
+                            format=made.format,
+                            key=key,
+                            content_type=made.content_type,
+                            bitrate_kbps=made.bitrate_kbps,
+                            size_bytes=made.size_bytes,
+                            sample_rate=made.sample_rate,
+                            channels=made.channels,
+                            duration_s=round(made.duration_s, 3),
+                        )
+                    )
+            mastered = MasteredAudio(
+                source_key=job.source_key,
+                renditions=renditions,
+                loudness_before_lufs=report.loudness_before_lufs,
+                true_peak_before_dbtp=report.true_peak_before_dbtp,
+                loudness_after_lufs=report.loudness_after_lufs,
+                true_peak_after_dbtp=report.true_peak_after_dbtp,
+                gain_db=report.gain_db,
+                bpm=bpm,
+            )
+            peak = report.true_peak_after_dbtp
+            attempt.message = (
+                f"Mastered: loudness {_lufs(report.loudness_before_lufs)} -> "
+                f"{_lufs(report.loudness_after_lufs)}"
+                + ("" if peak is None else f", true peak {peak:.1f} dBTP")
+                + "; "
+                + ", ".join(
+                    f"{r.format.upper()}"
+                    + (f" {r.bitrate_kbps} kbps" if r.bitrate_kbps else "")
+                    + f" {_megabytes(r.size_bytes)}"
+                    for r in renditions
+                )
+            )
+            attempt.data = mastered.model_dump(mode="json", exclude={"renditions"})
+            return mastered
+
+    @activity.defn(name="record_renditions")
+    async def record_renditions(self, job: RenditionsInput) -> bool:
+        """Switch the track to its mastered files (then drop the provider's file, now
+        replaced), or record that mastering gave up and the provider's file stays."""
+        track = job.track
+        run_id = activity.info().workflow_run_id
+        if job.mastered is None:
+            if await self.store.renditions_failed(track.job_id):
+                # Whatever a stopped attempt stored is not the track's: the original stays.
+                for fmt, name in RENDITION_NAMES.items():
+                    await self.storage.delete(
+                        rendition_key(track.user_id, track.track_id, name, fmt)
+                    )
+                await self.store.add_event(
+                    track.job_id,
+                    "renditions_failed",
+                    f"No mastered files ({job.reason}); the original audio stays",
+                    level="warning",
+                )
+            return False
+        mastered = job.mastered
+        if not await self.store.record_renditions(track.job_id, mastered, run_id=run_id):
+            return False
+        if mastered.source_key not in {r.key for r in mastered.renditions}:
+            await self.storage.delete(mastered.source_key)
+        return True

@@ -75,6 +75,8 @@ class CancelInput(BaseModel):
 class CheckInput(BaseModel):
     track: TrackInput
     staged: StagedAudio
+    # Runs that master their tracks measure the tempo then, off the critical path.
+    measure_tempo: bool = True
 
 
 class GenerationActivities:
@@ -223,7 +225,7 @@ class GenerationActivities:
                 await self.storage.download(staged.key, path)
                 try:
                     async with heartbeating():
-                        info = await asyncio.to_thread(analyze, path)
+                        info = await asyncio.to_thread(analyze, path, tempo=check.measure_tempo)
                 except AudioDecodeError as exc:
                     raise ProviderError(
                         ErrorCode.BAD_AUDIO, f"audio does not decode: {exc}"

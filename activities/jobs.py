@@ -37,6 +37,8 @@ class CompleteInput(BaseModel):
     stored: StoredTrack
     checked: CheckedAudio
     fallbacks: int = 0
+    # Mastering follows: the provider's file plays until the renditions replace it.
+    renditions_pending: bool = False
 
 
 class FinishInput(BaseModel):
@@ -119,6 +121,7 @@ class JobActivities:
                 done.checked.info,
                 done.checked.staged.content_type,
                 run_id=activity.info().workflow_run_id,
+                renditions_pending=done.renditions_pending,
             )
             attempt.message = f"Track complete, audio from {done.stored.provider}"
             if done.fallbacks:

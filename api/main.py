@@ -23,6 +23,7 @@ from api.routes import (
     admin_users,
     api_tokens,
     covers,
+    downloads,
     files,
     health,
     job_events,
@@ -192,6 +193,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         admin,
         admin_users,
         files,
+        downloads,
     ):
         app.include_router(module.router)
     docs.install(app)  # /docs and /redoc

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from core.contracts import JobStatus, Step
+from core.contracts import JobStatus, RenditionsState, Step
 from core.webhooks import check_url_shape
 
 # Paging bounds (README, "HTTP API"). Postgres and SQLite take 64-bit LIMIT/OFFSET: an
@@ -66,6 +66,20 @@ class TrackCreated(BaseModel):
     workflow_id: str
 
 
+class RenditionOut(BaseModel):
+    """One format a finished track can be played or downloaded in."""
+
+    format: str = Field(description="flac (the lossless master), mp3 (the stream), wav")
+    content_type: str
+    bitrate_kbps: int | None = Field(default=None, description="None: lossless")
+    size_bytes: int | None = Field(default=None, description="None: made on request")
+    sample_rate: int | None = None
+    channels: int | None = None
+    duration_s: float | None = None
+    stored: bool = Field(description="False: produced from the master when downloaded")
+    url: str = Field(description="signed, expiring link (a download, with a file name)")
+
+
 class TrackOut(BaseModel):
     id: uuid.UUID
     job_id: uuid.UUID | None
@@ -79,7 +93,14 @@ class TrackOut(BaseModel):
     provider: str | None
     visual_version: int
     created_at: datetime
+    # The file to play: the MP3 stream once mastered, the provider's file until then.
     file_url: str | None = None
+    renditions: list[RenditionOut] = Field(default_factory=list)
+    renditions_state: RenditionsState | None = Field(
+        default=None,
+        description="pending: mastering is under way (the provider's file plays meanwhile); "
+        "ready; failed: the provider's file stays; null: made before mastering existed",
+    )
     cover_url: str | None = None
     audio: dict[str, Any] | None = None
     cover_source: str = "generated"  # generated | user

@@ -50,12 +50,12 @@ from sqlmodel import col, select
 from temporalio.client import Client
 
 from api.main import create_app
-from core.contracts import JobStatus
+from core.contracts import JobStatus, RenditionsState
 from core.db import SessionFactory, create_engine, session_factory
 from core.logging import configure_logging
 from core.migrate import upgrade
 from core.models import Job as JobRow
-from core.models import Plan, ProviderSubmission, User
+from core.models import Plan, ProviderSubmission, Track, User
 from core.settings import Settings
 from core.submissions import SubmissionLedger
 from core.users import create_user
@@ -195,6 +195,17 @@ class BenchStack:
                 select(JobRow.id, JobRow.status).where(col(JobRow.id).in_(ids))
             )
             return {str(job_id): JobStatus(status) for job_id, status in rows}
+
+    async def still_mastering(self, job_ids: Iterable[str]) -> int:
+        """How many of these jobs' tracks are still being mastered."""
+        ids = [uuid.UUID(j) for j in job_ids]
+        async with self.sessions() as session:
+            rows = await session.exec(
+                select(Track.renditions_state)
+                .join(JobRow, col(JobRow.track_id) == col(Track.id))
+                .where(col(JobRow.id).in_(ids))
+            )
+            return sum(1 for state in rows if state is RenditionsState.PENDING)
 
     async def wait_ended(
         self, job_ids: list[str], timeout_s: float, every_s: float = 0.2

@@ -55,8 +55,11 @@ class AudioDecodeError(ValueError):
     """The file is not audio that libsndfile can decode."""
 
 
-def analyze(path: Path, n_peaks: int = 400) -> AudioInfo:
+def analyze(path: Path, n_peaks: int = 400, *, tempo: bool = True) -> AudioInfo:
     """Measure a decoded audio file: duration, levels, loudness, tempo and waveform peaks.
+
+    `tempo=False` leaves `bpm` unset: the tempo is the costliest measure, and the quality
+    check does not need it (the track's tempo is measured later, off the critical path).
 
     The file is read once, block by block, and every measure is taken as the blocks go
     by; only the decimated mono signal the tempo needs is kept (about 1/8 of a stereo
@@ -70,11 +73,11 @@ def analyze(path: Path, n_peaks: int = 400) -> AudioInfo:
         raise AudioDecodeError(f"audio file {path.name} is empty")
     try:
         with sf.SoundFile(path) as f:
-            measured = _measure(f, path.name, n_peaks, f.frames)
+            measured = _measure(f, path.name, n_peaks, f.frames, tempo)
             if measured.frames != f.frames:
                 # The header promised another length: lay the waveform out over the truth.
                 f.seek(0)
-                measured = _measure(f, path.name, n_peaks, measured.frames)
+                measured = _measure(f, path.name, n_peaks, measured.frames, tempo)
     except RuntimeError as exc:  # soundfile's LibsndfileError and friends
         raise AudioDecodeError(f"cannot decode audio file {path.name}: {exc}") from exc
     if measured.frames == 0 or measured.sample_rate <= 0:
@@ -91,6 +94,24 @@ def analyze(path: Path, n_peaks: int = 400) -> AudioInfo:
         bpm=measured.bpm,
         peaks=measured.peaks,
     )
+
+
+def estimate_tempo(path: Path) -> float | None:
+    """The tempo (BPM) of a decoded audio file, or None when it has no clear beat."""
+    try:
+        with sf.SoundFile(path) as f:
+            sample_rate = f.samplerate
+            factor = _tempo_factor(sample_rate)
+            signal = _Decimator(factor)
+            frames = 0
+            for block in f.blocks(_READ_BLOCK_FRAMES, dtype="float32", always_2d=True):
+                signal.add(_downmix(block))
+                frames += len(block)
+    except RuntimeError as exc:
+        raise AudioDecodeError(f"cannot decode audio file {path.name}: {exc}") from exc
+    if frames < _MIN_TEMPO_AUDIO_S * sample_rate:
+        return None
+    return _tempo_of_decimated(signal.result(), sample_rate / factor)
 
 
 def quality_problem(
@@ -130,7 +151,9 @@ class _Measured:
     peaks: list[float]
 
 
-def _measure(f: sf.SoundFile, name: str, n_peaks: int, expected_frames: int) -> _Measured:
+def _measure(
+    f: sf.SoundFile, name: str, n_peaks: int, expected_frames: int, tempo: bool = True
+) -> _Measured:
     """One pass over the file: levels, loudness, waveform and the tempo's decimated mono."""
     sample_rate, channels = f.samplerate, f.channels
     loudness = _LoudnessMeter(channels, sample_rate, expected_frames)
@@ -152,10 +175,11 @@ def _measure(f: sf.SoundFile, name: str, n_peaks: int, expected_frames: int) -> 
         sum_squares += float(np.dot(wide, wide))
         loudness.add(block)
         waveform.add(block, frames)
-        tempo_signal.add(_downmix(block))
+        if tempo:
+            tempo_signal.add(_downmix(block))
         frames += len(block)
     bpm = None
-    if frames >= _MIN_TEMPO_AUDIO_S * sample_rate:
+    if tempo and frames >= _MIN_TEMPO_AUDIO_S * sample_rate:
         bpm = _tempo_of_decimated(tempo_signal.result(), sample_rate / factor)
     return _Measured(
         frames=frames,

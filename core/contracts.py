@@ -205,6 +205,40 @@ class CheckedAudio(BaseModel):
     info: AudioInfo
 
 
+class RenditionsState(StrEnum):
+    """Where a finished track's mastered files stand; the track plays meanwhile."""
+
+    PENDING = "pending"  # the provider's file plays; master and stream are being made
+    READY = "ready"
+    FAILED = "failed"  # the provider's file stays the only one
+
+
+class Rendition(BaseModel):
+    """One stored file of a finished track."""
+
+    format: str  # "flac" | "mp3" | the provider's extension before mastering
+    key: str
+    content_type: str
+    bitrate_kbps: int | None = None  # None: lossless
+    size_bytes: int
+    sample_rate: int
+    channels: int
+    duration_s: float
+
+
+class MasteredAudio(BaseModel):
+    """What mastering made of a track's audio, and what it measured on the way."""
+
+    source_key: str
+    renditions: list[Rendition]  # lossless master first, then the stream
+    loudness_before_lufs: float | None
+    true_peak_before_dbtp: float | None
+    loudness_after_lufs: float | None
+    true_peak_after_dbtp: float | None
+    gain_db: float
+    bpm: float | None = None
+
+
 class StoredTrack(BaseModel):
     audio_key: str
     cover_key: str

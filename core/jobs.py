@@ -19,6 +19,8 @@ from core.contracts import (
     AudioInfo,
     GenerationRequest,
     JobStatus,
+    MasteredAudio,
+    RenditionsState,
     Step,
     StoredTrack,
     track_workflow_id,
@@ -172,6 +174,7 @@ class JobStore:
         info: AudioInfo,
         content_type: str,
         run_id: str | None = None,
+        renditions_pending: bool = False,
     ) -> bool:
         async with transaction(self.sessions) as session:
             job = await session.get(Job, job_id, with_for_update=True)
@@ -190,22 +193,69 @@ class JobStore:
             assert track is not None
             track.status = JobStatus.COMPLETE
             track.provider = stored.provider
-            track.audio_key = stored.audio_key
-            track.audio_content_type = content_type
             track.cover_key = stored.cover_key
-            track.audio_duration_s = info.duration_s
-            track.sample_rate = info.sample_rate
-            track.channels = info.channels
-            track.peak_dbfs = info.peak_dbfs
-            track.rms_dbfs = info.rms_dbfs
-            track.loudness_lufs = info.loudness_lufs
-            track.bpm = info.bpm
             track.peaks = info.peaks or None
             track.updated_at = now
+            if track.renditions_state is not RenditionsState.READY:
+                # (A reset run finishing a mastered track again keeps its mastered files.)
+                track.audio_key = stored.audio_key
+                track.audio_content_type = content_type
+                track.audio_duration_s = info.duration_s
+                track.sample_rate = info.sample_rate
+                track.channels = info.channels
+                track.peak_dbfs = info.peak_dbfs
+                track.rms_dbfs = info.rms_dbfs
+                track.loudness_lufs = info.loudness_lufs
+                track.bpm = info.bpm
+                if renditions_pending:
+                    track.renditions_state = RenditionsState.PENDING
             created_at, duration_s = job.created_at, track.duration_s
         # Observed once committed, and only on a change, so a retried activity adds nothing.
         observe_job_end("complete", created_at, duration_s)
         return True
+
+    async def record_renditions(
+        self, job_id: uuid.UUID, mastered: MasteredAudio, run_id: str | None = None
+    ) -> bool:
+        """Point the finished track at its mastered files: the stream plays, the master
+        downloads. False (nothing changed) unless the job is COMPLETE by this run."""
+        stream = mastered.renditions[-1]
+        async with transaction(self.sessions) as session:
+            job = await session.get(Job, job_id, with_for_update=True)
+            if job is None or job.status != JobStatus.COMPLETE:
+                return False
+            if run_id is not None and job.run_id not in (None, run_id):
+                return False
+            track = await session.get(Track, job.track_id)
+            assert track is not None
+            track.renditions = [r.model_dump(mode="json") for r in mastered.renditions]
+            track.renditions_state = RenditionsState.READY
+            track.audio_key = stream.key
+            track.audio_content_type = stream.content_type
+            track.audio_duration_s = stream.duration_s
+            track.sample_rate = stream.sample_rate
+            track.channels = stream.channels
+            track.loudness_lufs = mastered.loudness_after_lufs
+            track.true_peak_dbtp = mastered.true_peak_after_dbtp
+            track.bpm = mastered.bpm
+            track.updated_at = utcnow()
+        return True
+
+    async def renditions_failed(self, job_id: uuid.UUID) -> bool:
+        """Mastering gave up: the provider's file stays the track's only file."""
+        async with transaction(self.sessions) as session:
+            job = await session.get(Job, job_id)
+            if job is None:
+                return False
+            result = await session.exec(
+                update(Track)
+                .where(
+                    col(Track.id) == job.track_id,
+                    col(Track.renditions_state) == RenditionsState.PENDING,
+                )
+                .values(renditions_state=RenditionsState.FAILED, updated_at=utcnow())
+            )
+        return bool(result.rowcount)
 
     async def finish_unsuccessfully(
         self,

@@ -11,7 +11,7 @@ from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
-from core.contracts import JobStatus, Step, SubmissionState
+from core.contracts import JobStatus, RenditionsState, Step, SubmissionState
 
 
 def utcnow() -> datetime:
@@ -104,6 +104,11 @@ class Track(SQLModel, table=True):
     loudness_lufs: float | None = None
     bpm: float | None = None
     peaks: list[float] | None = Field(default=None, sa_column=Column(JSON))
+    # Mastering: the true peak after it, and the stored files (`Rendition`s, lossless
+    # master first). Tracks finished before mastering existed have neither.
+    true_peak_dbtp: float | None = None
+    renditions: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
+    renditions_state: RenditionsState | None = _enum(RenditionsState, default=None, nullable=True)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
 

@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     # An ambiguous submit may have paid for a job we cannot see: go on to the next
     # provider (true: the user gets a track, we may pay twice) or fail the track (false).
     ambiguous_submit_fallback: bool = True
+    # Mastering, once a track is complete: one integrated loudness for every track (EBU
+    # R128), a true-peak ceiling, and the MP3 stream's bitrate (the master is FLAC).
+    master_target_lufs: float = Field(default=-14.0, ge=-40.0, le=-5.0)
+    master_ceiling_dbtp: float = Field(default=-1.0, ge=-12.0, le=0.0)
+    mp3_bitrate_kbps: Literal[96, 128, 160, 192, 256, 320] = 192
     # Wall-clock seconds the synth spends per second of audio; 0 renders as fast as it can.
     synth_pace: float = Field(default=0.0, ge=0)
 

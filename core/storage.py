@@ -51,6 +51,12 @@ def audio_key(user_id: object, track_id: object, extension: str) -> str:
     return f"tracks/{user_id}/{track_id}.{extension}"
 
 
+def rendition_key(user_id: object, track_id: object, name: str, extension: str) -> str:
+    """`tracks/<user>/<track>.master.flac`, `....stream.mp3`: never the provider's file's
+    key (`tracks/<user>/<track>.<ext>`), so making renditions overwrites nothing."""
+    return f"tracks/{user_id}/{track_id}.{name}.{extension}"
+
+
 def cover_key(user_id: object, track_id: object) -> str:
     return f"covers/{user_id}/{track_id}.svg"
 

@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +27,12 @@ tokens_app = typer.Typer(help="A user's API tokens: create, list, revoke.", no_a
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(backfill_app, name="backfill")
 err = Console(stderr=True)
+
+
+class AudioFormat(StrEnum):
+    FLAC = "flac"
+    MP3 = "mp3"
+    WAV = "wav"
 
 
 def _refuse_to_start(problems: list[str]) -> None:
@@ -201,6 +208,10 @@ def create(
     style_strength: Annotated[float, typer.Option(min=0, max=1)] = 0.5,
     wait: Annotated[bool, typer.Option(help="wait for the track and download it")] = False,
     out: Annotated[Path, typer.Option(help="where to save audio and cover")] = Path("."),
+    audio_format: Annotated[
+        AudioFormat,
+        typer.Option("--format", help="audio to save: flac (lossless master), mp3 (stream) or wav"),
+    ] = AudioFormat.FLAC,
     api_url: Annotated[str, typer.Option(envvar="SOUNDFOUNDRY_API")] = "http://localhost:8000",
     token: Annotated[str | None, typer.Option(envvar="SOUNDFOUNDRY_TOKEN")] = None,
 ) -> None:
@@ -231,12 +242,14 @@ def create(
         if final["status"] != "COMPLETE":
             err.print(f"[red]job {final['status']}: {final.get('error_message')}[/]")
             raise typer.Exit(1)
-        track = http.get(f"/api/tracks/{job['track_id']}").json()
+        track = _mastered(http, str(job["track_id"]))
         out.mkdir(parents=True, exist_ok=True)
-        audio = _download(
-            track["file_url"],
-            out / f"{job['track_id']}.{track['audio']['content_type'].split('/')[-1]}",
-        )
+        fmt = audio_format.value
+        link = http.get(f"/api/tracks/{job['track_id']}/download", params={"format": fmt})
+        if link.status_code != 307:
+            err.print(f"[red]{link.status_code}: {link.json().get('detail')}[/]")
+            raise typer.Exit(1)
+        audio = _download(link.headers["location"], out / f"{job['track_id']}.{fmt}", api_url)
         cover = _download(track["cover_url"], out / f"{job['track_id']}.svg")
         err.print(f"[green]saved[/] {audio} and {cover}")
         print(audio)
@@ -261,7 +274,20 @@ def _follow(http: httpx.Client, job_id: str) -> dict[str, object]:
             time.sleep(0.5)
 
 
-def _download(url: str, dest: Path) -> Path:
+def _mastered(http: httpx.Client, track_id: str, timeout_s: float = 600) -> dict[str, Any]:
+    """The finished track once its mastered files are made (or mastering gave up)."""
+    deadline = time.monotonic() + timeout_s
+    with err.status("mastering"):
+        while True:
+            track: dict[str, Any] = http.get(f"/api/tracks/{track_id}").json()
+            if track.get("renditions_state") != "pending" or time.monotonic() > deadline:
+                return track
+            time.sleep(0.5)
+
+
+def _download(url: str, dest: Path, base_url: str = "") -> Path:
+    # Local links are absolute already; a relative one is resolved against the API.
+    url = url if "://" in url else base_url.rstrip("/") + url
     with httpx.stream("GET", url, timeout=60) as response:
         response.raise_for_status()
         with dest.open("wb") as out:

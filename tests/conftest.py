@@ -25,7 +25,7 @@ from asgi_lifespan import LifespanManager
 
 from activities.providers.registry import ProviderRegistry
 from api.main import create_app
-from core.contracts import JobStatus
+from core.contracts import JobStatus, RenditionsState
 from core.db import create_engine, session_factory
 from core.jobs import JobStore
 from core.migrate import upgrade
@@ -71,15 +71,25 @@ class Stack:
         auth: dict[str, str],
         until: Callable[[dict[str, Any]], bool] = lambda job: JobStatus(job["status"]).is_terminal,
         timeout_s: float = 60,
+        *,
+        mastered: bool = True,
     ) -> dict[str, Any]:
+        """Poll the job until `until`; a COMPLETE job also until its track's mastering has
+        ended (`mastered=False`: return at COMPLETE, while the renditions are made)."""
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             job: dict[str, Any] = (await self.http.get(f"/api/jobs/{job_id}", headers=auth)).json()
-            if until(job):
+            if until(job) and not (mastered and await self._mastering(job, auth)):
                 return job
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"job did not get there in {timeout_s} s: {job}")
             await asyncio.sleep(0.2)
+
+    async def _mastering(self, job: dict[str, Any], auth: dict[str, str]) -> bool:
+        if job.get("status") != JobStatus.COMPLETE:
+            return False
+        track = (await self.http.get(f"/api/tracks/{job['track_id']}", headers=auth)).json()
+        return bool(track.get("renditions_state") == RenditionsState.PENDING)
 
     async def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         """Run `soundfoundry ARGS` with this stack's settings (plus `env`)."""

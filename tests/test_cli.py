@@ -73,8 +73,17 @@ def test_dev_stack_serves_create_poll_download_and_stops_cleanly(tmp_path: Path)
         )  # fmt: skip
         audio = Path(out.strip().splitlines()[-1])
         info = sf.info(str(audio))
+        assert audio.suffix == ".flac" and info.format == "FLAC"  # the master, by default
         assert info.samplerate == 44100 and abs(info.duration - 6) < 0.1
         assert audio.with_suffix(".svg").exists()
+        out = run_cli(
+            "create", "Warm ambient pad", "--duration", "6", "--wait", "--format", "mp3",
+            "--out", str(tmp_path / "out"), "--api-url", f"http://127.0.0.1:{api}",
+            cwd=tmp_path, env={**env, "SOUNDFOUNDRY_TOKEN": token},
+        )  # fmt: skip
+        stream = Path(out.strip().splitlines()[-1])
+        assert stream.suffix == ".mp3" and sf.info(str(stream)).format == "MP3"
+        assert abs(sf.info(str(stream)).duration - 6) < 0.1
 
         # The Temporal Web UI is up and the workflow is listed by the real CLI.
         assert httpx.get(f"http://127.0.0.1:{ui}/", timeout=10).status_code == 200

@@ -42,7 +42,8 @@ async def test_embedded_default_end_to_end(embedded_stack: Stack) -> None:
     assert await stack.storage.list_keys("") == sorted(
         [
             f"covers/{user_id}/{created['track_id']}.svg",
-            f"tracks/{user_id}/{created['track_id']}.wav",
+            f"tracks/{user_id}/{created['track_id']}.master.flac",
+            f"tracks/{user_id}/{created['track_id']}.stream.mp3",
         ]
     )
     assert await stack.credits(user_id) == 10 - 2

@@ -128,7 +128,8 @@ async def test_cli_reset_of_a_cancelled_job_completes_it_consistently(
     assert job["credits_refunded"] is False
     assert await stack.credits(user_id) == 20 - created["credits_required"]  # once, not twice
     assert await stack.storage.list_keys("tracks/") == [
-        f"tracks/{user_id}/{created['track_id']}.wav"
+        f"tracks/{user_id}/{created['track_id']}.master.flac",
+        f"tracks/{user_id}/{created['track_id']}.stream.mp3",
     ]
 
 
@@ -159,7 +160,8 @@ async def test_cli_reset_of_a_complete_job_keeps_one_charge_and_one_file(
     job = await stack.wait_for_job(created["job_id"], auth)
     assert job["status"] == "COMPLETE" and job["credits_refunded"] is False
     assert await stack.credits(user_id) == 20 - created["credits_required"]
-    assert len(await stack.storage.list_keys("tracks/")) == 1
+    # The master and its stream, once: the provider's file was replaced again.
+    assert len(await stack.storage.list_keys("tracks/")) == 2
 
 
 @pytest.mark.parametrize("extra_overrides", [{"fal_key": None}])

@@ -51,7 +51,8 @@ async def test_track_goes_from_request_to_playable_audio_and_cover(stack: Stack)
     keys = await stack.storage.list_keys("")
     assert keys == sorted(
         [
-            f"tracks/{user_id}/{created['track_id']}.wav",
+            f"tracks/{user_id}/{created['track_id']}.master.flac",
+            f"tracks/{user_id}/{created['track_id']}.stream.mp3",
             f"covers/{user_id}/{created['track_id']}.svg",
         ]
     )

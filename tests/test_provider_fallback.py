@@ -241,5 +241,5 @@ async def test_sigkill_after_submit_completes_with_one_submission(
     assert fake.submissions == 1, "the retry paid for a second job"
     track = (await stack.http.get(f"/api/tracks/{created['track_id']}", headers=auth)).json()
     assert track["provider"] == provider
-    assert len(await stack.storage.list_keys("tracks/")) == 1
+    assert len(await stack.storage.list_keys("tracks/")) == 2  # master and stream
     assert await stack.credits(user_id) == 50 - 2

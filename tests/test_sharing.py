@@ -97,7 +97,7 @@ async def test_share_page_has_preview_tags_that_point_at_working_urls(stack: Sta
     assert meta["og:image"] == f"{stack.settings.public_base_url}/share/{slug}/cover.png?v=1"
     assert meta["og:image:type"] == "image/png"
     assert meta["og:audio"] == f"{stack.settings.public_base_url}/share/{slug}/audio"
-    assert meta["og:audio:type"] == "audio/wav"
+    assert meta["og:audio:type"] == "audio/mpeg"  # the MP3 stream
     assert ("img", "src", local(meta["og:image"])) in [
         (tag, "src", attrs.get("src")) for tag, attrs in page.tags
     ]
@@ -191,7 +191,7 @@ async def test_the_bucket_is_private(stack: Stack) -> None:
     user_id, auth = await stack.user(credits=20)
     track = await finished_track(stack, auth)
     endpoint, bucket = stack.settings.s3_endpoint, stack.settings.s3_bucket
-    key = f"tracks/{user_id}/{track['id']}.wav"
+    key = f"tracks/{user_id}/{track['id']}.stream.mp3"
     assert await stack.storage.exists(key)
     async with httpx.AsyncClient() as anonymous:
         for url in (

@@ -75,6 +75,9 @@ async def test_sigkilled_worker_job_is_finished_by_another_worker_exactly_once(
     assert ready[0].provider_run_id == submitted[0].provider_run_id
 
     track_files = await stack.storage.list_keys("tracks/")
-    assert track_files == [f"tracks/{user_id}/{created['track_id']}.wav"]
+    assert track_files == [
+        f"tracks/{user_id}/{created['track_id']}.master.flac",
+        f"tracks/{user_id}/{created['track_id']}.stream.mp3",
+    ]
     assert await stack.storage.list_keys("staging/") == []
     assert await stack.credits(user_id) == 10 - 2  # charged once

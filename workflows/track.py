@@ -22,9 +22,16 @@ from temporalio.exceptions import (
     TimeoutType,
     is_cancelled_exception,
 )
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from activities.assets import AssetActivities, CoverInput, StoreAudioInput
+    from activities.assets import (
+        AssetActivities,
+        CoverInput,
+        MasterInput,
+        RenditionsInput,
+        StoreAudioInput,
+    )
     from activities.generation import (
         CancelInput,
         CheckInput,
@@ -92,6 +99,18 @@ POLL_AT_ONCE_PATCH = "poll-at-once-v1"
 # Bookkeeping (plan, store, complete) runs as local activities: no task dispatch and three
 # history events fewer each, for work that is short and safe to repeat.
 LOCAL_BOOKKEEPING_PATCH = "local-bookkeeping-v1"
+# Once COMPLETE (playing the provider's file), the track is mastered to the loudness
+# target and gets a FLAC master and an MP3 stream; its tempo is measured then, not in the
+# check. Mastering never fails or cancels a finished track.
+RENDITIONS_PATCH = "renditions-v1"
+MASTER_TIMEOUT = timedelta(minutes=10)
+MASTER_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=5,
+    non_retryable_error_types=NON_RETRYABLE_TYPES,
+)
 PROVIDER_ATTRIBUTE = SearchAttributeKey.for_keyword("Provider")
 JOB_STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("JobStatus")
 
@@ -158,6 +177,7 @@ class TrackWorkflow:
         self._publish_attributes = False
         self._ledger = False
         self._local_bookkeeping = False
+        self._renditions = False
         self._plan: GenerationPlan | None = None
         # Verified provider webhooks, by submission token, until the wait consumes them.
         self._provider_events: dict[str, ProviderEvent] = {}
@@ -208,6 +228,7 @@ class TrackWorkflow:
     async def _make_track(self, track: TrackInput) -> TrackResult:
         self._set(Step.PREPARING, 0.05)
         self._local_bookkeeping = workflow.patched(LOCAL_BOOKKEEPING_PATCH)
+        self._renditions = workflow.patched(RENDITIONS_PATCH)
         plan = await self._bookkeeping(JobActivities.plan_track, track)
         self._publish_attributes = plan.search_attributes and workflow.patched(
             SEARCH_ATTRIBUTES_PATCH
@@ -232,10 +253,18 @@ class TrackWorkflow:
         self._set(Step.FINISHING, 0.95)
         await self._bookkeeping(
             JobActivities.complete_job,
-            CompleteInput(track=track, stored=stored, checked=checked, fallbacks=fallbacks),
+            CompleteInput(
+                track=track,
+                stored=stored,
+                checked=checked,
+                fallbacks=fallbacks,
+                renditions_pending=self._renditions,
+            ),
         )
         self._set(Step.DONE, 1.0)
         self._publish(status=JobStatus.COMPLETE)
+        if self._renditions:
+            await self._make_renditions(track, audio_key, plan)
         await self._notify(track, JobStatus.COMPLETE)
         return TrackResult(
             track_id=track.track_id,
@@ -243,6 +272,34 @@ class TrackWorkflow:
             provider=stored.provider,
             audio_key=audio_key,
             cover_key=cover_key,
+        )
+
+    async def _make_renditions(
+        self, track: TrackInput, source_key: str, plan: GenerationPlan
+    ) -> None:
+        """Master the finished track and switch it to its renditions. The track is
+        COMPLETE already: a failure or a cancel here leaves it playing the provider's file."""
+        reason = "mastering failed"
+        try:
+            mastered = await workflow.execute_activity_method(
+                AssetActivities.master_audio,
+                MasterInput(track=track, source_key=source_key),
+                start_to_close_timeout=MASTER_TIMEOUT,
+                heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_s),
+                retry_policy=MASTER_RETRY,
+                # Cleanup must not race an attempt that is still storing files.
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
+        except (ActivityError, asyncio.CancelledError) as exc:
+            if is_cancelled_exception(exc):
+                reason = "cancelled by request"
+            else:
+                reason = f"mastering failed: {_error_message(exc)}"
+            workflow.logger.warning("no renditions: %s", reason)
+            mastered = None
+        await self._bookkeeping(
+            AssetActivities.record_renditions,
+            RenditionsInput(track=track, mastered=mastered, reason=None if mastered else reason),
         )
 
     async def _generate(self, track: TrackInput, plan: GenerationPlan) -> tuple[CheckedAudio, int]:
@@ -364,7 +421,7 @@ class TrackWorkflow:
         self._set(Step.CHECKING, 0.7)
         return await workflow.execute_activity_method(
             GenerationActivities.check_audio,
-            CheckInput(track=track, staged=staged),
+            CheckInput(track=track, staged=staged, measure_tempo=not self._renditions),
             start_to_close_timeout=CHECK_TIMEOUT,
             # A worker that dies mid-check is noticed in seconds, not CHECK_TIMEOUT.
             heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_s),

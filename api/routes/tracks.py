@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy import func, update
 from sqlmodel import col, select
 
 from api.deps import CurrentUser, Services, ServicesDep
+from api.downloads import DownloadFormat, download_name, renditions_out
 from api.idempotency import IdempotencyKeyHeader, claim, replay
 from api.rate_limit import rate_limit
 from api.routes.style import after_track_created, series_for_new_track
@@ -24,7 +24,7 @@ from api.schemas import (
     TrackOut,
     TrackPage,
 )
-from core.contracts import GenerationRequest, JobStatus
+from core.contracts import GenerationRequest, JobStatus, RenditionsState
 from core.db import transaction
 from core.idempotency import IdempotencyKeyTaken, request_hash
 from core.idempotency import forget as forget_idempotency_key
@@ -252,20 +252,61 @@ async def owned_track(
     return row[0], row[1]
 
 
-def download_name(track: Track, extension: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", track.prompt.lower()).strip("-")[:48] or "track"
-    return f"{slug}.{extension}"
+@router.get(
+    "/{track_id}/download",
+    status_code=status.HTTP_307_TEMPORARY_REDIRECT,
+    responses={
+        status.HTTP_307_TEMPORARY_REDIRECT: {"description": "to the file's signed link"},
+        status.HTTP_404_NOT_FOUND: {"description": "no such track, or not in that format"},
+        status.HTTP_409_CONFLICT: {"description": "not finished, or still being mastered"},
+    },
+)
+async def download_track(
+    track_id: uuid.UUID,
+    user: CurrentUser,
+    services: ServicesDep,
+    wanted_format: Annotated[
+        DownloadFormat | None,
+        Query(
+            alias="format",
+            description="flac (lossless master), mp3 (stream) or wav; default: flac",
+        ),
+    ] = None,
+) -> RedirectResponse:
+    """The track's audio in one format, as a redirect to a signed, expiring link."""
+    track, _ = await owned_track(services, track_id, user.id)
+    if track.status != JobStatus.COMPLETE:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"the track is {track.status.value}")
+    links = await renditions_out(services.storage, services.settings, track)
+    wanted = wanted_format or (
+        "flac" if any(r.format == "flac" for r in links) else links[0].format
+    )
+    found = next((r for r in links if r.format == wanted), None)
+    if found is None:
+        if track.renditions_state is RenditionsState.PENDING:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"the {wanted} file is being made; try again in a few seconds",
+            )
+        available = ", ".join(r.format for r in links) or "none"
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"this track has no {wanted} file (available: {available})",
+        )
+    return RedirectResponse(found.url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
 
 
 async def track_out(services: Services, track: Track, job: Job) -> TrackOut:
     ttl = services.settings.signed_url_ttl_s
     file_url = cover_url = None
     audio = None
+    renditions = []
     if track.status == JobStatus.COMPLETE and track.audio_key:
         extension = track.audio_key.rsplit(".", 1)[-1]
         file_url = await services.storage.signed_url(
             track.audio_key, ttl, download_name(track, extension)
         )
+        renditions = await renditions_out(services.storage, services.settings, track)
         audio = {
             "duration_s": track.audio_duration_s,
             "sample_rate": track.sample_rate,
@@ -273,6 +314,7 @@ async def track_out(services: Services, track: Track, job: Job) -> TrackOut:
             "peak_dbfs": track.peak_dbfs,
             "rms_dbfs": track.rms_dbfs,
             "loudness_lufs": track.loudness_lufs,
+            "true_peak_dbtp": track.true_peak_dbtp,
             "bpm": track.bpm,
             "content_type": track.audio_content_type,
             "peaks": track.peaks,
@@ -293,6 +335,8 @@ async def track_out(services: Services, track: Track, job: Job) -> TrackOut:
         visual_version=track.visual_version,
         created_at=track.created_at,
         file_url=file_url,
+        renditions=renditions,
+        renditions_state=track.renditions_state,
         cover_url=cover_url,
         audio=audio,
         cover_source=track.cover_source,

@@ -92,8 +92,17 @@ async def test_create_a_track_watch_it_finish_play_and_download(
     temporal_link = await page.get_attribute("#temporal-link", "href")
     assert temporal_link is not None and f"track-{track_id}" in temporal_link
 
-    # The player: waveform from the stored peaks, the cover, then press play.
+    # The player: waveform from the stored peaks, the cover, then press play. Mastering
+    # follows COMPLETE; the page swaps the provider's file for the MP3 stream by itself.
     await page.wait_for_selector("#player-card:not([hidden])")
+    await until(page, "document.body.dataset.renditions === 'ready'", wait_ms=60_000)
+    assert await page.evaluate("window.__notReloaded") == "yes"
+    player_src = await page.get_attribute("#audio", "src")
+    assert player_src is not None and ".stream.mp3?" in player_src
+    assert await text_of(page, "#download-audio") == "Download FLAC"
+    assert await page.eval_on_selector_all(
+        "#download-formats a", "links => links.map(a => a.dataset.format)"
+    ) == ["mp3", "wav"]
     assert int(await page.get_attribute("#waveform", "data-bars") or 0) > 100
     await until(
         page,
@@ -120,9 +129,14 @@ async def test_create_a_track_watch_it_finish_play_and_download(
     download = await download_info.value
     saved = tmp_path / download.suggested_filename
     await download.save_as(saved)
-    assert saved.suffix in (".wav", ".flac", ".mp3", ".ogg")
+    assert saved.name == "warm-ambient-pad-with-slow-evolving-strings.flac"
     info = sf.info(str(saved))
-    assert abs(info.duration - 30) < 0.5, info.duration
+    assert info.format == "FLAC" and abs(info.duration - 30) < 0.5, info
+    async with page.expect_download() as wav_info:
+        await page.click("#download-formats a[data-format=wav]")
+    wav = tmp_path / (await wav_info.value).suggested_filename
+    await (await wav_info.value).save_as(wav)
+    assert wav.suffix == ".wav" and sf.info(str(wav)).frames == info.frames
 
     async with page.expect_download() as cover_info:
         await page.click("#download-cover")
@@ -173,6 +187,17 @@ async def test_share_page_has_meta_tags(web: Web, browsing: Browsing, browser: A
         assert "Night drive synthwave" in meta.get("og:title", ""), meta
         assert meta.get("og:image") or meta.get("og:audio"), meta
         assert meta.get("twitter:card"), meta
+        assert meta.get("og:audio:type") == "audio/mpeg", meta
+        # The share page's player streams the MP3 and plays it.
+        player = "document.querySelector('audio')"
+        await stranger.page.evaluate(f"{player}.play()")
+        await until(
+            stranger.page,
+            f"(() => {{ const a = {player}; return !a.paused && a.currentTime > 0.5; }})()",
+            wait_ms=15_000,
+        )
+        assert ".stream.mp3" in await stranger.page.evaluate(f"{player}.currentSrc")
+        await stranger.page.evaluate(f"{player}.pause()")
         await stranger.page.screenshot(path=screenshot_path("share"), full_page=True)
     finally:
         await stranger.context.close()

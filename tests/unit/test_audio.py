@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from core.audio import AudioDecodeError, analyze, quality_problem
+from core.audio import AudioDecodeError, analyze, estimate_tempo, quality_problem
 from core.contracts import AudioInfo
 
 SR = 44_100
@@ -66,6 +66,16 @@ def test_peaks_draw_the_waveform(tmp_path: Path) -> None:
 def test_estimates_the_tempo_of_a_beat(tmp_path: Path, bpm: float) -> None:
     info = analyze(_write(tmp_path / "clicks.wav", _click_track(12.0, bpm)))
     assert info.bpm == pytest.approx(bpm, rel=0.02)
+
+
+def test_the_tempo_alone_matches_the_full_analysis_and_can_be_skipped(tmp_path: Path) -> None:
+    path = _write(tmp_path / "clicks.flac", _click_track(12.0, 100.0))
+    full = analyze(path)
+    quick = analyze(path, tempo=False)
+    assert quick.bpm is None
+    assert quick.model_copy(update={"bpm": full.bpm}) == full
+    assert estimate_tempo(path) == full.bpm == pytest.approx(100.0, rel=0.02)
+    assert estimate_tempo(_write(tmp_path / "short.wav", _click_track(2.0, 100.0))) is None
 
 
 def test_noise_has_no_tempo(tmp_path: Path) -> None:

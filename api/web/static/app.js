@@ -507,13 +507,58 @@
         show($("download-cover"), false);
       }
       if (t.status === "COMPLETE" && t.file_url) {
-        if (audio.getAttribute("src") !== t.file_url) audio.src = t.file_url;
-        $("download-audio").href = t.file_url;
+        // Links are re-signed on every read: reload the player only for another file.
+        if (pathOf(audio.getAttribute("src")) !== pathOf(t.file_url)) audio.src = t.file_url;
+        renderDownloads(t);
         peaks = t.audio && Array.isArray(t.audio.peaks) ? t.audio.peaks : null;
         show($("player-card"), true);
         renderFacts(t);
         drawWaveform();
+        document.body.dataset.renditions = t.renditions_state || "none";
+        if (t.renditions_state === "pending") waitForRenditions();
       }
+    }
+
+    function pathOf(url) {
+      return url ? url.split("?")[0] : "";
+    }
+
+    var renditionsWait = null;
+    var renditionsTries = 0;
+
+    function waitForRenditions() {
+      // The mastered files follow COMPLETE by a few seconds; the job stream has ended.
+      if (renditionsWait !== null || renditionsTries >= 150) return;
+      renditionsTries += 1;
+      renditionsWait = window.setTimeout(function () {
+        renditionsWait = null;
+        refreshTrack();
+      }, 2000);
+    }
+
+    function renderDownloads(t) {
+      var files = Array.isArray(t.renditions) ? t.renditions : [];
+      var main = files.length ? files[0] : null;
+      var button = $("download-audio");
+      button.href = main ? main.url : t.file_url;
+      setText(button, main ? "Download " + main.format.toUpperCase() : "Download audio");
+      var others = $("download-formats");
+      others.textContent = "";
+      files.slice(1).forEach(function (file) {
+        var link = document.createElement("a");
+        link.href = file.url;
+        link.setAttribute("download", "");
+        link.dataset.format = file.format;
+        link.className = "linklike";
+        link.textContent = file.format.toUpperCase();
+        var detail = [];
+        if (file.bitrate_kbps) detail.push(file.bitrate_kbps + " kbps");
+        if (file.size_bytes) detail.push((file.size_bytes / 1e6).toFixed(1) + " MB");
+        if (!file.stored) detail.push("made on download");
+        link.title = detail.join(", ");
+        others.appendChild(link);
+      });
+      show(others, files.length > 1);
     }
 
     function renderFacts(t) {
@@ -525,6 +570,7 @@
         ["Sample rate", a.sample_rate ? (a.sample_rate / 1000).toFixed(1) + " kHz" : null],
         ["Channels", a.channels === 2 ? "stereo" : a.channels === 1 ? "mono" : a.channels],
         ["Loudness", a.loudness_lufs != null ? a.loudness_lufs.toFixed(1) + " LUFS" : null],
+        ["True peak", a.true_peak_dbtp != null ? a.true_peak_dbtp.toFixed(1) + " dBTP" : null],
         ["Tempo", a.bpm ? Math.round(a.bpm) + " BPM" : null],
         ["Provider", t.provider],
       ];

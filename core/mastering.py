@@ -1,0 +1,819 @@
+"""Audio mastering: one loudness-normalised FLAC master and an MP3 rendition per track.
+
+`master_audio` decodes whatever a provider returned (WAV, FLAC, MP3, OGG...), brings it
+to 44.1 kHz (mono stays mono, more than two channels fold down to stereo), sets its
+integrated loudness (ITU-R BS.1770 / EBU R128, measured with libebur128) to a target and
+keeps its true peak under a ceiling, then writes `master.flac` (24-bit) and `stream.mp3`
+(constant bitrate) into a work directory. `wav_chunks` streams a WAV made from a master
+without a temporary file.
+
+How the level is set. A plain gain reaches the loudness target but, on dynamic or
+clipped material, pushes peaks over the ceiling; so the gained signal goes through a
+look-ahead true-peak limiter, which takes some loudness away again. The makeup gain is
+therefore found by iteration: each pass renders the limited, quantised master and
+measures it (loudness and true peak, as any meter will read the file), and the next gain
+corrects the loudness error by the slope seen so far; if the true peak came out over the
+ceiling, the limiter's threshold is lowered by the overshoot. Most tracks need one pass.
+
+The limiter. The peak of each frame is estimated on the signal oversampled four times
+(a windowed-sinc interpolator, 16 taps per phase), so peaks between samples count; the
+gain that frame needs is threshold / peak (at most 1). That requirement is spread over a
+3 ms look-ahead (a running minimum over the window ahead, then a triangular average over
+the same length: the gain is at or below what every frame needs, and dips along an
+S-curve instead of a step), and recovers at a constant 40 dB/s once the peak has passed.
+
+Memory stays bounded: the source is read block by block and the 44.1 kHz working signal
+(with its peak envelope) is kept in a scratch file in the work directory, which every
+pass streams again; no pass holds more than a block or two.
+
+Determinism: the same input gives byte-identical files. The sample path uses only
+IEEE-exact numpy arithmetic (no BLAS, no vectorised transcendental functions whose
+results may vary with the CPU's instruction set), the filter constants are computed with
+Python's `math`, and no dither or timestamp goes into the output. The encoders
+(libFLAC, LAME through libsndfile) are deterministic for a given build and CPU family.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import struct
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pyebur128
+import soundfile as sf
+import soxr
+
+from core.audio import AudioDecodeError
+
+Float32Array = npt.NDArray[np.float32]
+Float64Array = npt.NDArray[np.float64]
+Int32Array = npt.NDArray[np.int32]
+
+TARGET_SAMPLE_RATE = 44_100
+
+MASTER_NAME = "master.flac"
+MP3_NAME = "stream.mp3"
+_SCRATCH_NAME = ".mastering-scratch.f32"
+_PART_SUFFIX = ".part"
+
+# 24-bit: the master is the source of every later rendition, so it keeps the limiter's
+# output as computed (16-bit would need dither to stay clean at low levels, and dither
+# is noise that has to be seeded to stay deterministic). Costs about 1.5x the bytes of a
+# 16-bit FLAC.
+_FLAC_SUBTYPE = "PCM_24"
+_PCM_24_SCALE = float(1 << 23)
+# libFLAC's level 5 (its default) out of 0..8: level 8 is twice as slow for <0.1% less.
+_FLAC_COMPRESSION = 5 / 8
+
+# MPEG-1 Layer III bitrates libsndfile can be asked for at constant bitrate. It sets
+# bitrate = 320 - level * 288 kbps; level 1.0 (32 kbps) is refused.
+MP3_BITRATES_KBPS = (40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+_MP3_HEADER_BITRATES = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+
+_BLOCK_FRAMES = 1 << 16
+_HEARTBEAT_INTERVAL_S = 0.5
+
+# Loudness iteration.
+_LOUDNESS_TOLERANCE_LU = 0.1
+_MAX_SEARCH_PASSES = 8
+_MAX_FULL_PASSES = 4
+_MAX_GAIN_STEP_DB = 24.0
+_MAX_GAIN_DB = 80.0
+# Loudness rising less than this per dB of gain: the limiter is saturated.
+_MIN_SLOPE = 0.05
+# The limiter starts this far under the ceiling; its peak estimate is close to, not
+# the same as, the meter's.
+_THRESHOLD_MARGIN_DB = 0.2
+_THRESHOLD_STEP_EXTRA_DB = 0.05
+
+# True-peak estimate: 4x oversampling, 16 taps per phase (8 frames each side).
+_OVERSAMPLING = 4
+_HALF_TAPS = 8
+# Limiter timing, in frames at 44.1 kHz.
+_LOOKAHEAD_FRAMES = 132  # 3 ms; even, so the two averaging boxes are equal
+_BOX_FRAMES = _LOOKAHEAD_FRAMES // 2 + 1
+_RELEASE_DB_PER_S = 40.0
+
+_MODE_I_TP = pyebur128.MeasurementMode.MODE_I | pyebur128.MeasurementMode.MODE_TRUE_PEAK
+
+
+class MasteringError(RuntimeError):
+    """The mastering could not meet its own guarantees (should not happen)."""
+
+
+@dataclass(frozen=True)
+class Rendition:
+    format: str  # "flac" | "mp3"
+    path: Path
+    content_type: str  # "audio/flac", "audio/mpeg"
+    bitrate_kbps: int | None  # None for lossless
+    size_bytes: int
+    sample_rate: int
+    channels: int
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class MasterReport:
+    loudness_before_lufs: float | None  # None if silent (-inf) or shorter than 0.4 s
+    true_peak_before_dbtp: float | None  # None if digital silence
+    loudness_after_lufs: float | None
+    true_peak_after_dbtp: float | None
+    gain_db: float  # the makeup gain applied before limiting
+    source_sample_rate: int
+    sample_rate: int  # TARGET_SAMPLE_RATE
+    channels: int
+    duration_s: float
+    renditions: tuple[Rendition, ...]  # flac first, then mp3
+
+
+def master_audio(
+    source: Path,
+    workdir: Path,
+    *,
+    target_lufs: float = -14.0,
+    ceiling_dbtp: float = -1.0,
+    mp3_bitrate_kbps: int = 192,
+    heartbeat: Callable[[], None] | None = None,
+) -> MasterReport:
+    """Master `source` into `workdir/master.flac` and `workdir/stream.mp3`.
+
+    Synchronous and CPU-bound (run it in a thread); `heartbeat` is called about twice a
+    second. Both files are written under a temporary name and renamed into place, so a
+    file with the final name is always complete; the scratch file is removed on return.
+    One call at a time per work directory. Raises `AudioDecodeError` for input that is
+    not decodable audio.
+    """
+    if not -70.0 <= target_lufs <= 0.0:
+        raise ValueError("target_lufs must be within -70..0 LUFS")
+    if not -20.0 <= ceiling_dbtp <= 0.0:
+        raise ValueError("ceiling_dbtp must be within -20..0 dBTP")
+    if mp3_bitrate_kbps not in MP3_BITRATES_KBPS:
+        raise ValueError(f"mp3_bitrate_kbps must be one of {MP3_BITRATES_KBPS}")
+    if not source.is_file():
+        raise FileNotFoundError(source)
+    if source.stat().st_size == 0:
+        raise AudioDecodeError(f"audio file {source.name} is empty")
+
+    beat = _Heartbeat(heartbeat)
+    workdir.mkdir(parents=True, exist_ok=True)
+    scratch = workdir / _SCRATCH_NAME
+    master = workdir / MASTER_NAME
+    mp3 = workdir / MP3_NAME
+    try:
+        work = _prepare(source, scratch, beat)
+        passed = _normalise(work, scratch, master, target_lufs, ceiling_dbtp, beat)
+        _encode_mp3(master, mp3, mp3_bitrate_kbps, beat)
+    finally:
+        for leftover in (scratch, _part(master), _part(mp3)):
+            leftover.unlink(missing_ok=True)
+
+    renditions = (
+        _rendition("flac", master, "audio/flac", None),
+        _rendition("mp3", mp3, "audio/mpeg", mp3_bitrate_kbps),
+    )
+    return MasterReport(
+        loudness_before_lufs=work.loudness_before,
+        true_peak_before_dbtp=work.true_peak_before,
+        loudness_after_lufs=_round(passed.loudness),
+        true_peak_after_dbtp=_round(passed.true_peak),
+        gain_db=round(passed.gain_db, 2),
+        source_sample_rate=work.source_rate,
+        sample_rate=TARGET_SAMPLE_RATE,
+        channels=work.channels,
+        duration_s=work.frames / TARGET_SAMPLE_RATE,
+        renditions=renditions,
+    )
+
+
+def wav_size(flac_path: Path) -> int:
+    """The exact number of bytes `wav_chunks(flac_path)` yields (for Content-Length)."""
+    info = sf.info(str(flac_path))
+    header, data_bytes, _ = _wav_layout(info.frames, info.channels, info.samplerate, info.subtype)
+    return len(header) + data_bytes + (data_bytes & 1)
+
+
+def wav_chunks(flac_path: Path, block_frames: int = 65536) -> Iterator[bytes]:
+    """A PCM WAV of the FLAC at `flac_path`, yielded piece by piece: the header first
+    (its sizes come from the FLAC's frame count), then the samples block by block.
+
+    Samples are copied exactly (16- or 24-bit, as in the FLAC). If the FLAC turns out to
+    hold fewer frames than it declares, `AudioDecodeError` is raised mid-stream: the
+    header promised a length that can no longer be honoured.
+    """
+    if block_frames <= 0:
+        raise ValueError("block_frames must be > 0")
+    with sf.SoundFile(str(flac_path)) as f:
+        header, data_bytes, sample_bytes = _wav_layout(
+            f.frames, f.channels, f.samplerate, f.subtype
+        )
+        yield header
+        remaining = f.frames
+        while remaining > 0:
+            if sample_bytes == 3:
+                wide = f.read(min(block_frames, remaining), dtype="int32")
+                # Little-endian int32 holding the sample in its top 24 bits: drop byte 0.
+                piece = wide.astype("<i4", copy=False).view(np.uint8).reshape(-1, 4)[:, 1:]
+                chunk = piece.tobytes()
+            elif sample_bytes == 2:
+                chunk = f.read(min(block_frames, remaining), dtype="int16").astype("<i2").tobytes()
+            else:  # 8-bit WAV is unsigned
+                narrow = f.read(min(block_frames, remaining), dtype="int16")
+                chunk = ((narrow >> 8) + 128).astype(np.uint8).tobytes()
+            got = len(chunk) // (sample_bytes * f.channels)
+            if got == 0:
+                raise AudioDecodeError(
+                    f"{flac_path.name} ended {remaining} frames short of its declared length"
+                )
+            remaining -= got
+            yield chunk
+        if data_bytes & 1:
+            yield b"\x00"  # RIFF chunks are padded to an even size
+
+
+# --- the passes -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Work:
+    """The prepared working signal: where it is and what it measured."""
+
+    frames: int
+    channels: int
+    source_rate: int
+    loudness_before: float | None
+    true_peak_before: float | None
+    loudness: float | None  # of the 44.1 kHz working signal, before any gain
+    peak: float  # the largest peak estimate in it (linear)
+
+
+@dataclass(frozen=True)
+class _Pass:
+    gain_db: float
+    threshold_db: float
+    loudness: float | None  # as measured on the quantised output
+    true_peak: float | None  # dBTP
+
+
+def _prepare(source: Path, scratch: Path, beat: _Heartbeat) -> _Work:
+    """Decode, fold down and resample the source into the scratch file, measuring it.
+
+    The scratch file holds, per 44.1 kHz frame, the working samples and their peak
+    estimate (float32, interleaved), ready for the limiter passes.
+    """
+    try:
+        with sf.SoundFile(str(source)) as f:
+            source_rate, source_channels = f.samplerate, f.channels
+            if source_rate <= 0 or source_channels <= 0:
+                raise AudioDecodeError(f"audio file {source.name} has no usable format")
+            channels = min(source_channels, 2)
+            before = _Meter(source_channels, source_rate, true_peak=True)
+            converted = source_rate != TARGET_SAMPLE_RATE or source_channels != channels
+            # Unconverted, the working signal is the source: its loudness is measured once.
+            working = _Meter(channels, TARGET_SAMPLE_RATE, true_peak=False) if converted else None
+            resampler = (
+                None
+                if source_rate == TARGET_SAMPLE_RATE
+                else soxr.ResampleStream(
+                    source_rate, TARGET_SAMPLE_RATE, channels, dtype="float32", quality="HQ"
+                )
+            )
+            envelope = _PeakEnvelope(channels)
+            frames, peak = 0, 0.0
+            with scratch.open("wb") as out:
+
+                def keep(samples: Float32Array, peaks: Float32Array) -> None:
+                    nonlocal frames, peak
+                    if len(samples):
+                        np.column_stack((samples, peaks)).tofile(out)
+                        frames += len(samples)
+                        peak = max(peak, float(peaks.max()))
+
+                def convert(block: Float32Array) -> None:
+                    if len(block):
+                        if working is not None:
+                            working.add(block)
+                        keep(*envelope.process(block))
+
+                buffer = np.empty((_BLOCK_FRAMES, source_channels), dtype=np.float32)
+                while True:
+                    block = f.read(out=buffer)
+                    if len(block) == 0:
+                        break
+                    if not np.isfinite(block).all():
+                        raise AudioDecodeError(f"audio file {source.name} has non-finite samples")
+                    before.add(block)
+                    folded = _fold_down(block)
+                    convert(folded if resampler is None else resampler.resample_chunk(folded))
+                    beat()
+                if resampler is not None:
+                    tail = np.zeros((0, channels), dtype=np.float32)
+                    convert(resampler.resample_chunk(tail, last=True))
+                keep(*envelope.flush())
+    except RuntimeError as exc:  # soundfile's LibsndfileError and friends
+        raise AudioDecodeError(f"cannot decode audio file {source.name}: {exc}") from exc
+    if frames == 0:
+        raise AudioDecodeError(f"audio file {source.name} contains no audio frames")
+    return _Work(
+        frames=frames,
+        channels=channels,
+        source_rate=source_rate,
+        loudness_before=_round(before.loudness()),
+        true_peak_before=_round(before.true_peak()),
+        loudness=(working or before).loudness(),
+        peak=peak,
+    )
+
+
+def _normalise(
+    work: _Work,
+    scratch: Path,
+    master: Path,
+    target_lufs: float,
+    ceiling_dbtp: float,
+    beat: _Heartbeat,
+) -> _Pass:
+    """Write the master with its loudness on target and its true peak under the ceiling,
+    and return its figures.
+
+    A full pass writes the FLAC and measures its loudness and true peak. When the
+    limiter took so much loudness away that it is off target, search passes (limiter and
+    loudness meter only, about a third of the cost) find the makeup gain, and a full pass
+    at that gain follows. If a full pass's true peak is over the ceiling, the limiter's
+    threshold comes down by the overshoot and the gain is searched again.
+    """
+    threshold_db = ceiling_dbtp - _THRESHOLD_MARGIN_DB
+    gain_db = 0.0 if work.loudness is None else target_lufs - work.loudness
+    part = _part(master)
+    searched = False
+    for _ in range(_MAX_FULL_PASSES):
+        rendered = _render(scratch, work, gain_db, threshold_db, beat, flac_path=part)
+        peak_ok = rendered.true_peak is None or rendered.true_peak < ceiling_dbtp
+        if peak_ok and (
+            work.loudness is None or searched or _on_target(rendered.loudness, target_lufs)
+        ):
+            os.replace(part, master)
+            return rendered
+        known: tuple[float, float] | None = None
+        if not peak_ok:
+            assert rendered.true_peak is not None
+            threshold_db -= rendered.true_peak - ceiling_dbtp + _THRESHOLD_STEP_EXTRA_DB
+        elif rendered.loudness is not None:
+            known = (gain_db, rendered.loudness)
+        if work.loudness is not None:
+            gain_db = _search_gain(scratch, work, threshold_db, target_lufs, beat, gain_db, known)
+            searched = True
+            if known is not None and gain_db == known[0]:
+                os.replace(part, master)  # the search came back to the pass just written
+                return rendered
+    raise MasteringError(f"true peak stayed above {ceiling_dbtp} dBTP")
+
+
+def _on_target(loudness: float | None, target_lufs: float) -> bool:
+    return loudness is not None and abs(target_lufs - loudness) <= _LOUDNESS_TOLERANCE_LU
+
+
+def _search_gain(
+    scratch: Path,
+    work: _Work,
+    threshold_db: float,
+    target_lufs: float,
+    beat: _Heartbeat,
+    gain_db: float,
+    known: tuple[float, float] | None,
+) -> float:
+    """The makeup gain that brings the limited signal's loudness to the target (within
+    the tolerance), by secant steps from `gain_db` (whose loudness may be `known`); or,
+    when the limiter cannot make it that loud, the least gain that gets closest."""
+    points = [known] if known is not None else []  # (gain, loudness) measured
+    if not points and work.peak * 10.0 ** (gain_db / 20.0) <= 10.0 ** (threshold_db / 20.0):
+        return gain_db  # nothing to limit: loudness follows the gain exactly
+    for _ in range(_MAX_SEARCH_PASSES):
+        if points:
+            last_gain, last_loudness = points[-1]
+            error = target_lufs - last_loudness
+            if abs(error) <= _LOUDNESS_TOLERANCE_LU:
+                return last_gain
+            slope = 1.0  # a plain gain moves loudness dB for dB; limiting makes it less
+            if len(points) >= 2:
+                (g0, l0), (g1, l1) = points[-2], points[-1]
+                slope = (l1 - l0) / (g1 - g0) if g1 != g0 else 0.0
+                if slope < _MIN_SLOPE and error > 0:
+                    break  # saturated: more gain only squashes harder
+                slope = min(1.0, max(_MIN_SLOPE, slope))
+            step = max(-_MAX_GAIN_STEP_DB, min(_MAX_GAIN_STEP_DB, error / slope))
+            gain_db = max(-_MAX_GAIN_DB, min(_MAX_GAIN_DB, last_gain + step))
+            if gain_db == last_gain:
+                break
+        loudness = _render(scratch, work, gain_db, threshold_db, beat).loudness
+        if loudness is None:  # cannot happen for audio that had a loudness
+            break
+        points.append((gain_db, loudness))
+    if not points:
+        return gain_db
+    # Closest to the target; among near-equals (a saturated limiter), the least gain.
+    closest = min(abs(target_lufs - loudness) for _, loudness in points)
+    return min(g for g, loudness in points if abs(target_lufs - loudness) <= closest + 0.05)
+
+
+def _render(
+    scratch: Path,
+    work: _Work,
+    gain_db: float,
+    threshold_db: float,
+    beat: _Heartbeat,
+    *,
+    flac_path: Path | None = None,
+) -> _Pass:
+    """One pass: gain, limit and quantise the working signal, measuring exactly the
+    samples a master would hold. With `flac_path`, also write them there (24-bit FLAC)
+    and measure the true peak; without, measure the loudness only."""
+    channels = work.channels
+    limiter = _Limiter(channels, 10.0 ** (gain_db / 20.0), 10.0 ** (threshold_db / 20.0))
+    meter = _Meter(channels, TARGET_SAMPLE_RATE, true_peak=flac_path is not None)
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(scratch.open("rb"))
+        out = None
+        if flac_path is not None:
+            out = stack.enter_context(
+                sf.SoundFile(
+                    str(flac_path),
+                    "w",
+                    TARGET_SAMPLE_RATE,
+                    channels,
+                    _FLAC_SUBTYPE,
+                    format="FLAC",
+                    compression_level=_FLAC_COMPRESSION,
+                )
+            )
+
+        def emit(limited: Float64Array) -> None:
+            if len(limited) == 0:
+                return
+            pcm = _quantise_24(limited)
+            if out is not None:
+                out.write(pcm)
+            meter.add(pcm)
+
+        while True:
+            data = np.fromfile(source, dtype=np.float32, count=_BLOCK_FRAMES * (channels + 1))
+            if data.size == 0:
+                break
+            rows = data.reshape(-1, channels + 1)
+            emit(limiter.process(rows[:, :channels], rows[:, channels]))
+            beat()
+        emit(limiter.flush())
+    return _Pass(
+        gain_db=gain_db,
+        threshold_db=threshold_db,
+        loudness=meter.loudness(),
+        true_peak=meter.true_peak() if flac_path is not None else None,
+    )
+
+
+def _encode_mp3(master: Path, mp3: Path, bitrate_kbps: int, beat: _Heartbeat) -> None:
+    """Encode the master to a constant-bitrate MP3 (libsndfile's LAME).
+
+    libsndfile writes a LAME "Info" tag with the encoder delay and padding, and its
+    mpg123 decoder honours it: the MP3 decodes to exactly the master's frames, aligned.
+    """
+    part = _part(mp3)
+    with (
+        sf.SoundFile(str(master)) as f,
+        sf.SoundFile(
+            str(part),
+            "w",
+            f.samplerate,
+            f.channels,
+            "MPEG_LAYER_III",
+            format="MP3",
+            bitrate_mode="CONSTANT",
+            compression_level=(320 - bitrate_kbps) / 288,
+        ) as out,
+    ):
+        for block in f.blocks(_BLOCK_FRAMES, dtype="float32", always_2d=True):
+            out.write(block)
+            beat()
+    written = _mp3_bitrate_kbps(part)
+    if written != bitrate_kbps:
+        raise MasteringError(f"asked libsndfile for {bitrate_kbps} kbps MP3, got {written}")
+    os.replace(part, mp3)
+
+
+# --- signal processing ----------------------------------------------------------------
+
+
+class _PeakEnvelope:
+    """Per frame, the largest magnitude of the signal oversampled 4x between the frame's
+    two neighbours, over all channels: an estimate of its true peak there.
+
+    Fed block by block; it returns the frames it has finished (each with its estimate),
+    eight frames behind the input, since interpolation needs eight frames ahead.
+    """
+
+    def __init__(self, channels: int) -> None:
+        # Frames before the start are silence.
+        self._buffer = np.zeros((_HALF_TAPS, channels), dtype=np.float32)
+
+    def process(self, block: Float32Array) -> tuple[Float32Array, Float32Array]:
+        buffer = np.concatenate((self._buffer, block))
+        # Output frame k (buffer index k + 8) needs buffer[k .. k + 16].
+        ready = len(buffer) - 2 * _HALF_TAPS
+        if ready <= 0:
+            self._buffer = buffer
+            return buffer[:0], np.zeros(0, dtype=np.float32)
+        # between[i]: peak over buffer[i] and the 3 points after it (i = 7 .. len - 9).
+        first, stop = _HALF_TAPS - 1, len(buffer) - _HALF_TAPS
+        between = np.abs(buffer[first:stop])
+        for phase_taps in _INTERPOLATORS:
+            value = np.zeros((stop - first, buffer.shape[1]), dtype=np.float32)
+            for offset, tap in zip(range(-_HALF_TAPS + 1, _HALF_TAPS + 1), phase_taps, strict=True):
+                value += tap * buffer[first + offset : stop + offset]
+            np.maximum(between, np.abs(value), out=between)
+        per_frame = between.max(axis=1)
+        # A frame carries the peaks on both sides of it.
+        peaks = np.maximum(per_frame[:-1], per_frame[1:])
+        samples = buffer[_HALF_TAPS : _HALF_TAPS + ready]
+        self._buffer = buffer[ready:]
+        return samples, peaks
+
+    def flush(self) -> tuple[Float32Array, Float32Array]:
+        channels = self._buffer.shape[1]
+        return self.process(np.zeros((_HALF_TAPS, channels), dtype=np.float32))
+
+
+def _interpolators() -> tuple[Float32Array, ...]:
+    """Blackman-windowed sinc taps for the points 1/4, 2/4 and 3/4 of the way from one
+    frame to the next, each phase normalised to unit gain at DC.
+
+    Computed with `math` rather than numpy so the constants are the same on every CPU.
+    """
+    phases = []
+    for phase in range(1, _OVERSAMPLING):
+        frac = phase / _OVERSAMPLING
+        taps = []
+        for offset in range(-_HALF_TAPS + 1, _HALF_TAPS + 1):
+            t = offset - frac
+            sinc = math.sin(math.pi * t) / (math.pi * t)
+            x = math.pi * t / _HALF_TAPS
+            window = 0.42 + 0.5 * math.cos(x) + 0.08 * math.cos(2 * x)
+            taps.append(sinc * window)
+        total = sum(taps)
+        phases.append(np.array([tap / total for tap in taps], dtype=np.float32))
+    return tuple(phases)
+
+
+_INTERPOLATORS = _interpolators()
+
+
+class _Limiter:
+    """Look-ahead true-peak limiter with linked channels.
+
+    `process` takes frames and their peak estimates and returns limited frames
+    `_LOOKAHEAD_FRAMES` behind; `flush` returns the rest. The gain applied to frame n is
+    a triangular average of the released requirement over frames n - L .. n, where each
+    of those is at most the minimum requirement over its own L frames ahead: so it never
+    exceeds what frame n itself needs (threshold / peak).
+    """
+
+    def __init__(self, channels: int, gain: float, threshold: float) -> None:
+        self._channels = channels
+        self._gain = gain
+        self._threshold = threshold / gain  # compared with the un-gained peaks
+        # L frames of silence lead in, so that the frames at the start get the same
+        # look-ahead as any other; they are dropped from the output.
+        self._samples = np.zeros((_LOOKAHEAD_FRAMES, channels), dtype=np.float32)
+        self._needed = np.ones(_LOOKAHEAD_FRAMES, dtype=np.float64)
+        self._lead_in = _LOOKAHEAD_FRAMES
+        self._released = 1.0
+        self._history_a = np.ones(_BOX_FRAMES - 1, dtype=np.float64)
+        self._history_b = np.ones(_BOX_FRAMES - 1, dtype=np.float64)
+        self._recovery = 10.0 ** (_RELEASE_DB_PER_S / 20.0 / TARGET_SAMPLE_RATE)
+        self._powers = np.ones(1, dtype=np.float64)
+
+    def process(self, samples: Float32Array, peaks: Float32Array) -> Float64Array:
+        # The gain each frame needs, 1 where it is under the threshold.
+        floor = np.maximum(peaks.astype(np.float64), self._threshold)
+        needed = np.concatenate((self._needed, self._threshold / floor))
+        pending = np.concatenate((self._samples, samples))
+        ready = len(needed) - _LOOKAHEAD_FRAMES
+        if ready <= 0:
+            self._needed, self._samples = needed, pending
+            return np.zeros((0, self._channels), dtype=np.float64)
+        ahead = _running_min(needed, _LOOKAHEAD_FRAMES + 1)
+        released = self._release(ahead)
+        # Two equal boxes in a row: a triangular average over L + 1 frames.
+        once, self._history_a = _moving_average(self._history_a, released)
+        twice, self._history_b = _moving_average(self._history_b, once)
+        out = pending[:ready] * (np.minimum(twice, 1.0) * self._gain)[:, None]
+        self._needed, self._samples = needed[ready:], pending[ready:]
+        if self._lead_in:
+            dropped = min(self._lead_in, len(out))
+            self._lead_in -= dropped
+            out = out[dropped:]
+        return out
+
+    def flush(self) -> Float64Array:
+        return self.process(
+            np.zeros((_LOOKAHEAD_FRAMES, self._channels), dtype=np.float32),
+            np.zeros(_LOOKAHEAD_FRAMES, dtype=np.float32),
+        )
+
+    def _release(self, needed: Float64Array) -> Float64Array:
+        """released[i] = min(needed[i], released[i-1] * recovery): drops at once, rises
+        by a constant number of dB per second. Computed as a running minimum of
+        needed[k] * recovery^(i - k), without a Python loop."""
+        n = len(needed)
+        if len(self._powers) < n + 1:  # powers[i] = recovery ** i, by exact products
+            self._powers = np.full(n + 1, self._recovery)
+            self._powers[0] = 1.0
+            np.cumprod(self._powers, out=self._powers)
+        powers = self._powers[: n + 1]
+        released = np.minimum.accumulate(needed / powers[:n]) * powers[:n]
+        np.minimum(released, self._released * powers[1:], out=released)
+        self._released = float(released[-1])
+        return released
+
+
+def _running_min(values: Float64Array, width: int) -> Float64Array:
+    """out[i] = min(values[i : i + width]), for every i with a full window.
+
+    By doubling spans: about log2(width) vectorised minimums instead of `width`."""
+    out, span = values, 1
+    while span * 2 <= width:
+        out = np.minimum(out[:-span], out[span:])
+        span *= 2
+    rest = width - span  # out[i] covers values[i : i + span]; rest <= span
+    if rest:
+        out = np.minimum(out[:-rest], out[rest:])
+    return out
+
+
+def _moving_average(
+    history: Float64Array, values: Float64Array
+) -> tuple[Float64Array, Float64Array]:
+    """The mean of each value and the `len(history)` before it, and the new history."""
+    width = len(history) + 1
+    joined = np.concatenate((history, values))
+    sums = np.cumsum(np.concatenate(([0.0], joined)))
+    return (sums[width:] - sums[:-width]) / width, joined[len(joined) - len(history) :]
+
+
+def _quantise_24(samples: Float64Array) -> Int32Array:
+    """24-bit PCM, rounded to nearest, in the top bits of int32 (as libsndfile takes it)."""
+    scaled = np.rint(samples * _PCM_24_SCALE)
+    np.clip(scaled, -_PCM_24_SCALE, _PCM_24_SCALE - 1, out=scaled)
+    pcm: Int32Array = scaled.astype(np.int32) << 8
+    return pcm
+
+
+def _fold_down(block: Float32Array) -> Float32Array:
+    """Mono and stereo as they are; more channels folded to stereo.
+
+    Six channels are taken as 5.1 (L R C LFE Ls Rs: centre and surrounds at -3 dB into
+    both sides, LFE dropped); other layouts send even channels left and odd ones right.
+    """
+    channels = block.shape[1]
+    if channels <= 2:
+        return np.ascontiguousarray(block)
+    left_parts: tuple[tuple[int, float], ...]
+    right_parts: tuple[tuple[int, float], ...]
+    if channels == 6:
+        left_parts = ((0, 1.0), (2, _MINUS_3DB), (4, _MINUS_3DB))
+        right_parts = ((1, 1.0), (2, _MINUS_3DB), (5, _MINUS_3DB))
+    else:
+        left_parts = tuple((c, 1.0) for c in range(0, channels, 2))
+        right_parts = tuple((c, 1.0) for c in range(1, channels, 2))
+    out = np.zeros((len(block), 2), dtype=np.float32)
+    for side, parts in enumerate((left_parts, right_parts)):
+        scale = np.float32(1.0 / sum(weight for _, weight in parts))
+        for channel, weight in parts:
+            out[:, side] += np.float32(weight) * block[:, channel]
+        out[:, side] *= scale
+    return out
+
+
+_MINUS_3DB = math.sqrt(0.5)
+
+
+class _Meter:
+    """libebur128 integrated loudness, and true peak if asked, fed block by block."""
+
+    def __init__(self, channels: int, sample_rate: int, *, true_peak: bool) -> None:
+        self._channels = channels
+        mode = _MODE_I_TP if true_peak else pyebur128.MeasurementMode.MODE_I
+        self._state = pyebur128.R128State(channels, sample_rate, mode)
+
+    def add(self, block: npt.NDArray[np.float32] | npt.NDArray[np.int32]) -> None:
+        self._state.add_frames(np.ascontiguousarray(block).ravel(), len(block))
+
+    def loudness(self) -> float | None:
+        """LUFS, or None for silence and audio too short to gate (under 0.4 s)."""
+        lufs = float(pyebur128.get_loudness_global(self._state))
+        return lufs if math.isfinite(lufs) else None
+
+    def true_peak(self) -> float | None:
+        """dBTP over all channels, or None for digital silence."""
+        peak = max(pyebur128.get_true_peak(self._state, c) for c in range(self._channels))
+        return 20.0 * math.log10(peak) if peak > 0.0 else None
+
+
+class _Heartbeat:
+    """Calls the caller's heartbeat at most every `_HEARTBEAT_INTERVAL_S`."""
+
+    def __init__(self, callback: Callable[[], None] | None) -> None:
+        self._callback = callback
+        self._last = time.monotonic()
+        if callback is not None:
+            callback()
+
+    def __call__(self) -> None:
+        if self._callback is None:
+            return
+        now = time.monotonic()
+        if now - self._last >= _HEARTBEAT_INTERVAL_S:
+            self._last = now
+            self._callback()
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def _part(path: Path) -> Path:
+    return path.with_name(path.name + _PART_SUFFIX)
+
+
+def _rendition(kind: str, path: Path, content_type: str, bitrate_kbps: int | None) -> Rendition:
+    info = sf.info(str(path))
+    return Rendition(
+        format=kind,
+        path=path,
+        content_type=content_type,
+        bitrate_kbps=bitrate_kbps,
+        size_bytes=path.stat().st_size,
+        sample_rate=info.samplerate,
+        channels=info.channels,
+        duration_s=info.frames / info.samplerate,
+    )
+
+
+def _mp3_bitrate_kbps(path: Path) -> int | None:
+    """The bitrate in the first MPEG audio frame header (after any ID3v2 tag)."""
+    with path.open("rb") as f:
+        head = f.read(10)
+        offset = 0
+        if head[:3] == b"ID3" and len(head) == 10:
+            size = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]
+            offset = 10 + size
+        f.seek(offset)
+        frame = f.read(4)
+    if len(frame) < 4 or frame[0] != 0xFF or (frame[1] & 0xE0) != 0xE0:
+        return None
+    return _MP3_HEADER_BITRATES[frame[2] >> 4] if frame[2] >> 4 < 15 else None
+
+
+_WAV_SUBTYPE_BYTES = {"PCM_S8": 1, "PCM_16": 2, "PCM_24": 3}
+
+
+def _wav_layout(
+    frames: int, channels: int, sample_rate: int, subtype: str
+) -> tuple[bytes, int, int]:
+    """The 44-byte header of a PCM WAV holding this audio, its data size and the bytes
+    per sample."""
+    sample_bytes = _WAV_SUBTYPE_BYTES.get(subtype)
+    if sample_bytes is None:
+        raise ValueError(f"cannot stream {subtype} audio as PCM WAV")
+    block_align = channels * sample_bytes
+    data_bytes = frames * block_align
+    riff_bytes = 4 + (8 + 16) + (8 + data_bytes + (data_bytes & 1))
+    if riff_bytes > 0xFFFFFFFF:
+        raise ValueError("audio too long for a WAV file")
+    header = b"".join(
+        (
+            b"RIFF",
+            struct.pack("<I", riff_bytes),
+            b"WAVE",
+            b"fmt ",
+            struct.pack(
+                "<IHHIIHH",
+                16,
+                1,  # WAVE_FORMAT_PCM
+                channels,
+                sample_rate,
+                sample_rate * block_align,
+                block_align,
+                8 * sample_bytes,
+            ),
+            b"data",
+            struct.pack("<I", data_bytes),
+        )
+    )
+    return header, data_bytes, sample_bytes
