@@ -77,7 +77,7 @@ COPY worker.py ./
 
 # Fail the build, not the first render, if the audio stack, the cover renderer or the CLI
 # cannot load.
-RUN python -c "import soundfile, pyloudnorm, numpy; print('libsndfile', soundfile.__libsndfile_version__)" \
+RUN python -c "import soundfile, pyebur128, soxr, numpy; assert 'MP3' in soundfile.available_formats(); print('libsndfile', soundfile.__libsndfile_version__)" \
  && python -c "import resvg_py; png = resvg_py.svg_to_bytes(svg_string='<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"8\" height=\"8\"/>'); assert png[1:4] == b'PNG'" \
  && soundfoundry --help > /dev/null
 

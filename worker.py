@@ -10,7 +10,7 @@ import asyncio
 import signal
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from datetime import timedelta
 from typing import Any
 
@@ -76,13 +76,32 @@ def sdk_metrics_runtime() -> tuple[Runtime, str]:
     return Runtime(telemetry=TelemetryConfig(metrics=config)), f"http://127.0.0.1:{port}/metrics"
 
 
+class Workers:
+    """The worker process's Temporal workers, run together: the track queue's, and the
+    mastering queue's (CPU-heavy, at most WORKER_MAX_CONCURRENT_MASTERING at a time)."""
+
+    def __init__(self, *workers: Worker) -> None:
+        self.workers = workers
+        self._running = AsyncExitStack()
+
+    async def __aenter__(self) -> Workers:
+        async with AsyncExitStack() as starting:
+            for worker in self.workers:
+                await starting.enter_async_context(worker)
+            self._running = starting.pop_all()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._running.aclose()
+
+
 def build_worker(
     client: Client,
     settings: Settings,
     store: JobStore,
     storage: Storage,
     providers: ProviderRegistry,
-) -> Worker:
+) -> Workers:
     jobs = JobActivities(store, providers, settings)
     generation = GenerationActivities(store, storage, providers, settings)
     assets = AssetActivities(store, storage, settings)
@@ -94,10 +113,20 @@ def build_worker(
     # A client connected elsewhere (tests, bench) lacks the tracing interceptor; add it
     # here then, and not twice when the client has it.
     traced = any(isinstance(i, TracingInterceptor) for i in client.config()["interceptors"])
-    return Worker(
+    interceptors = [] if traced else [TracingInterceptor()]
+    shutdown = timedelta(seconds=settings.worker_graceful_shutdown_s)
+    mastering = Worker(
+        client,
+        task_queue=settings.mastering_task_queue,
+        interceptors=interceptors,
+        activities=[assets.master_audio],
+        max_concurrent_activities=settings.worker_max_concurrent_mastering,
+        graceful_shutdown_timeout=shutdown,
+    )
+    tracks = Worker(
         client,
         task_queue=settings.task_queue,
-        interceptors=[] if traced else [TracingInterceptor()],
+        interceptors=interceptors,
         workflows=[TrackWorkflow, ProviderHealthWorkflow, ReconcileWorkflow],
         activities=[
             jobs.plan_track,
@@ -114,7 +143,6 @@ def build_worker(
             generation.cancel_generation,
             assets.store_audio,
             assets.store_cover,
-            assets.master_audio,
             assets.record_renditions,
             health.check_provider_health,
             reconcile.reconcile_jobs,
@@ -124,8 +152,9 @@ def build_worker(
         **_slots(settings),
         # Running activities get this long to finish after SIGTERM; long generations are
         # resumed by another worker from their heartbeat, so nothing waits on a deploy.
-        graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_s),
+        graceful_shutdown_timeout=shutdown,
     )
+    return Workers(tracks, mastering)
 
 
 def _slots(settings: Settings) -> dict[str, Any]:

@@ -92,6 +92,7 @@ class JobActivities:
                 request_timeout_s=s.provider_request_timeout_s,
                 resolve_window_s=s.submit_resolve_window_s,
                 ambiguous_fallback=s.ambiguous_submit_fallback,
+                mastering_task_queue=s.mastering_task_queue,
             )
 
     @activity.defn(name="record_job_event")

@@ -143,6 +143,8 @@ class GenerationPlan(BaseModel):
     request_timeout_s: float = 15.0
     resolve_window_s: float = 30.0
     ambiguous_fallback: bool = True
+    # Where mastering runs (None: the track's own task queue).
+    mastering_task_queue: str | None = None
 
 
 class Submission(BaseModel):

@@ -10,17 +10,20 @@ without a temporary file.
 How the level is set. A plain gain reaches the loudness target but, on dynamic or
 clipped material, pushes peaks over the ceiling; so the gained signal goes through a
 look-ahead true-peak limiter, which takes some loudness away again. The makeup gain is
-therefore found by iteration: each pass renders the limited, quantised master and
-measures it (loudness and true peak, as any meter will read the file), and the next gain
-corrects the loudness error by the slope seen so far; if the true peak came out over the
-ceiling, the limiter's threshold is lowered by the overshoot. Most tracks need one pass.
+therefore found by iteration: a full pass renders the limited, quantised master into the
+FLAC and measures it (loudness and true peak, as any meter will read the file); if its
+loudness is off, cheaper search passes (limiter and loudness only) take secant steps on
+loudness(gain) until within 0.1 LU, and a full pass at that gain follows. If a full
+pass's true peak is over the ceiling, the limiter's threshold comes down by the
+overshoot. Material the limiter leaves alone needs one pass; heavy limiting about five.
 
 The limiter. The peak of each frame is estimated on the signal oversampled four times
 (a windowed-sinc interpolator, 16 taps per phase), so peaks between samples count; the
-gain that frame needs is threshold / peak (at most 1). That requirement is spread over a
-3 ms look-ahead (a running minimum over the window ahead, then a triangular average over
-the same length: the gain is at or below what every frame needs, and dips along an
-S-curve instead of a step), and recovers at a constant 40 dB/s once the peak has passed.
+gain a frame needs is threshold / peak (at most 1). The gain applied is the least
+needed over a window from 10 ms back (hold) to 3 ms ahead (look-ahead), released
+exponentially (100 ms), then averaged over the 3 ms before it with triangular weights:
+it is never above what any frame needs, dips along an S-curve instead of a step, and
+stays still through the cycles of a bass note.
 
 Memory stays bounded: the source is read block by block and the 44.1 kHz working signal
 (with its peak envelope) is kept in a scratch file in the work directory, which every
@@ -29,8 +32,9 @@ pass streams again; no pass holds more than a block or two.
 Determinism: the same input gives byte-identical files. The sample path uses only
 IEEE-exact numpy arithmetic (no BLAS, no vectorised transcendental functions whose
 results may vary with the CPU's instruction set), the filter constants are computed with
-Python's `math`, and no dither or timestamp goes into the output. The encoders
-(libFLAC, LAME through libsndfile) are deterministic for a given build and CPU family.
+Python's `math`, and no dither or timestamp goes into the output. The libraries picking
+code paths by CPU (libsoxr when resampling, libFLAC, LAME) are deterministic for a given
+build and CPU family.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ _PART_SUFFIX = ".part"
 
 # 24-bit: the master is the source of every later rendition, so it keeps the limiter's
 # output as computed (16-bit would need dither to stay clean at low levels, and dither
-# is noise that has to be seeded to stay deterministic). Costs about 1.5x the bytes of a
+# is noise that has to be seeded to stay deterministic). Costs about 1.6x the bytes of a
 # 16-bit FLAC.
 _FLAC_SUBTYPE = "PCM_24"
 _PCM_24_SCALE = float(1 << 23)
@@ -85,7 +89,10 @@ _LOUDNESS_TOLERANCE_LU = 0.1
 _MAX_SEARCH_PASSES = 8
 _MAX_FULL_PASSES = 4
 _MAX_GAIN_STEP_DB = 24.0
-_MAX_GAIN_DB = 80.0
+# The makeup gain stays within this much over the plain gain (target - loudness): past
+# it the limiter would be squashing, not catching peaks; such a master comes out quieter
+# than asked instead.
+_MAX_LIMITING_DB = 12.0
 # Loudness rising less than this per dB of gain: the limiter is saturated.
 _MIN_SLOPE = 0.05
 # The limiter starts this far under the ceiling; its peak estimate is close to, not
@@ -99,7 +106,8 @@ _HALF_TAPS = 8
 # Limiter timing, in frames at 44.1 kHz.
 _LOOKAHEAD_FRAMES = 132  # 3 ms; even, so the two averaging boxes are equal
 _BOX_FRAMES = _LOOKAHEAD_FRAMES // 2 + 1
-_RELEASE_DB_PER_S = 40.0
+_HOLD_FRAMES = 441  # 10 ms: longer than half a period of a 50 Hz bass note
+_RELEASE_S = 0.1
 
 _MODE_I_TP = pyebur128.MeasurementMode.MODE_I | pyebur128.MeasurementMode.MODE_TRUE_PEAK
 
@@ -392,6 +400,8 @@ def _search_gain(
     """The makeup gain that brings the limited signal's loudness to the target (within
     the tolerance), by secant steps from `gain_db` (whose loudness may be `known`); or,
     when the limiter cannot make it that loud, the least gain that gets closest."""
+    assert work.loudness is not None
+    plain_db = target_lufs - work.loudness
     points = [known] if known is not None else []  # (gain, loudness) measured
     if not points and work.peak * 10.0 ** (gain_db / 20.0) <= 10.0 ** (threshold_db / 20.0):
         return gain_db  # nothing to limit: loudness follows the gain exactly
@@ -409,7 +419,7 @@ def _search_gain(
                     break  # saturated: more gain only squashes harder
                 slope = min(1.0, max(_MIN_SLOPE, slope))
             step = max(-_MAX_GAIN_STEP_DB, min(_MAX_GAIN_STEP_DB, error / slope))
-            gain_db = max(-_MAX_GAIN_DB, min(_MAX_GAIN_DB, last_gain + step))
+            gain_db = max(plain_db - 1.0, min(plain_db + _MAX_LIMITING_DB, last_gain + step))
             if gain_db == last_gain:
                 break
         loudness = _render(scratch, work, gain_db, threshold_db, beat).loudness
@@ -576,39 +586,41 @@ _INTERPOLATORS = _interpolators()
 class _Limiter:
     """Look-ahead true-peak limiter with linked channels.
 
-    `process` takes frames and their peak estimates and returns limited frames
-    `_LOOKAHEAD_FRAMES` behind; `flush` returns the rest. The gain applied to frame n is
-    a triangular average of the released requirement over frames n - L .. n, where each
-    of those is at most the minimum requirement over its own L frames ahead: so it never
-    exceeds what frame n itself needs (threshold / peak).
+    Per frame, the gain needed is threshold / peak estimate (at most 1). The gain
+    applied to frame n is a triangular average over frames n - L .. n of the *held*
+    requirement, the least needed over [j - H, j + L] for each j (look-ahead L, hold H);
+    every one of those windows contains n, so the gain never exceeds what n needs. The
+    hold keeps the gain still over the cycles of a bass note (no ripple at 50 Hz and
+    up); after it, the gain recovers exponentially (the reduction decays with a time
+    constant of `_RELEASE_S`), as an analogue limiter's would.
+
+    `process` takes frames with their peak estimates and returns limited frames, L
+    behind; `flush` returns the rest.
     """
 
     def __init__(self, channels: int, gain: float, threshold: float) -> None:
         self._channels = channels
         self._gain = gain
         self._threshold = threshold / gain  # compared with the un-gained peaks
-        # L frames of silence lead in, so that the frames at the start get the same
-        # look-ahead as any other; they are dropped from the output.
+        # L frames of silence lead in, so that the first frames get the same look-ahead
+        # as any other (they are dropped from the output), after H frames of history.
         self._samples = np.zeros((_LOOKAHEAD_FRAMES, channels), dtype=np.float32)
-        self._needed = np.ones(_LOOKAHEAD_FRAMES, dtype=np.float64)
+        self._needed = np.ones(_HOLD_FRAMES + _LOOKAHEAD_FRAMES, dtype=np.float64)
         self._lead_in = _LOOKAHEAD_FRAMES
-        self._released = 1.0
+        self._reduction = 0.0  # 1 - gain of the last frame released
         self._history_a = np.ones(_BOX_FRAMES - 1, dtype=np.float64)
         self._history_b = np.ones(_BOX_FRAMES - 1, dtype=np.float64)
-        self._recovery = 10.0 ** (_RELEASE_DB_PER_S / 20.0 / TARGET_SAMPLE_RATE)
-        self._powers = np.ones(1, dtype=np.float64)
 
     def process(self, samples: Float32Array, peaks: Float32Array) -> Float64Array:
-        # The gain each frame needs, 1 where it is under the threshold.
         floor = np.maximum(peaks.astype(np.float64), self._threshold)
         needed = np.concatenate((self._needed, self._threshold / floor))
         pending = np.concatenate((self._samples, samples))
-        ready = len(needed) - _LOOKAHEAD_FRAMES
+        ready = len(pending) - _LOOKAHEAD_FRAMES
         if ready <= 0:
             self._needed, self._samples = needed, pending
             return np.zeros((0, self._channels), dtype=np.float64)
-        ahead = _running_min(needed, _LOOKAHEAD_FRAMES + 1)
-        released = self._release(ahead)
+        held = _running_min(needed, _HOLD_FRAMES + _LOOKAHEAD_FRAMES + 1)
+        released = self._release(held)
         # Two equal boxes in a row: a triangular average over L + 1 frames.
         once, self._history_a = _moving_average(self._history_a, released)
         twice, self._history_b = _moving_average(self._history_b, once)
@@ -627,19 +639,38 @@ class _Limiter:
         )
 
     def _release(self, needed: Float64Array) -> Float64Array:
-        """released[i] = min(needed[i], released[i-1] * recovery): drops at once, rises
-        by a constant number of dB per second. Computed as a running minimum of
-        needed[k] * recovery^(i - k), without a Python loop."""
+        """The gain after release: the reduction (1 - gain) jumps up to what a frame
+        needs at once and decays by `_RELEASE_DECAY` a frame, i.e.
+        reduction[i] = max(1 - needed[i], reduction[i-1] * decay), computed without a
+        Python loop as decay^i * running max of (1 - needed[k]) / decay^k."""
         n = len(needed)
-        if len(self._powers) < n + 1:  # powers[i] = recovery ** i, by exact products
-            self._powers = np.full(n + 1, self._recovery)
-            self._powers[0] = 1.0
-            np.cumprod(self._powers, out=self._powers)
-        powers = self._powers[: n + 1]
-        released = np.minimum.accumulate(needed / powers[:n]) * powers[:n]
-        np.minimum(released, self._released * powers[1:], out=released)
-        self._released = float(released[-1])
-        return released
+        growth, decay = _release_powers(n)
+        reduction = np.maximum.accumulate((1.0 - needed) * growth[:n]) * decay[:n]
+        np.maximum(reduction, self._reduction * decay[1 : n + 1], out=reduction)
+        self._reduction = float(reduction[-1])
+        return 1.0 - reduction
+
+
+def _release_powers(n: int) -> tuple[Float64Array, Float64Array]:
+    """(decay^-i, decay^i) for i = 0 .. n, by repeated products (exact IEEE steps, the
+    same on every CPU), cached for the common block length."""
+    if n + 1 <= len(_RELEASE_POWERS[0]):
+        return _RELEASE_POWERS
+    return _powers(1.0 / _RELEASE_DECAY, n + 1), _powers(_RELEASE_DECAY, n + 1)
+
+
+def _powers(base: float, count: int) -> Float64Array:
+    out = np.full(count, base)
+    out[0] = 1.0
+    np.cumprod(out, out=out)
+    return out
+
+
+_RELEASE_DECAY = math.exp(-1.0 / (_RELEASE_S * TARGET_SAMPLE_RATE))
+_RELEASE_POWERS = (
+    _powers(1.0 / _RELEASE_DECAY, _BLOCK_FRAMES + 1),
+    _powers(_RELEASE_DECAY, _BLOCK_FRAMES + 1),
+)
 
 
 def _running_min(values: Float64Array, width: int) -> Float64Array:

@@ -22,6 +22,10 @@ def _split_csv(value: object) -> object:
     return value
 
 
+# Constant MP3 bitrates worth offering (libsndfile's encoder takes 40-320).
+MP3_BITRATES_KBPS = (96, 128, 160, 192, 224, 256, 320)
+
+
 class Settings(BaseSettings):
     # An empty variable (FAL_KEY=) means unset, so it cannot put a keyless provider in the chain.
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
@@ -111,7 +115,7 @@ class Settings(BaseSettings):
     # R128), a true-peak ceiling, and the MP3 stream's bitrate (the master is FLAC).
     master_target_lufs: float = Field(default=-14.0, ge=-40.0, le=-5.0)
     master_ceiling_dbtp: float = Field(default=-1.0, ge=-12.0, le=0.0)
-    mp3_bitrate_kbps: Literal[96, 128, 160, 192, 256, 320] = 192
+    mp3_bitrate_kbps: int = 192
     # Wall-clock seconds the synth spends per second of audio; 0 renders as fast as it can.
     synth_pace: float = Field(default=0.0, ge=0)
 
@@ -128,6 +132,10 @@ class Settings(BaseSettings):
     worker_target_memory: float = Field(default=0.8, gt=0, le=1)
     worker_max_concurrent_activities: int = Field(default=8, ge=1)
     worker_max_concurrent_workflow_tasks: int = Field(default=16, ge=1)
+    # Mastering (CPU-heavy: about 3 s of CPU per minute of audio) runs on its own task
+    # queue, at most this many at once per worker process, so it never takes the slots
+    # or the cores that submits, polls and bookkeeping need.
+    worker_max_concurrent_mastering: int = Field(default=1, ge=1)
     worker_graceful_shutdown_s: float = Field(default=30.0, ge=0)
     # Prometheus /metrics of the worker (its own series and the Temporal SDK's); 0 disables.
     worker_metrics_port: int = Field(default=9464, ge=0, le=65535)
@@ -208,6 +216,17 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown providers {unknown}; known: {list(KNOWN_PROVIDERS)}")
         return value
+
+    @field_validator("mp3_bitrate_kbps")
+    @classmethod
+    def _mp3_bitrate(cls, value: int) -> int:
+        if value not in MP3_BITRATES_KBPS:
+            raise ValueError(f"MP3 bitrate {value} kbps: choose one of {MP3_BITRATES_KBPS}")
+        return value
+
+    @property
+    def mastering_task_queue(self) -> str:
+        return f"{self.task_queue}-mastering"
 
     @property
     def provider_chain(self) -> list[str]:

@@ -689,6 +689,18 @@ def test_soundfile_wheel_bundles_libsndfile() -> None:
     assert bundled, "soundfile no longer bundles libsndfile: apt-get install libsndfile1"
 
 
+def test_the_images_import_check_names_only_installed_modules() -> None:
+    """The build's `python -c "import ..."` smoke checks import what the project installs
+    (a dropped dependency left in them fails every image build)."""
+    import importlib.util
+
+    checked = re.findall(r'python -c "import ([\w, ]+);', DOCKERFILE.read_text())
+    assert checked, "the Dockerfile no longer checks its audio stack at build time"
+    for modules in checked:
+        for name in (m.strip() for m in modules.split(",")):
+            assert importlib.util.find_spec(name) is not None, f"{name} is not installed"
+
+
 def test_dockerignore_admits_only_what_the_dockerfile_copies() -> None:
     patterns = [
         line.strip()

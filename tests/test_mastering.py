@@ -126,8 +126,9 @@ def _quiet_mono_odd(tmp: Path) -> Path:
 
 
 def _loud_stereo(tmp: Path) -> Path:
-    # -8 LUFS of material with 20 dB of crest: 16-bit PCM clips it at full scale.
-    return _write(tmp / "loud.wav", _at_loudness(_music(6, 2, seed=1), -8.0), subtype="PCM_16")
+    # -8 LUFS of material with 20 dB of crest: its drums clip at full scale.
+    audio = np.clip(_at_loudness(_music(6, 2, seed=1), -8.0), -1.0, 1.0)
+    return _write(tmp / "loud.wav", audio, subtype="PCM_16")
 
 
 def _clipped_mono(tmp: Path) -> Path:
@@ -239,11 +240,17 @@ def test_the_limiter_does_the_work_a_plain_gain_cannot(tmp_path: Path) -> None:
 
     assert report.gain_db > -14.0 - source.loudness  # makeup for what the limiter took
     master, _ = _decode(report.renditions[0].path)
-    # Between the drum hits the limiter lets go: the bed keeps the full makeup gain.
     original, _ = _decode(source_path)
-    quiet_stretch = slice(int(0.3 * SR), int(0.45 * SR))  # after the first kick, before the hat
-    ratio = np.abs(master[quiet_stretch]).max() / np.abs(original[quiet_stretch]).max()
-    assert 20 * math.log10(ratio) == pytest.approx(report.gain_db, abs=1.5)
+
+    def gain_over(start_s: float, stop_s: float) -> float:
+        part = slice(int(start_s * SR), int(stop_s * SR))
+        return 20 * math.log10(np.abs(master[part]).max() / np.abs(original[part]).max())
+
+    # The kick and the hi-hat are pulled well down; between them the limiter lets go and
+    # the bed gets (almost) the whole makeup gain.
+    assert gain_over(0.0, 0.02) < report.gain_db - 5.0  # kick
+    assert gain_over(0.25, 0.26) < report.gain_db - 5.0  # hi-hat
+    assert gain_over(0.3, 0.45) == pytest.approx(report.gain_db, abs=2.0)
 
 
 def test_a_non_default_target_and_ceiling_are_honoured(tmp_path: Path) -> None:
@@ -255,17 +262,16 @@ def test_a_non_default_target_and_ceiling_are_honoured(tmp_path: Path) -> None:
     assert report.loudness_after_lufs == pytest.approx(master.loudness, abs=0.01)
 
 
-def test_a_louder_target_than_the_limiter_can_reach_stops_at_the_least_gain(
-    tmp_path: Path,
-) -> None:
-    """-5 LUFS under a -1 dBTP ceiling is more than a 3 ms limiter can get out of this
-    material: the master still respects the ceiling, and the gain is not run up."""
+def test_a_target_out_of_the_limiters_reach_is_approached_not_forced(tmp_path: Path) -> None:
+    """-5 LUFS under a -1 dBTP ceiling would take this material about 40 dB of limiting:
+    the makeup gain stops 12 dB over the plain gain, the ceiling still holds."""
     source_path = _quiet_stereo(tmp_path)
     report = master_audio(source_path, tmp_path / "out", target_lufs=-5.0)
     master = _measure_file(report.renditions[0].path)
     assert master.true_peak is not None and master.true_peak < -1.0
-    assert master.loudness is not None and master.loudness < -5.5
-    assert report.gain_db < 45.0
+    assert master.loudness is not None and -12.0 < master.loudness < -5.5
+    assert report.loudness_before_lufs is not None
+    assert report.gain_db <= -5.0 - report.loudness_before_lufs + 12.0 + 0.01
 
 
 def test_reruns_are_byte_identical_and_heartbeat_often(tmp_path: Path) -> None:

@@ -284,6 +284,8 @@ class TrackWorkflow:
             mastered = await workflow.execute_activity_method(
                 AssetActivities.master_audio,
                 MasterInput(track=track, source_key=source_key),
+                task_queue=plan.mastering_task_queue,
+                # Queued behind other masterings, not lost: only the running time counts.
                 start_to_close_timeout=MASTER_TIMEOUT,
                 heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_s),
                 retry_policy=MASTER_RETRY,
