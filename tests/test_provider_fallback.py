@@ -65,7 +65,8 @@ async def test_fal_403_falls_back_to_replicate_within_a_second(
         fal_failed["ts"]
     )
     assert gap.total_seconds() < 1.0, gap
-    assert logs[-1]["message"] == "Fallback successful, using replicate"
+    completed = next(e for e in logs if e["event"] == "complete")
+    assert completed["message"] == "Fallback successful, using replicate"
     assert await stack.credits(user_id) == 50 - 2
 
 

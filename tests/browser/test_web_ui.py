@@ -196,7 +196,10 @@ async def test_share_page_has_meta_tags(web: Web, browsing: Browsing, browser: A
             f"(() => {{ const a = {player}; return !a.paused && a.currentTime > 0.5; }})()",
             wait_ms=15_000,
         )
-        assert ".stream.mp3" in await stranger.page.evaluate(f"{player}.currentSrc")
+        source = await stranger.page.evaluate(f"{player}.currentSrc")
+        served = await stranger.page.request.get(source)  # the redirect, followed
+        assert served.ok and served.headers["content-type"] == "audio/mpeg"
+        assert ".stream.mp3" in served.url
         await stranger.page.evaluate(f"{player}.pause()")
         await stranger.page.screenshot(path=screenshot_path("share"), full_page=True)
     finally:
