@@ -4,7 +4,9 @@ request, through a real worker and Temporal, on the embedded default and on S3."
 from __future__ import annotations
 
 import io
+import os
 import uuid
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,9 +16,12 @@ import pyebur128
 import pytest
 import soundfile as sf
 from sqlmodel import col, select
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
 
 from core.models import JobEvent, Plan
 from tests.conftest import Stack
+from workflows.track import TrackWorkflow
 
 TARGET_LUFS = -14.0
 CEILING_DBTP = -1.0
@@ -191,6 +196,13 @@ async def test_a_cancel_while_mastering_leaves_the_track_complete_and_playing(
     handle = stack.temporal.client.get_workflow_handle(created["workflow_id"])
     await handle.cancel()
     await handle.result()  # mastering stopped; the workflow ends without failing
+    history = await handle.fetch_history()
+    replayed = await Replayer(
+        workflows=[TrackWorkflow], data_converter=pydantic_data_converter
+    ).replay_workflow(history, raise_on_replay_failure=False)
+    assert replayed.replay_failure is None
+    if capture := os.environ.get("CAPTURE_HISTORIES_TO"):
+        (Path(capture) / "track_v6_mastering_cancelled.json").write_text(history.to_json())
 
     job = (await stack.http.get(f"/api/jobs/{created['job_id']}", headers=auth)).json()
     assert job["status"] == "COMPLETE" and not job["credits_refunded"]
