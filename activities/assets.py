@@ -56,6 +56,23 @@ def _lufs(value: float | None) -> str:
     return "silent" if value is None else f"{value:.1f} LUFS"
 
 
+def _mastering_summary(mastered: MasteredAudio) -> str:
+    """The job log's line: loudness before and after, true peak, each file's size."""
+    peak = mastered.true_peak_after_dbtp
+    files = ", ".join(
+        r.format.upper()
+        + (f" {r.bitrate_kbps} kbps" if r.bitrate_kbps else "")
+        + f" {_megabytes(r.size_bytes)}"
+        for r in mastered.renditions
+    )
+    return (
+        f"Mastered: loudness {_lufs(mastered.loudness_before_lufs)} -> "
+        f"{_lufs(mastered.loudness_after_lufs)}"
+        + ("" if peak is None else f", true peak {peak:.1f} dBTP")
+        + f"; {files}"
+    )
+
+
 class AssetActivities:
     def __init__(self, store: JobStore, storage: Storage, settings: Settings | None = None) -> None:
         self.store = store
@@ -128,77 +145,71 @@ class AssetActivities:
         MP3 stream beside it. The same input always gives the same bytes at the same keys,
         so a retry rewrites identical files; the provider's file is left in place."""
         track = job.track
-        s = self.settings
         async with recorded_attempt(
             self.store, track_id=track.track_id, job_id=track.job_id, event="audio_mastered"
         ) as attempt:
             # A cancelled attempt leaves its thread writing here: cleanup must not fail.
+            # Heartbeats cover the downloads and uploads too (a 5-minute master is ~70 MB).
             with tempfile.TemporaryDirectory(
                 prefix="sf-master-", ignore_cleanup_errors=True
             ) as tmp:
-                source = Path(tmp) / f"source.{job.source_key.rsplit('.', 1)[-1]}"
-                await self.storage.download(job.source_key, source)
-                try:
-                    async with heartbeating():
-                        report = await asyncio.to_thread(
-                            mastering.master_audio,
-                            source,
-                            Path(tmp),
-                            target_lufs=s.master_target_lufs,
-                            ceiling_dbtp=s.master_ceiling_dbtp,
-                            mp3_bitrate_kbps=s.mp3_bitrate_kbps,
-                        )
-                        bpm = await asyncio.to_thread(estimate_tempo, report.renditions[0].path)
-                except (AudioDecodeError, RuntimeError) as exc:
-                    # The check decoded this file; failing now is not worth retrying.
-                    raise ApplicationError(
-                        f"audio could not be mastered: {exc}",
-                        type=ErrorCode.BAD_AUDIO.value,
-                        non_retryable=True,
-                    ) from exc
-                renditions = []
-                for made in report.renditions:
-                    key = rendition_key(
-                        track.user_id, track.track_id, RENDITION_NAMES[made.format], made.format
-                    )
-                    await self.storage.put_file(key, made.path, made.content_type)
-                    renditions.append(
-                        Rendition(
-                            format=made.format,
-                            key=key,
-                            content_type=made.content_type,
-                            bitrate_kbps=made.bitrate_kbps,
-                            size_bytes=made.size_bytes,
-                            sample_rate=made.sample_rate,
-                            channels=made.channels,
-                            duration_s=round(made.duration_s, 3),
-                        )
-                    )
-            mastered = MasteredAudio(
-                source_key=job.source_key,
-                renditions=renditions,
-                loudness_before_lufs=report.loudness_before_lufs,
-                true_peak_before_dbtp=report.true_peak_before_dbtp,
-                loudness_after_lufs=report.loudness_after_lufs,
-                true_peak_after_dbtp=report.true_peak_after_dbtp,
-                gain_db=report.gain_db,
-                bpm=bpm,
-            )
-            peak = report.true_peak_after_dbtp
-            attempt.message = (
-                f"Mastered: loudness {_lufs(report.loudness_before_lufs)} -> "
-                f"{_lufs(report.loudness_after_lufs)}"
-                + ("" if peak is None else f", true peak {peak:.1f} dBTP")
-                + "; "
-                + ", ".join(
-                    f"{r.format.upper()}"
-                    + (f" {r.bitrate_kbps} kbps" if r.bitrate_kbps else "")
-                    + f" {_megabytes(r.size_bytes)}"
-                    for r in renditions
-                )
-            )
+                async with heartbeating():
+                    mastered = await self._master(job, Path(tmp))
+            attempt.message = _mastering_summary(mastered)
             attempt.data = mastered.model_dump(mode="json", exclude={"renditions"})
             return mastered
+
+    async def _master(self, job: MasterInput, tmp: Path) -> MasteredAudio:
+        track, s = job.track, self.settings
+        source = tmp / f"source.{job.source_key.rsplit('.', 1)[-1]}"
+        await self.storage.download(job.source_key, source)
+        try:
+            report = await asyncio.to_thread(
+                mastering.master_audio,
+                source,
+                tmp,
+                target_lufs=s.master_target_lufs,
+                ceiling_dbtp=s.master_ceiling_dbtp,
+                mp3_bitrate_kbps=s.mp3_bitrate_kbps,
+            )
+            bpm = await asyncio.to_thread(estimate_tempo, report.renditions[0].path)
+        except (AudioDecodeError, RuntimeError) as exc:
+            # The check decoded this file; failing now is not worth retrying.
+            raise ApplicationError(
+                f"audio could not be mastered: {exc}",
+                type=ErrorCode.BAD_AUDIO.value,
+                non_retryable=True,
+            ) from exc
+        renditions = []
+        # The stream first: it is what plays, and it is the smaller file.
+        for made in sorted(report.renditions, key=lambda r: r.format != "mp3"):
+            key = rendition_key(
+                track.user_id, track.track_id, RENDITION_NAMES[made.format], made.format
+            )
+            await self.storage.put_file(key, made.path, made.content_type)
+            renditions.append(
+                Rendition(
+                    format=made.format,
+                    key=key,
+                    content_type=made.content_type,
+                    bitrate_kbps=made.bitrate_kbps,
+                    size_bytes=made.size_bytes,
+                    sample_rate=made.sample_rate,
+                    channels=made.channels,
+                    duration_s=round(made.duration_s, 3),
+                )
+            )
+        renditions.sort(key=lambda r: r.format != "flac")  # listed master first
+        return MasteredAudio(
+            source_key=job.source_key,
+            renditions=renditions,
+            loudness_before_lufs=report.loudness_before_lufs,
+            true_peak_before_dbtp=report.true_peak_before_dbtp,
+            loudness_after_lufs=report.loudness_after_lufs,
+            true_peak_after_dbtp=report.true_peak_after_dbtp,
+            gain_db=report.gain_db,
+            bpm=bpm,
+        )
 
     @activity.defn(name="record_renditions")
     async def record_renditions(self, job: RenditionsInput) -> bool:

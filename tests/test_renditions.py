@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from core.models import JobEvent, Plan
-from tests.conftest import Stack
+from tests.conftest import Stack, eventually
 from workflows.track import TrackWorkflow
 
 TARGET_LUFS = -14.0
@@ -215,3 +217,64 @@ async def test_a_cancel_while_mastering_leaves_the_track_complete_and_playing(
     assert await stack.storage.list_keys(f"tracks/{user_id}/") == [
         f"tracks/{user_id}/{created['track_id']}.wav"
     ]
+
+
+def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("start_worker", [False])  # real worker processes, one killed
+@pytest.mark.parametrize("stack_overrides", [{"heartbeat_timeout_s": 2}])
+async def test_a_worker_killed_between_storing_the_stream_and_the_master_leaves_one_set(
+    stack: Stack, start_worker: bool, stack_overrides: Any, worker_command: list[str]
+) -> None:
+    """SIGKILL lands after the MP3 stream is stored, while the FLAC master is uploading
+    and before the step is recorded: another worker masters again, writes the same bytes
+    at the same keys, and the track ends with one master, one stream and one charge."""
+    user_id, auth = await stack.user(credits=100, plan=Plan.PRO)
+    first = _spawn(worker_command, stack.env)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        created = await stack.create_track(auth, prompt="Slow tide", duration_s=240)
+        prefix = f"tracks/{user_id}/{created['track_id']}"
+        stream_key, master_key = f"{prefix}.stream.mp3", f"{prefix}.master.flac"
+
+        async def stream_stored() -> bool:
+            return await stack.storage.exists(stream_key)
+
+        await eventually(stream_stored, timeout_s=120, what="the MP3 stream to be stored")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        stream_before_kill = await stack.storage.get_bytes(stream_key)
+        assert not await stack.storage.exists(master_key), "the kill came after the upload"
+        job = await stack.wait_for_job(created["job_id"], auth, mastered=False)
+        assert job["status"] == "COMPLETE"
+        track = (await stack.http.get(f"/api/tracks/{created['track_id']}", headers=auth)).json()
+        assert track["renditions_state"] == "pending"
+
+        second = _spawn(worker_command, stack.env)
+        await stack.wait_for_job(created["job_id"], auth, timeout_s=120)
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
+
+    track = (await stack.http.get(f"/api/tracks/{created['track_id']}", headers=auth)).json()
+    assert track["renditions_state"] == "ready"
+    assert await stack.storage.get_bytes(stream_key) == stream_before_kill
+    assert await stack.storage.list_keys(f"tracks/{user_id}/") == sorted([master_key, stream_key])
+    master = sf.info(io.BytesIO(await stack.storage.get_bytes(master_key)))
+    assert master.format == "FLAC" and abs(master.duration - 240) < 0.5
+    async with stack.store.sessions() as session:
+        mastered = list(
+            await session.exec(
+                select(JobEvent).where(
+                    col(JobEvent.job_id) == uuid.UUID(created["job_id"]),
+                    col(JobEvent.event) == "audio_mastered",
+                    col(JobEvent.level) == "info",
+                )
+            )
+        )
+    assert [e.attempt for e in mastered] == [2], "the second worker's attempt is the one"
+    assert await stack.credits(user_id) == 100 - created["credits_required"]
