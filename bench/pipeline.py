@@ -5,7 +5,8 @@ baseline". The stack is the embedded default on loopback (Temporal dev server, S
 local files, the API in-process, ONE `worker.py` process; bench.faults.bench_stack), the
 provider the Replicate fake with predictions that succeed at once (5 s WAV).
 
-    sequential   tracks one at a time: POST /api/tracks -> job COMPLETE (p50, p95)
+    sequential   tracks one at a time: POST /api/tracks -> job COMPLETE (p50, p95); the
+                 next starts once the previous one's mastering has ended
     burst        B tracks at once: sustained tracks/s (first POST -> last COMPLETE) and
                  when the last one's mastered files exist (mastering follows COMPLETE),
                  the median POST -> COMPLETE
@@ -122,6 +123,8 @@ async def _measure_on(
             # A warm-up track: the first one pays for imports and caches.
             warm = await stack.create_track(auth, "warm-up", args.duration_s)
             await _until_terminal(stack, auth, [warm["job_id"]], 60, 0.005)
+            while await stack.still_mastering([warm["job_id"]]):
+                await asyncio.sleep(0.005)
             sequential_ms: list[float] = []
             sequential_ids: list[str] = []
             for i in range(args.sequential):
@@ -130,6 +133,9 @@ async def _measure_on(
                 ended = await _until_terminal(stack, auth, [created["job_id"]], 60, 0.005)
                 sequential_ms.append(1000 * (ended[created["job_id"]] - t0))
                 sequential_ids.append(created["workflow_id"])
+                # One track at a time: its mastering (after COMPLETE) ends before the next.
+                while await stack.still_mastering([created["job_id"]]):
+                    await asyncio.sleep(0.005)
             cpu_before_burst = sum(_cpu_seconds(w.pid) for w in (worker, *extra))
             server = _temporal_server_pid(stack.settings.temporal_address)
             server_before = _cpu_seconds(server)
