@@ -84,6 +84,17 @@ async def _until_terminal(
     return ended
 
 
+async def _until_mastered(
+    stack: BenchStack, job_ids: list[str], timeout_s: float, every_s: float
+) -> None:
+    """Until none of these tracks is still being mastered (it follows COMPLETE)."""
+    deadline = time.monotonic() + timeout_s
+    while await stack.still_mastering(job_ids):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"tracks still being mastered after {timeout_s} s")
+        await asyncio.sleep(every_s)
+
+
 async def measure_ours(args: argparse.Namespace, fake: ReplicateFake) -> dict[str, Any]:
     with contextlib.ExitStack() as services:
         overrides: dict[str, Any] = {}
@@ -123,8 +134,7 @@ async def _measure_on(
             # A warm-up track: the first one pays for imports and caches.
             warm = await stack.create_track(auth, "warm-up", args.duration_s)
             await _until_terminal(stack, auth, [warm["job_id"]], 60, 0.005)
-            while await stack.still_mastering([warm["job_id"]]):
-                await asyncio.sleep(0.005)
+            await _until_mastered(stack, [warm["job_id"]], 60, 0.005)
             sequential_ms: list[float] = []
             sequential_ids: list[str] = []
             for i in range(args.sequential):
@@ -134,8 +144,7 @@ async def _measure_on(
                 sequential_ms.append(1000 * (ended[created["job_id"]] - t0))
                 sequential_ids.append(created["workflow_id"])
                 # One track at a time: its mastering (after COMPLETE) ends before the next.
-                while await stack.still_mastering([created["job_id"]]):
-                    await asyncio.sleep(0.005)
+                await _until_mastered(stack, [created["job_id"]], 60, 0.005)
             cpu_before_burst = sum(_cpu_seconds(w.pid) for w in (worker, *extra))
             server = _temporal_server_pid(stack.settings.temporal_address)
             server_before = _cpu_seconds(server)
@@ -158,11 +167,7 @@ async def _measure_on(
             )
             burst_s = max(ended.values()) - b0
             # Mastering follows COMPLETE, off the critical path; the CPU figures include it.
-            burst_ids = [t["job_id"] for t in burst]
-            while await stack.still_mastering(burst_ids):
-                if time.monotonic() - b0 > args.timeout_s:
-                    raise TimeoutError("tracks still being mastered")
-                await asyncio.sleep(0.1)
+            await _until_mastered(stack, [t["job_id"] for t in burst], args.timeout_s, 0.1)
             mastered_s = time.monotonic() - b0
             burst_cpu = sum(_cpu_seconds(w.pid) for w in (worker, *extra)) - cpu_before_burst
             server_cpu = _cpu_seconds(server) - server_before
