@@ -12,7 +12,6 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from core.mastering import wav_chunks, wav_size
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
@@ -22,6 +21,7 @@ from api.deps import ServicesDep
 from api.downloads import WAV_CONTENT_TYPE, download_name, lossless_master, wav_link_valid
 from api.routes.files import USER_CONTENT_CSP
 from core.contracts import JobStatus
+from core.mastering import wav_chunks, wav_size
 from core.models import Track
 from core.storage import ObjectNotFound
 
