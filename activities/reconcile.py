@@ -73,7 +73,29 @@ class ReconcileActivities:
                 )
                 log.warning("job reconciled", job_id=str(job.id), status=status.value)
                 report.fixed[str(job.id)] = status
+        await self._end_lost_mastering()
         return report
+
+    async def _end_lost_mastering(self) -> None:
+        """A finished track whose workflow closed while mastering it (terminated, timed
+        out) keeps its provider's file: say so, instead of `pending` forever."""
+        for job in await self.store.mastering_jobs():
+            activity.heartbeat()
+            try:
+                description = await self.client.get_workflow_handle(job.workflow_id).describe()
+            except RPCError:
+                continue
+            run_status = description.status
+            if run_status is None or run_status is WorkflowExecutionStatus.RUNNING:
+                continue
+            if await self.store.renditions_failed(job.id):
+                await self.store.add_event(
+                    job.id,
+                    "reconciled",
+                    f"Mastering ended with the workflow ({run_status.name.lower()}); "
+                    "the original audio stays",
+                    level="warning",
+                )
 
     async def _restart_if_lost(self, job: Job, track: Track) -> bool:
         age = (datetime.now(UTC) - _aware(job.created_at)).total_seconds()

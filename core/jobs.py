@@ -349,6 +349,21 @@ class JobStore:
             )
             return list(rows)
 
+    async def mastering_jobs(self, limit: int = 500) -> list[Job]:
+        """COMPLETE jobs whose tracks are still being mastered, oldest first."""
+        async with self.sessions() as session:
+            rows = await session.exec(
+                select(Job)
+                .join(Track, col(Track.id) == col(Job.track_id))
+                .where(
+                    col(Job.status) == JobStatus.COMPLETE,
+                    col(Track.renditions_state) == RenditionsState.PENDING,
+                )
+                .order_by(col(Job.created_at))
+                .limit(limit)
+            )
+            return list(rows)
+
     async def active_jobs(self, limit: int = 500) -> list[tuple[Job, Track]]:
         """Jobs not yet finished, oldest first (the reconciler's work list)."""
         async with self.sessions() as session:

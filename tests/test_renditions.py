@@ -3,6 +3,7 @@ request, through a real worker and Temporal, on the embedded default and on S3."
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
@@ -23,6 +24,8 @@ from temporalio.worker import Replayer
 
 from core.models import JobEvent, Plan
 from tests.conftest import Stack, eventually
+from tests.services import temporal_cli_path
+from worker import ensure_reconcile_schedule
 from workflows.track import TrackWorkflow
 
 TARGET_LUFS = -14.0
@@ -278,3 +281,39 @@ async def test_a_worker_killed_between_storing_the_stream_and_the_master_leaves_
         )
     assert [e.attempt for e in mastered] == [2], "the second worker's attempt is the one"
     assert await stack.credits(user_id) == 100 - created["credits_required"]
+
+
+@pytest.mark.parametrize("stack_overrides", [{"reconcile_interval_s": 1}])
+async def test_a_terminate_while_mastering_is_reconciled_and_the_track_keeps_playing(
+    embedded_stack: Stack, stack_overrides: Any
+) -> None:
+    """`temporal workflow terminate` ends the run mid-mastering without running workflow
+    code: the reconciler records that mastering ended; the job stays COMPLETE and paid."""
+    stack = embedded_stack
+    await ensure_reconcile_schedule(stack.temporal.client, stack.settings)
+    user_id, auth = await stack.user(credits=100, plan=Plan.PRO)
+    created = await stack.create_track(auth, prompt="Long drone", duration_s=300)
+    await stack.wait_for_job(created["job_id"], auth, timeout_s=120, mastered=False)
+    terminated = await asyncio.to_thread(
+        subprocess.run,
+        [
+            str(temporal_cli_path()), "workflow", "terminate",
+            "--workflow-id", created["workflow_id"], "--reason", "ops",
+            "--address", stack.settings.temporal_address,
+        ],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert terminated.returncode == 0, terminated.stderr
+
+    async def reconciled() -> bool:
+        track = (await stack.http.get(f"/api/tracks/{created['track_id']}", headers=auth)).json()
+        return bool(track["renditions_state"] == "failed")
+
+    await eventually(reconciled, timeout_s=20, what="the reconciler to end the mastering")
+    job = (await stack.http.get(f"/api/jobs/{created['job_id']}", headers=auth)).json()
+    assert job["status"] == "COMPLETE" and not job["credits_refunded"]
+    assert await stack.credits(user_id) == 100 - created["credits_required"]
+    track = (await stack.http.get(f"/api/tracks/{created['track_id']}", headers=auth)).json()
+    assert (await _fetch(stack, track["file_url"])).status_code == 200
+    logs = (await stack.http.get(f"/api/jobs/{created['job_id']}/logs", headers=auth)).json()
+    assert any(e["event"] == "reconciled" and "terminated" in e["message"] for e in logs)
