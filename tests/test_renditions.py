@@ -238,7 +238,7 @@ async def test_a_worker_killed_between_storing_the_stream_and_the_master_leaves_
     first = _spawn(worker_command, stack.env)
     second: subprocess.Popen[bytes] | None = None
     try:
-        created = await stack.create_track(auth, prompt="Slow tide", duration_s=240)
+        created = await stack.create_track(auth, prompt="Slow tide", duration_s=300)
         prefix = f"tracks/{user_id}/{created['track_id']}"
         stream_key, master_key = f"{prefix}.stream.mp3", f"{prefix}.master.flac"
 
@@ -266,9 +266,12 @@ async def test_a_worker_killed_between_storing_the_stream_and_the_master_leaves_
     track = (await stack.http.get(f"/api/tracks/{created['track_id']}", headers=auth)).json()
     assert track["renditions_state"] == "ready"
     assert await stack.storage.get_bytes(stream_key) == stream_before_kill
+    stream = sf.info(io.BytesIO(stream_before_kill))
+    assert abs(stream.duration - 300) < 0.05 and stream.samplerate == 44_100
+    assert len(stream_before_kill) < 8_000_000  # five minutes of stream under 8 MB
     assert await stack.storage.list_keys(f"tracks/{user_id}/") == sorted([master_key, stream_key])
     master = sf.info(io.BytesIO(await stack.storage.get_bytes(master_key)))
-    assert master.format == "FLAC" and abs(master.duration - 240) < 0.5
+    assert master.format == "FLAC" and abs(master.duration - 300) < 0.05
     async with stack.store.sessions() as session:
         mastered = list(
             await session.exec(
