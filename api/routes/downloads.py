@@ -6,7 +6,6 @@ renditions), so a browser's plain download works without an API token.
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 import uuid
@@ -19,16 +18,13 @@ from starlette.concurrency import iterate_in_threadpool
 
 from api.deps import ServicesDep
 from api.downloads import WAV_CONTENT_TYPE, download_name, lossless_master, wav_link_valid
-from api.routes.files import USER_CONTENT_CSP
+from api.routes.files import USER_CONTENT_CSP, check_link_shape
 from core.contracts import JobStatus
 from core.mastering import wav_chunks, wav_size
 from core.models import Track
 from core.storage import ObjectNotFound
 
 router = APIRouter(tags=["files"])
-
-_SIGNATURE = re.compile(r"[0-9a-f]{64}")
-_MAX_EXPIRES = 2**53
 
 
 @router.get(
@@ -47,8 +43,7 @@ async def download_wav(
     sig: str = Query(max_length=200),
     name: str | None = Query(default=None, max_length=200),
 ) -> StreamingResponse:
-    if not _SIGNATURE.fullmatch(sig) or not 0 <= expires <= _MAX_EXPIRES:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "link is invalid or has expired")
+    check_link_shape(expires, sig)
     if not wav_link_valid(services.settings, track_id, expires, sig):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "link is invalid or has expired")
     async with services.sessions() as session:

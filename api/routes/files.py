@@ -29,6 +29,13 @@ def _refuse() -> HTTPException:
     return HTTPException(status.HTTP_403_FORBIDDEN, "link is invalid or has expired")
 
 
+def check_link_shape(expires: int, sig: str) -> None:
+    """403 for a signature or expiry no signer could have made. Checked before comparing:
+    compare_digest refuses non-ASCII text, and a huge `expires` cannot meet the clock."""
+    if not _SIGNATURE.fullmatch(sig) or not 0 <= expires <= _MAX_EXPIRES:
+        raise _refuse()
+
+
 @router.get("/files/{key:path}")
 async def download(
     key: str,
@@ -41,10 +48,7 @@ async def download(
     storage = services.storage
     if not isinstance(storage, LocalStorage):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "not found")
-    # Checked before comparing: compare_digest refuses non-ASCII text, and a huge
-    # `expires` cannot be compared with the clock.
-    if not _SIGNATURE.fullmatch(sig) or not 0 <= expires <= _MAX_EXPIRES:
-        raise _refuse()
+    check_link_shape(expires, sig)
     if not storage.verify(key, expires, sig):
         raise _refuse()
     try:
