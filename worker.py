@@ -25,7 +25,6 @@ from temporalio.client import (
     ScheduleSpec,
 )
 from temporalio.contrib.opentelemetry import TracingInterceptor
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker, WorkerTuner
 
@@ -42,27 +41,15 @@ from core.db import create_engine, session_factory
 from core.jobs import JobStore
 from core.logging import configure_logging, get_logger
 from core.metrics import WORKER_REGISTRY, MetricsServer, RemoteTextCollector, init_worker_series
-from core.search_attributes import register_search_attributes
 from core.settings import Settings, get_settings
 from core.storage import Storage, build_storage
 from core.telemetry import configure_tracing, init_sentry
+from core.temporal import client_for, register_search_attributes
 from workflows.provider_health import ProviderHealthWorkflow
 from workflows.reconcile import ReconcileWorkflow
 from workflows.track import TrackWorkflow
 
 log = get_logger("soundfoundry.worker")
-
-
-async def connect_temporal(settings: Settings, runtime: Runtime | None = None) -> Client:
-    return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
-        # On the client, so every worker built from it continues the traces started by
-        # the API (workflow and activity spans).
-        interceptors=[TracingInterceptor()],
-        runtime=runtime,
-    )
 
 
 def sdk_metrics_runtime() -> tuple[Runtime, str]:
@@ -130,7 +117,6 @@ def build_worker(
         workflows=[TrackWorkflow, ProviderHealthWorkflow, ReconcileWorkflow],
         activities=[
             jobs.plan_track,
-            jobs.record_job_event,
             jobs.complete_job,
             jobs.finish_job,
             generation.submit_generation,
@@ -229,7 +215,7 @@ async def run_worker(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, runtime: Runtime | None) -> None:
-    client = await connect_temporal(settings, runtime)
+    client = await client_for(settings, runtime=runtime)
     async with worker_resources(settings) as (store, storage, providers):
         worker = build_worker(client, settings, store, storage, providers)
         await ensure_reconcile_schedule(client, settings)

@@ -6,43 +6,28 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import heartbeating
-from activities.providers.base import ErrorCode
 from activities.recording import recorded_attempt
 from core import mastering
 from core.audio import AudioDecodeError, estimate_tempo
-from core.contracts import CheckedAudio, MasteredAudio, Rendition, Step, TrackInput
+from core.contracts import (
+    CoverInput,
+    ErrorCode,
+    MasteredAudio,
+    MasterInput,
+    Rendition,
+    RenditionsInput,
+    Step,
+    StoreAudioInput,
+)
 from core.covers import draw_track_cover, store_generated_cover
 from core.jobs import JobStore
 from core.render_sandbox import sandbox_for
 from core.settings import Settings
 from core.storage import Storage, audio_key, rendition_key
-
-
-class StoreAudioInput(BaseModel):
-    track: TrackInput
-    checked: CheckedAudio
-
-
-class CoverInput(BaseModel):
-    track: TrackInput
-    visual_version: int = 1
-
-
-class MasterInput(BaseModel):
-    track: TrackInput
-    source_key: str
-
-
-class RenditionsInput(BaseModel):
-    track: TrackInput
-    mastered: MasteredAudio | None = None  # None: mastering gave up
-    reason: str | None = None
-
 
 # Stored rendition names, by format: `tracks/<user>/<track>.<name>.<format>`.
 RENDITION_NAMES = {"flac": "master", "mp3": "stream"}

@@ -12,26 +12,27 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
 from pathlib import Path
 
-from pydantic import BaseModel
 from temporalio import activity
 
 from activities.heartbeat import heartbeating
-from activities.providers.base import ErrorCode, JobState, MusicProvider, ProviderError
+from activities.providers.base import JobState, MusicProvider, ProviderError
 from activities.providers.registry import ProviderRegistry
 from activities.recording import Attempt, recorded_attempt
 from activities.submissions import ProviderJobs
 from core.audio import AudioDecodeError, analyze, quality_problem
 from core.contracts import (
+    CancelInput,
     CheckedAudio,
+    CheckInput,
+    ErrorCode,
     PollStatus,
     StagedAudio,
     Step,
     Submission,
     SubmissionState,
-    TrackInput,
+    SubmitInput,
 )
 from core.jobs import JobStore
 from core.logging import get_logger
@@ -47,36 +48,6 @@ from core.storage import Storage, staging_key
 from core.submissions import SubmissionLedger
 
 log = get_logger("soundfoundry.generation")
-
-
-class SubmitInput(BaseModel):
-    track: TrackInput
-    provider: str
-    submission_number: int
-    # The provider that failed before this one, so the job log shows the fallback.
-    falling_back_from: str | None = None
-    # Paid submissions (ledger rows) a track may make, and how long a lost answer is
-    # looked for; the defaults are for runs planned before the ledger.
-    max_paid: int = 4
-    resolve_window_s: float = 30.0
-    # When this track first found the provider at its in-flight cap (for the metric).
-    waiting_since: datetime | None = None
-
-
-class CancelInput(BaseModel):
-    track: TrackInput
-    reason: str
-    resolve_window_s: float = 30.0
-    # Wait for submits whose outcome is unknown (a cancel mid-submit), or leave them to
-    # the sweep (a track that goes on, or is done, must not wait on them).
-    resolve_unknown: bool = True
-
-
-class CheckInput(BaseModel):
-    track: TrackInput
-    staged: StagedAudio
-    # Runs that master their tracks measure the tempo then, off the critical path.
-    measure_tempo: bool = True
 
 
 class GenerationActivities:

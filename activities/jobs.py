@@ -2,50 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
-
-from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.providers.registry import ProviderRegistry
 from activities.recording import recorded_attempt
 from core.contracts import (
-    CheckedAudio,
+    CompleteInput,
+    FinishInput,
     GenerationPlan,
-    JobStatus,
     RetryBounds,
-    StoredTrack,
     TrackInput,
 )
 from core.jobs import InsufficientCredits, JobStore
 from core.settings import Settings
-
-
-class JobEventInput(BaseModel):
-    track_id: uuid.UUID
-    job_id: uuid.UUID
-    event: str
-    message: str
-    level: str = "info"
-    provider: str | None = None
-    error_code: str | None = None
-
-
-class CompleteInput(BaseModel):
-    track: TrackInput
-    stored: StoredTrack
-    checked: CheckedAudio
-    fallbacks: int = 0
-    # Mastering follows: the provider's file plays until the renditions replace it.
-    renditions_pending: bool = False
-
-
-class FinishInput(BaseModel):
-    track: TrackInput
-    status: JobStatus
-    error_code: str | None = None
-    message: str | None = None
 
 
 class JobActivities:
@@ -94,18 +64,6 @@ class JobActivities:
                 ambiguous_fallback=s.ambiguous_submit_fallback,
                 mastering_task_queue=s.mastering_task_queue,
             )
-
-    @activity.defn(name="record_job_event")
-    async def record_job_event(self, entry: JobEventInput) -> None:
-        """Decisions the workflow makes (skips, fallbacks) go into the job log too."""
-        async with recorded_attempt(
-            self.store,
-            track_id=entry.track_id,
-            job_id=entry.job_id,
-            event=entry.event,
-            provider=entry.provider,
-        ) as attempt:
-            attempt.message = entry.message
 
     @activity.defn(name="complete_job")
     async def complete_job(self, done: CompleteInput) -> None:

@@ -20,10 +20,11 @@ from contextlib import suppress
 from datetime import UTC, datetime
 
 from activities.heartbeat import heartbeating
-from activities.providers.base import ErrorCode, MusicProvider, ProviderError
+from activities.providers.base import MusicProvider, ProviderError
 from activities.providers.registry import ProviderRegistry
 from core.contracts import (
     OPEN_SUBMISSION_STATES,
+    ErrorCode,
     GenerationRequest,
     Step,
     Submission,

@@ -6,10 +6,9 @@ import asyncio
 from collections.abc import Sequence
 
 from temporalio.client import Client, Interceptor
-from temporalio.contrib.opentelemetry import TracingInterceptor
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from core.settings import Settings
+from core.temporal import client_for
 
 
 class TemporalGateway:
@@ -23,14 +22,7 @@ class TemporalGateway:
     async def client(self) -> Client:
         async with self._lock:
             if self._client is None:
-                self._client = await Client.connect(
-                    self._settings.temporal_address,
-                    namespace=self._settings.temporal_namespace,
-                    data_converter=pydantic_data_converter,
-                    # Puts the request's trace context in the workflow's headers, so the
-                    # workflow and its activities join the request's trace.
-                    interceptors=[TracingInterceptor(), *self._interceptors],
-                )
+                self._client = await client_for(self._settings, interceptors=self._interceptors)
             return self._client
 
     async def healthy(self) -> bool:

@@ -1,16 +1,19 @@
-"""Types that cross the Temporal boundary: workflow input/output and activity payloads.
+"""The workflow contract: every type and name that crosses the Temporal boundary.
 
-They live at the bottom layer so the API can start workflows by name without importing
-workflow, activity or provider code. All are pydantic models carried by
-`temporalio.contrib.pydantic.pydantic_data_converter`.
+Workflow and query/signal names, ids, search-attribute keys, error codes, the workflow's
+input and output and every activity's payload. They live at the bottom layer so the API
+starts workflows by name without importing workflow, activity or provider code. All are
+pydantic models carried by `temporalio.contrib.pydantic.pydantic_data_converter`.
 """
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, Field
+from temporalio.common import SearchAttributeKey
 
 TRACK_WORKFLOW = "TrackWorkflow"
 PROVIDER_HEALTH_WORKFLOW = "ProviderHealthWorkflow"
@@ -18,6 +21,22 @@ RECONCILE_WORKFLOW = "ReconcileWorkflow"
 PROGRESS_QUERY = "progress"
 # A verified provider webhook, delivered by the API to the track's workflow.
 PROVIDER_EVENT_SIGNAL = "provider_event"
+
+
+# Keyword search attributes on every track workflow, so operators find a job by them in
+# the Web UI and `temporal workflow list --query`. The API sets the first three at start;
+# the workflow keeps JobStatus and Provider current. Registered on the namespace by every
+# worker at start-up (`core.temporal.register_search_attributes`).
+TRACK_ID_ATTRIBUTE = SearchAttributeKey.for_keyword("TrackId")
+USER_ID_ATTRIBUTE = SearchAttributeKey.for_keyword("UserId")
+PROVIDER_ATTRIBUTE = SearchAttributeKey.for_keyword("Provider")
+JOB_STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("JobStatus")
+SEARCH_ATTRIBUTES = (
+    TRACK_ID_ATTRIBUTE,
+    USER_ID_ATTRIBUTE,
+    PROVIDER_ATTRIBUTE,
+    JOB_STATUS_ATTRIBUTE,
+)
 
 
 def track_workflow_id(track_id: uuid.UUID | str) -> str:
@@ -294,3 +313,111 @@ class WebhookInput(BaseModel):
     track: TrackInput
     status: JobStatus
     error_code: str | None = None
+
+
+class ErrorCode(StrEnum):
+    UNAUTHORIZED = "http_401"
+    FORBIDDEN = "http_403"
+    INVALID = "http_422"
+    RATE_LIMITED = "http_429"
+    SERVER = "http_5xx"
+    TIMEOUT = "timeout"
+    # The submit left and its outcome could not be found: it may have paid.
+    AMBIGUOUS = "ambiguous_submit"
+    SUBMISSION_CAP = "submission_cap"
+    # The provider's in-flight cap is reached: the workflow waits and asks again.
+    PROVIDER_BUSY = "provider_busy"
+    JOB_FAILED = "job_failed"
+    JOB_CANCELLED = "job_cancelled"
+    BAD_AUDIO = "bad_audio"
+    UNCONFIGURED = "unconfigured"
+    UNSUPPORTED = "unsupported"
+    OTHER = "provider_error"
+
+
+# Errors that another attempt at the same provider cannot fix.
+NON_RETRYABLE = frozenset(
+    {
+        ErrorCode.UNAUTHORIZED,
+        ErrorCode.FORBIDDEN,
+        ErrorCode.INVALID,
+        ErrorCode.JOB_FAILED,
+        ErrorCode.JOB_CANCELLED,
+        ErrorCode.BAD_AUDIO,
+        ErrorCode.UNCONFIGURED,
+        ErrorCode.UNSUPPORTED,
+        ErrorCode.AMBIGUOUS,
+        ErrorCode.SUBMISSION_CAP,
+        ErrorCode.PROVIDER_BUSY,
+    }
+)
+
+
+# Activity payloads: what the workflow hands each activity.
+
+
+class SubmitInput(BaseModel):
+    track: TrackInput
+    provider: str
+    submission_number: int
+    # The provider that failed before this one, so the job log shows the fallback.
+    falling_back_from: str | None = None
+    # Paid submissions (ledger rows) a track may make, and how long a lost answer is
+    # looked for; the defaults are for runs planned before the ledger.
+    max_paid: int = 4
+    resolve_window_s: float = 30.0
+    # When this track first found the provider at its in-flight cap (for the metric).
+    waiting_since: datetime | None = None
+
+
+class CancelInput(BaseModel):
+    track: TrackInput
+    reason: str
+    resolve_window_s: float = 30.0
+    # Wait for submits whose outcome is unknown (a cancel mid-submit), or leave them to
+    # the sweep (a track that goes on, or is done, must not wait on them).
+    resolve_unknown: bool = True
+
+
+class CheckInput(BaseModel):
+    track: TrackInput
+    staged: StagedAudio
+    # Runs that master their tracks measure the tempo then, off the critical path.
+    measure_tempo: bool = True
+
+
+class StoreAudioInput(BaseModel):
+    track: TrackInput
+    checked: CheckedAudio
+
+
+class CoverInput(BaseModel):
+    track: TrackInput
+    visual_version: int = 1
+
+
+class MasterInput(BaseModel):
+    track: TrackInput
+    source_key: str
+
+
+class RenditionsInput(BaseModel):
+    track: TrackInput
+    mastered: MasteredAudio | None = None  # None: mastering gave up
+    reason: str | None = None
+
+
+class CompleteInput(BaseModel):
+    track: TrackInput
+    stored: StoredTrack
+    checked: CheckedAudio
+    fallbacks: int = 0
+    # Mastering follows: the provider's file plays until the renditions replace it.
+    renditions_pending: bool = False
+
+
+class FinishInput(BaseModel):
+    track: TrackInput
+    status: JobStatus
+    error_code: str | None = None
+    message: str | None = None

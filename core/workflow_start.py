@@ -25,26 +25,27 @@ from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.common import (
-    SearchAttributeKey,
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.contracts import TRACK_WORKFLOW, GenerationRequest, JobStatus, TrackInput
+from core.contracts import (
+    JOB_STATUS_ATTRIBUTE,
+    TRACK_ID_ATTRIBUTE,
+    TRACK_WORKFLOW,
+    USER_ID_ATTRIBUTE,
+    GenerationRequest,
+    JobStatus,
+    TrackInput,
+)
 from core.jobs import JobStore
 from core.logging import get_logger
 from core.models import Job, Track
 from core.settings import Settings
 
 log = get_logger("soundfoundry.workflow_start")
-
-# Set at start so operators find a job from its first moment; the workflow keeps JobStatus
-# (and Provider) up to date itself.
-TRACK_ID_ATTRIBUTE = SearchAttributeKey.for_keyword("TrackId")
-USER_ID_ATTRIBUTE = SearchAttributeKey.for_keyword("UserId")
-JOB_STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("JobStatus")
 
 # Bounds the question "did it start?" so an unreachable Temporal gets a prompt answer
 # rather than one after the SDK's own retries.

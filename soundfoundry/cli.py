@@ -379,7 +379,7 @@ def admin_cancel(
     from core.accounts import UserNotFound, find_user
     from core.admin import CancelFilter, cancel_matching
     from core.db import create_engine, session_factory
-    from worker import connect_temporal
+    from core.temporal import client_for
 
     if query is not None:
         err.print("[red]--query is gone: filter with --status, --provider, --user, --older-than[/]")
@@ -414,7 +414,7 @@ def admin_cancel(
         raise typer.Exit(1)
 
     async def run() -> list[str]:
-        return await cancel_matching(await connect_temporal(get_settings()), criteria)
+        return await cancel_matching(await client_for(get_settings()), criteria)
 
     cancelled = asyncio.run(run())
     for workflow_id in cancelled:

@@ -24,13 +24,12 @@ from rich.console import Console
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client
 
 from api.security import startup_problems
 from core.db import create_engine, session_factory
 from core.migrate import upgrade
-from core.search_attributes import SEARCH_ATTRIBUTES
 from core.settings import Settings
+from core.temporal import SEARCH_ATTRIBUTE_NAMES, client_for
 from core.users import create_user, user_for_token
 
 STATE_DIR = Path(".soundfoundry")
@@ -84,7 +83,7 @@ def temporal_dev_command(
     ]  # fmt: skip
     if db_file is not None:
         command += ["--db-filename", str(db_file)]
-    for name in SEARCH_ATTRIBUTES:
+    for name in SEARCH_ATTRIBUTE_NAMES:
         command += ["--search-attribute", f"{name}=Keyword"]
     return command
 
@@ -116,7 +115,7 @@ def _die_with_parent() -> None:
 async def wait_for_pollers(settings: Settings, timeout_s: float) -> None:
     """Until a worker polls the task queue for workflow and activity tasks alike: a track
     created before that would only sit in the queue."""
-    client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    client = await client_for(settings)
     deadline = time.monotonic() + timeout_s
     kinds = (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
     while True:

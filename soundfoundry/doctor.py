@@ -14,10 +14,9 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from activities.providers.registry import ProviderRegistry
 from core.db import create_engine
 from core.migrate import alembic_config
-from core.search_attributes import missing_search_attributes
 from core.settings import Settings
 from core.storage import LocalStorage, S3Storage, build_storage
-from worker import connect_temporal
+from core.temporal import client_for, missing_search_attributes
 
 
 @dataclass
@@ -45,7 +44,7 @@ def _current_revision(connection: Connection) -> str | None:
 
 
 async def check_temporal(settings: Settings) -> Check:
-    client = await connect_temporal(settings)
+    client = await client_for(settings)
     await client.workflow_service.describe_namespace(
         DescribeNamespaceRequest(namespace=settings.temporal_namespace)
     )

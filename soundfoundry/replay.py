@@ -14,6 +14,7 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from core.temporal import connect as connect_temporal
 from workflows.track import TrackWorkflow
 
 
@@ -52,6 +53,4 @@ async def replay_query(client: Client, query: str, limit: int) -> AsyncIterator[
 
 
 async def connect(address: str, namespace: str) -> Client:
-    return await Client.connect(
-        address, namespace=namespace, data_converter=pydantic_data_converter
-    )
+    return await connect_temporal(address, namespace)

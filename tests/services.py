@@ -46,6 +46,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 from temporalio.testing import WorkflowEnvironment
 
+from core.contracts import SEARCH_ATTRIBUTES
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
 
@@ -597,9 +599,7 @@ class VersityGateway(_SyncService):
 # ------------------------------------------------------------------------------------
 # Temporal dev server
 # ------------------------------------------------------------------------------------
-SOUNDFOUNDRY_SEARCH_ATTRIBUTES: tuple[SearchAttributeKey[Any], ...] = tuple(
-    SearchAttributeKey.for_keyword(name) for name in ("TrackId", "UserId", "Provider", "JobStatus")
-)
+SOUNDFOUNDRY_SEARCH_ATTRIBUTES: tuple[SearchAttributeKey[Any], ...] = SEARCH_ATTRIBUTES
 """The custom search attributes SoundFoundry workflows use (all Keyword)."""
 
 

@@ -23,7 +23,8 @@ import yaml
 
 from core.settings import Settings
 from core.storage import S3Storage, build_storage
-from soundfoundry.devstack import DEV_SERVER_TUNING, SEARCH_ATTRIBUTES
+from core.temporal import SEARCH_ATTRIBUTE_NAMES
+from soundfoundry.devstack import DEV_SERVER_TUNING
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.temporal.yml"
@@ -545,7 +546,7 @@ def test_temporal_setup_registers_the_apps_search_attributes(
     names = (environment_of(setup)["SEARCH_ATTRIBUTES"] or "").split()
     assert (
         sorted(names)
-        == sorted(SEARCH_ATTRIBUTES)
+        == sorted(SEARCH_ATTRIBUTE_NAMES)
         == sorted(["TrackId", "UserId", "Provider", "JobStatus"])
     )
     script = script_text(setup)

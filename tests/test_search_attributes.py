@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.search_attributes import SEARCH_ATTRIBUTES, missing_search_attributes
+from core.temporal import SEARCH_ATTRIBUTE_NAMES, missing_search_attributes
 from tests.conftest import Stack
 from tests.services import TemporalDevServer
 
@@ -19,7 +19,7 @@ async def test_a_worker_registers_the_search_attributes_on_a_plain_server(stack:
     async with TemporalDevServer(search_attributes=(), ui=False) as bare:
         env = {**stack.env, "TEMPORAL_ADDRESS": bare.target_host, "WORKER_METRICS_PORT": "0"}
         assert sorted(await missing_search_attributes(bare.client, "default")) == sorted(
-            SEARCH_ATTRIBUTES
+            SEARCH_ATTRIBUTE_NAMES
         )
         doctor = await asyncio.to_thread(
             subprocess.run,

@@ -16,13 +16,16 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import col, select
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from api.main import create_app
 from api.routes import job_events
 from core.contracts import (
+    JOB_STATUS_ATTRIBUTE,
+    PROVIDER_ATTRIBUTE,
     PROVIDER_HEALTH_WORKFLOW,
     RECONCILE_WORKFLOW,
+    USER_ID_ATTRIBUTE,
     GenerationRequest,
 )
 from core.models import ApiToken, Plan, utcnow
@@ -277,9 +280,9 @@ async def test_open_streams_per_user_are_capped(embedded_stack: Stack) -> None:
 # ------------------------------------------------------------------------ bulk cancel
 
 
-USER_ID = SearchAttributeKey.for_keyword("UserId")
-PROVIDER = SearchAttributeKey.for_keyword("Provider")
-JOB_STATUS = SearchAttributeKey.for_keyword("JobStatus")
+USER_ID = USER_ID_ATTRIBUTE
+PROVIDER = PROVIDER_ATTRIBUTE
+JOB_STATUS = JOB_STATUS_ATTRIBUTE
 
 
 async def start_decoys(stack: Stack, user_id: uuid.UUID) -> list[WorkflowHandle[Any, Any]]:

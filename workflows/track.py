@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -25,37 +25,38 @@ from temporalio.exceptions import (
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from activities.assets import (
-        AssetActivities,
-        CoverInput,
-        MasterInput,
-        RenditionsInput,
-        StoreAudioInput,
-    )
-    from activities.generation import (
-        CancelInput,
-        CheckInput,
-        GenerationActivities,
-        SubmitInput,
-    )
-    from activities.jobs import CompleteInput, FinishInput, JobActivities
-    from activities.providers.base import NON_RETRYABLE, ErrorCode
+    from activities.assets import AssetActivities
+    from activities.generation import GenerationActivities
+    from activities.jobs import JobActivities
     from activities.webhooks import WebhookActivities
     from core.contracts import (
+        JOB_STATUS_ATTRIBUTE,
+        NON_RETRYABLE,
         PROGRESS_QUERY,
+        PROVIDER_ATTRIBUTE,
         PROVIDER_EVENT_SIGNAL,
         TRACK_WORKFLOW,
+        CancelInput,
         CheckedAudio,
+        CheckInput,
+        CompleteInput,
+        CoverInput,
+        ErrorCode,
+        FinishInput,
         GenerationPlan,
         JobStatus,
+        MasterInput,
         Progress,
         ProviderEvent,
         ProviderPlan,
+        RenditionsInput,
         RetryBounds,
         StagedAudio,
         Step,
+        StoreAudioInput,
         StoredTrack,
         Submission,
+        SubmitInput,
         TrackInput,
         TrackResult,
         WebhookInput,
@@ -111,8 +112,6 @@ MASTER_RETRY = RetryPolicy(
     maximum_attempts=5,
     non_retryable_error_types=NON_RETRYABLE_TYPES,
 )
-PROVIDER_ATTRIBUTE = SearchAttributeKey.for_keyword("Provider")
-JOB_STATUS_ATTRIBUTE = SearchAttributeKey.for_keyword("JobStatus")
 
 
 class GenerationFailed(Exception):

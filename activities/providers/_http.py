@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from activities.providers.base import DownloadedAudio, ErrorCode, Heartbeat, ProviderError
+from activities.providers.base import DownloadedAudio, Heartbeat, ProviderError
+from core.contracts import ErrorCode
 
 
 @functools.cache

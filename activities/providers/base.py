@@ -13,45 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
-from core.contracts import GenerationRequest, Submission
-
-
-class ErrorCode(StrEnum):
-    UNAUTHORIZED = "http_401"
-    FORBIDDEN = "http_403"
-    INVALID = "http_422"
-    RATE_LIMITED = "http_429"
-    SERVER = "http_5xx"
-    TIMEOUT = "timeout"
-    # The submit left and its outcome could not be found: it may have paid.
-    AMBIGUOUS = "ambiguous_submit"
-    SUBMISSION_CAP = "submission_cap"
-    # The provider's in-flight cap is reached: the workflow waits and asks again.
-    PROVIDER_BUSY = "provider_busy"
-    JOB_FAILED = "job_failed"
-    JOB_CANCELLED = "job_cancelled"
-    BAD_AUDIO = "bad_audio"
-    UNCONFIGURED = "unconfigured"
-    UNSUPPORTED = "unsupported"
-    OTHER = "provider_error"
-
-
-# Errors that another attempt at the same provider cannot fix.
-NON_RETRYABLE = frozenset(
-    {
-        ErrorCode.UNAUTHORIZED,
-        ErrorCode.FORBIDDEN,
-        ErrorCode.INVALID,
-        ErrorCode.JOB_FAILED,
-        ErrorCode.JOB_CANCELLED,
-        ErrorCode.BAD_AUDIO,
-        ErrorCode.UNCONFIGURED,
-        ErrorCode.UNSUPPORTED,
-        ErrorCode.AMBIGUOUS,
-        ErrorCode.SUBMISSION_CAP,
-        ErrorCode.PROVIDER_BUSY,
-    }
-)
+from core.contracts import NON_RETRYABLE, ErrorCode, GenerationRequest, Submission
 
 
 class ProviderError(Exception):

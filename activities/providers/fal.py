@@ -32,7 +32,6 @@ from pydantic import SecretStr
 from activities.providers._http import LoopLocal, parse_retry_after, shorten, stream_audio
 from activities.providers.base import (
     DownloadedAudio,
-    ErrorCode,
     Health,
     Heartbeat,
     JobState,
@@ -40,7 +39,7 @@ from activities.providers.base import (
     ProviderError,
 )
 from activities.providers.hosted import HostedModel, HostedProvider, SubmitCall
-from core.contracts import Submission
+from core.contracts import ErrorCode, Submission
 from core.settings import Settings, get_settings
 
 DEFAULT_QUEUE_URL = "https://queue.fal.run/"

@@ -22,8 +22,8 @@ import httpx
 from pydantic import SecretStr
 
 from activities.providers._http import Redactor, parse_retry_after, shorten, tls_context
-from activities.providers.base import ErrorCode, MusicProvider, ProviderError
-from core.contracts import GenerationRequest
+from activities.providers.base import MusicProvider, ProviderError
+from core.contracts import ErrorCode, GenerationRequest
 
 # A connect error or a pool wait proves the request never left; anything after that
 # (timeouts while waiting for the answer, resets, 5xx) may follow a job being created.

@@ -34,7 +34,6 @@ from replicate.prediction import Prediction
 from activities.providers._http import LoopLocal, parse_retry_after, shorten, stream_audio
 from activities.providers.base import (
     DownloadedAudio,
-    ErrorCode,
     Health,
     Heartbeat,
     JobState,
@@ -42,7 +41,7 @@ from activities.providers.base import (
     ProviderError,
 )
 from activities.providers.hosted import HostedModel, HostedProvider, SubmitCall
-from core.contracts import GenerationRequest, Submission
+from core.contracts import ErrorCode, GenerationRequest, Submission
 from core.settings import Settings, get_settings
 
 DEFAULT_BASE_URL = "https://api.replicate.com"

@@ -16,7 +16,6 @@ import soundfile as sf
 
 from activities.providers.base import (
     DownloadedAudio,
-    ErrorCode,
     Health,
     Heartbeat,
     JobState,
@@ -31,7 +30,7 @@ from activities.providers.synth_music import (
     SynthRenderer,
     plan_music,
 )
-from core.contracts import GenerationRequest, Submission
+from core.contracts import ErrorCode, GenerationRequest, Submission
 
 __all__ = ["MODEL", "MusicPlan", "SynthProvider", "plan_music"]
 

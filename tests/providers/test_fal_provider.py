@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from activities.providers.base import ErrorCode, JobState, PollResult, ProviderError
+from activities.providers.base import JobState, PollResult, ProviderError
 from activities.providers.fal import FalProvider
-from core.contracts import GenerationRequest, Submission
+from core.contracts import ErrorCode, GenerationRequest, Submission
 from tests.fakes import Audio, Fail, Job, Stall
 from tests.fakes.fal_server import FalFake
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from activities.providers.base import ErrorCode, JobState, PollResult, ProviderError
+from activities.providers.base import JobState, PollResult, ProviderError
 from activities.providers.replicate import REPLICATE_MODELS, ReplicateProvider
-from core.contracts import GenerationRequest, Submission
+from core.contracts import ErrorCode, GenerationRequest, Submission
 from tests.fakes import Audio, Fail, Job, Stall
 from tests.fakes.replicate_server import ReplicateFake
 

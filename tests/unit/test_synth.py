@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 import soundfile as sf
 
-from activities.providers.base import DownloadedAudio, ErrorCode, JobState, ProviderError
+from activities.providers.base import DownloadedAudio, JobState, ProviderError
 from activities.providers.synth import SynthProvider, plan_music
 from activities.providers.synth_music import (
     SAMPLE_RATE,
@@ -26,7 +26,7 @@ from activities.providers.synth_music import (
     degree_to_midi,
 )
 from core.audio import analyze, quality_problem
-from core.contracts import GenerationRequest, Submission
+from core.contracts import ErrorCode, GenerationRequest, Submission
 
 REQUEST = GenerationRequest(prompt="warm lofi beat with soft keys", duration_s=12, seed=7)
 
