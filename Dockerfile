@@ -30,6 +30,8 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY api ./api
 COPY activities ./activities
 COPY core ./core
+COPY domain ./domain
+COPY engines ./engines
 COPY soundfoundry ./soundfoundry
 COPY workflows ./workflows
 COPY worker.py ./
@@ -71,6 +73,8 @@ COPY migrations ./migrations
 COPY api ./api
 COPY activities ./activities
 COPY core ./core
+COPY domain ./domain
+COPY engines ./engines
 COPY soundfoundry ./soundfoundry
 COPY workflows ./workflows
 COPY worker.py ./

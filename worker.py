@@ -38,13 +38,13 @@ from activities.sweep import SweepActivities
 from activities.webhooks import WebhookActivities
 from core.contracts import RECONCILE_WORKFLOW, reconcile_schedule_id
 from core.db import create_engine, session_factory
-from core.jobs import JobStore
 from core.logging import configure_logging, get_logger
 from core.metrics import WORKER_REGISTRY, MetricsServer, RemoteTextCollector, init_worker_series
 from core.settings import Settings, get_settings
 from core.storage import Storage, build_storage
 from core.telemetry import configure_tracing, init_sentry
 from core.temporal import client_for, register_search_attributes
+from domain.tracks.jobs import JobStore
 from workflows.provider_health import ProviderHealthWorkflow
 from workflows.reconcile import ReconcileWorkflow
 from workflows.track import TrackWorkflow

@@ -11,8 +11,6 @@ from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import heartbeating
 from activities.recording import recorded_attempt
-from core import mastering
-from core.audio import AudioDecodeError, estimate_tempo
 from core.contracts import (
     CoverInput,
     ErrorCode,
@@ -23,11 +21,13 @@ from core.contracts import (
     Step,
     StoreAudioInput,
 )
-from core.covers import draw_track_cover, store_generated_cover
-from core.jobs import JobStore
-from core.render_sandbox import sandbox_for
 from core.settings import Settings
 from core.storage import Storage, audio_key, rendition_key
+from domain.covers import draw_track_cover, store_generated_cover
+from domain.tracks.jobs import JobStore
+from engines import mastering
+from engines.audio import AudioDecodeError, estimate_tempo
+from engines.render_sandbox import sandbox_for
 
 # Stored rendition names, by format: `tracks/<user>/<track>.<name>.<format>`.
 RENDITION_NAMES = {"flac": "master", "mp3": "stream"}

@@ -21,7 +21,6 @@ from activities.providers.base import JobState, MusicProvider, ProviderError
 from activities.providers.registry import ProviderRegistry
 from activities.recording import Attempt, recorded_attempt
 from activities.submissions import ProviderJobs
-from core.audio import AudioDecodeError, analyze, quality_problem
 from core.contracts import (
     CancelInput,
     CheckedAudio,
@@ -34,7 +33,6 @@ from core.contracts import (
     SubmissionState,
     SubmitInput,
 )
-from core.jobs import JobStore
 from core.logging import get_logger
 from core.metrics import (
     count_fallback,
@@ -45,7 +43,9 @@ from core.metrics import (
 )
 from core.settings import Settings
 from core.storage import Storage, staging_key
-from core.submissions import SubmissionLedger
+from domain.tracks.jobs import JobStore
+from domain.tracks.submissions import SubmissionLedger
+from engines.audio import AudioDecodeError, analyze, quality_problem
 
 log = get_logger("soundfoundry.generation")
 

@@ -14,8 +14,9 @@ from core.contracts import (
     RetryBounds,
     TrackInput,
 )
-from core.jobs import InsufficientCredits, JobStore
 from core.settings import Settings
+from domain.credits import InsufficientCredits
+from domain.tracks.jobs import JobStore
 
 
 class JobActivities:

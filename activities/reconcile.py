@@ -14,11 +14,11 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.contracts import JobStatus, ReconcileReport
-from core.jobs import JobStore
 from core.logging import get_logger
 from core.models import Job, Track
 from core.settings import Settings
-from core.workflow_start import (
+from domain.tracks.jobs import JobStore
+from domain.tracks.start import (
     WorkflowNotStarted,
     WorkflowStartUnknown,
     start_track_workflow,

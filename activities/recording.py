@@ -18,9 +18,9 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.providers.base import ProviderError
-from core.jobs import JobStore
 from core.logging import get_logger
 from core.metrics import count_provider_attempt
+from domain.tracks.jobs import JobStore
 
 log = get_logger("soundfoundry.activities")
 

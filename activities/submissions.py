@@ -31,12 +31,12 @@ from core.contracts import (
     SubmissionState,
     TrackInput,
 )
-from core.jobs import JobStore
 from core.logging import get_logger
 from core.metrics import count_ambiguous_submission, count_provider_cancel
 from core.models import ProviderSubmission
 from core.settings import Settings
-from core.submissions import WITH_RUN_ID, ProviderAtCapacity, SubmissionLedger
+from domain.tracks.jobs import JobStore
+from domain.tracks.submissions import WITH_RUN_ID, ProviderAtCapacity, SubmissionLedger
 
 log = get_logger("soundfoundry.submissions")
 

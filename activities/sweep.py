@@ -16,7 +16,7 @@ from activities.submissions import ProviderJobs
 from core.contracts import SubmissionState
 from core.logging import get_logger
 from core.metrics import seconds_since
-from core.workflow_start import track_input
+from domain.tracks.start import track_input
 
 log = get_logger("soundfoundry.sweep")
 

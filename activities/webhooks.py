@@ -12,10 +12,10 @@ from temporalio.exceptions import ApplicationError
 
 from activities.recording import recorded_attempt
 from core.contracts import JobStatus, WebhookInput
-from core.jobs import JobStore
 from core.models import Track
 from core.settings import Settings
-from core.webhooks import (
+from domain.tracks.jobs import JobStore
+from domain.webhooks.outgoing import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,

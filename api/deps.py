@@ -12,11 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.provider_health import ProviderHealthProbe
 from api.temporal import TemporalGateway
 from core.db import SessionFactory
-from core.jobs import JobStore
 from core.models import User
 from core.settings import Settings
 from core.storage import Storage
-from core.users import user_for_token
+from domain.tracks.jobs import JobStore
+from domain.users import user_for_token
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The `Idempotency-Key` header of create routes (core/idempotency.py keeps the keys).
+"""The `Idempotency-Key` header of create routes (domain/tracks/idempotency.py keeps the keys).
 
 A route takes `key: IdempotencyKeyHeader = None`, answers `await replay(...)` when it is
 not None, and otherwise passes `claim(...)` to the store so the key is written with the
@@ -14,9 +14,9 @@ from typing import Annotated, Any
 from fastapi import Header, HTTPException, status
 from fastapi.responses import JSONResponse
 
-from core import idempotency
 from core.db import SessionFactory
 from core.models import Job, Track
+from domain.tracks import idempotency
 
 IdempotencyKeyHeader = Annotated[
     str | None,

@@ -37,11 +37,11 @@ from api.routes import (
 )
 from api.temporal import TemporalGateway
 from core.db import create_engine, session_factory
-from core.jobs import JobStore
 from core.logging import get_logger
 from core.settings import Settings, get_settings
 from core.storage import build_storage
 from core.telemetry import configure_tracing, init_sentry
+from domain.tracks.jobs import JobStore
 
 log = get_logger("soundfoundry.api")
 

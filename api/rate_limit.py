@@ -2,7 +2,7 @@
 
 Add the limit to a route with `rate_limit(name)`; it authenticates the caller (the same
 `current_user` the route uses, resolved once per request), counts the request in the
-database (core/rate_limit_storage.py, fixed window) and answers 429 with `Retry-After`
+database (domain/limits/storage.py, fixed window) and answers 429 with `Retry-After`
 when the user is over the limit:
 
     from api.rate_limit import rate_limit
@@ -13,7 +13,7 @@ when the user is over the limit:
     # or take the user from it directly:
     async def create_series(user: Annotated[User, rate_limit("series_create")], ...): ...
 
-Names and their settings (core/plans.py):
+Names and their settings (domain/limits/plans.py):
 
 | name | limit | window |
 | --- | --- | --- |
@@ -39,13 +39,13 @@ from limits.aio.strategies import FixedWindowRateLimiter
 
 from api.deps import CurrentUser, ServicesDep
 from core.models import Plan, User
-from core.plans import RATE_LIMIT_NAMES, RateLimitName, rate_rule
-from core.rate_limit_storage import DatabaseStorage
 from core.settings import Settings
+from domain.limits.plans import RATE_LIMIT_NAMES, RateLimitName, rate_rule
+from domain.limits.storage import DatabaseStorage
 
 NAMESPACE = "sf"
 
-# Limits of this module's own, beside core/plans.py's (which GET /api/me lists).
+# Limits of this module's own, beside domain/limits/plans.py's (which GET /api/me lists).
 ApiRateLimitName = Literal["cover_reroll"]
 API_RATE_LIMIT_NAMES: tuple[ApiRateLimitName, ...] = ("cover_reroll",)
 

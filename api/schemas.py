@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.contracts import JobStatus, RenditionsState, Step
-from core.webhooks import check_url_shape
+from domain.webhooks.outgoing import check_url_shape
 
 # Paging bounds (README, "HTTP API"). Postgres and SQLite take 64-bit LIMIT/OFFSET: an
 # unbounded integer from a query string overflows in SQL, so it is refused as a 422.

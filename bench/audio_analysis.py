@@ -1,6 +1,6 @@
 """How long the audio check's analysis takes, against plain decoding of the same file.
 
-Renders a synth track per length, then times `core.audio.analyze` (decode, levels,
+Renders a synth track per length, then times `engines.audio.analyze` (decode, levels,
 loudness, tempo, waveform peaks) and, as the baseline, `soundfile.read` alone; and the
 most memory each held at once (tracemalloc). The analysis streams the file and keeps only
 a decimated mono signal and a small spectrogram: for 300 s of stereo 44.1 kHz it holds
@@ -24,8 +24,8 @@ from pathlib import Path
 import soundfile as sf
 
 from activities.providers.synth import SynthProvider
-from core.audio import analyze
 from core.contracts import GenerationRequest, Submission
+from engines.audio import analyze
 
 LENGTHS_S = (30, 60, 300)
 TARGET_60S = 1.0  # issue 6: "analysis of a 60 s track stays well under a second"

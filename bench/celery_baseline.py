@@ -2,8 +2,8 @@
 
 One Celery task per track does, in order: create a Replicate prediction, poll it until it
 succeeded, download the WAV, write it to a local folder, check it with our own
-core.audio (decode, peak, RMS, loudness, tempo; reject silence and a wrong length), draw
-our SVG cover (core.cover) into the folder, and record QUEUED -> RENDERING -> COMPLETE with
+engines.audio (decode, peak, RMS, loudness, tempo; reject silence and a wrong length), draw
+our SVG cover (engines.cover_art) into the folder, and record QUEUED -> RENDERING -> COMPLETE with
 timestamps in SQLite (the producer inserts QUEUED, the task updates). Completion is read
 from SQLite, as our bench reads our database, never from the result backend.
 
@@ -39,8 +39,8 @@ import redis
 from celery import Celery
 from celery import __version__ as celery_version
 
-from core.audio import AudioInfo, analyze, quality_problem
-from core.cover import render_cover_svg
+from engines.audio import AudioInfo, analyze, quality_problem
+from engines.cover_art import render_cover_svg
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TASK_NAME = "bench.celery_baseline.render_track"
@@ -49,7 +49,7 @@ TASK_NAME = "bench.celery_baseline.render_track"
 MODEL_VERSION = "meta/musicgen:" + "0" * 63 + "1"
 DURATION_S = 5
 POLL_INTERVAL_S = 2.0  # SoundFoundry's default POLL_INTERVAL_S
-SILENCE_DBFS = -60.0  # the same floor as core.audio.quality_problem
+SILENCE_DBFS = -60.0  # the same floor as engines.audio.quality_problem
 WAIT_S = 300.0
 START_S = 60.0
 MB = 1024 * 1024
@@ -133,7 +133,7 @@ def _generate(http: httpx.Client, prompt: str) -> bytes:
 
 
 def _check_audio(path: Path) -> AudioInfo:
-    """The very check our pipeline runs (core.audio): decode, loudness, tempo, peaks."""
+    """The very check our pipeline runs (engines.audio): decode, loudness, tempo, peaks."""
     info = analyze(path)
     if problem := quality_problem(info, DURATION_S, silence_dbfs=SILENCE_DBFS):
         raise ValueError(problem)

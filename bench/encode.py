@@ -5,7 +5,7 @@ change every two seconds, a noise bed, kick, snare and hi-hat: the encoders and 
 limiter get real work), then, in a fresh child process per length so the figures are
 independent:
 
-- `core.mastering.master_audio` end to end (decode, loudness passes, limiter, 24-bit
+- `engines.mastering.master_audio` end to end (decode, loudness passes, limiter, 24-bit
   FLAC, 192 kbps MP3), in seconds and as a multiple of real time;
 - the FLAC and MP3 encoders alone, in seconds per minute of audio: the master is
   decoded again block by block and only the encoders' write calls are timed;
@@ -66,7 +66,7 @@ def synthesise(path: Path, seconds: int, seed: int = 1) -> None:
 
 def child(source: Path, workdir: Path) -> None:
     """Runs in its own process: master once, then time the encoders alone; prints JSON."""
-    from core.mastering import master_audio, wav_size
+    from engines.mastering import master_audio, wav_size
 
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()

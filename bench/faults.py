@@ -57,8 +57,8 @@ from core.migrate import upgrade
 from core.models import Job as JobRow
 from core.models import Plan, ProviderSubmission, Track, User
 from core.settings import Settings
-from core.submissions import SubmissionLedger
-from core.users import create_user
+from domain.tracks.submissions import SubmissionLedger
+from domain.users import create_user
 from soundfoundry.devstack import DEV_SERVER_TUNING
 from tests.conftest import settings_env
 from tests.fakes import Job, Late

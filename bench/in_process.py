@@ -19,11 +19,11 @@ from temporalio.client import Client
 from activities.providers.registry import ProviderRegistry
 from api.main import create_app
 from core.db import create_engine, session_factory
-from core.jobs import JobStore
 from core.migrate import upgrade
 from core.settings import Settings
 from core.storage import build_storage
-from core.users import create_user
+from domain.tracks.jobs import JobStore
+from domain.users import create_user
 from worker import build_worker
 
 

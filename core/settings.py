@@ -192,7 +192,7 @@ class Settings(BaseSettings):
     # Covers and style (README: "Covers and style"). Users may save their own SVG covers
     # unless this is off; generated covers work either way.
     feature_cover_save: bool = True
-    # Every cover is drawn in its own child process (core/render_sandbox.py), killed at the
+    # Every cover is drawn in its own child process (engines/render_sandbox.py), killed at the
     # deadline or by the kernel past its CPU seconds or address space.
     cover_render_timeout_s: float = Field(default=20.0, gt=0)
     cover_render_cpu_s: int = Field(default=10, ge=1)

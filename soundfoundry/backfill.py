@@ -19,7 +19,7 @@ out = Console(highlight=False)
 def style_seed() -> None:
     """Give users without one a style seed (and a default series if series are on)."""
     from core.db import create_engine, session_factory
-    from core.style import BackfillReport, backfill
+    from domain.style import BackfillReport, backfill
 
     settings = get_settings()
 

@@ -122,7 +122,7 @@ def users_create(
     """Create a user; the API token is printed alone on the last line."""
     from core.db import create_engine, session_factory
     from core.models import Plan
-    from core.users import create_user
+    from domain.users import create_user
 
     try:
         chosen = Plan(plan)
@@ -146,8 +146,8 @@ def users_create(
 def _change_account(user: str, change: Any) -> tuple[str, str, int]:
     """Run `change(sessions, user_id)` for the user with this id or unique name; returns
     (id, plan, credits) after it."""
-    from core.accounts import UserNotFound, find_user
     from core.db import create_engine, session_factory
+    from domain.users import UserNotFound, find_user
 
     async def run() -> tuple[str, str, int]:
         engine = create_engine(get_settings().database_url)
@@ -171,7 +171,7 @@ def users_grant(
     credits: Annotated[int, typer.Option(min=1, help="credits to add")],
 ) -> None:
     """Add credits to a user; the new balance is printed alone on the last line."""
-    from core.accounts import grant_credits
+    from domain.credits import grant_credits
 
     user_id, _, balance = _change_account(
         user, lambda sessions, user_id: grant_credits(sessions, user_id, credits)
@@ -186,8 +186,8 @@ def users_set_plan(
     plan: Annotated[str, typer.Argument(help="free or pro")],
 ) -> None:
     """Move a user to the free or pro plan (limits apply from the next request)."""
-    from core.accounts import set_plan
     from core.models import Plan
+    from domain.users import set_plan
 
     try:
         chosen = Plan(plan)
@@ -334,9 +334,9 @@ def admin_stuck(
     """List jobs stuck in QUEUED or RENDERING for longer than --minutes."""
     from rich.table import Table
 
-    from core.admin import stuck_jobs
     from core.contracts import JobStatus
     from core.db import create_engine, session_factory
+    from domain.tracks.admin import stuck_jobs
 
     async def run() -> list[dict[str, object]]:
         engine = create_engine(get_settings().database_url)
@@ -376,10 +376,10 @@ def admin_cancel(
     provider jobs)."""
     from pydantic import ValidationError
 
-    from core.accounts import UserNotFound, find_user
-    from core.admin import CancelFilter, cancel_matching
     from core.db import create_engine, session_factory
     from core.temporal import client_for
+    from domain.tracks.admin import CancelFilter, cancel_matching
+    from domain.users import UserNotFound, find_user
 
     if query is not None:
         err.print("[red]--query is gone: filter with --status, --provider, --user, --older-than[/]")
@@ -445,8 +445,8 @@ def tokens_create(
     ] = None,
 ) -> None:
     """Create a token for a user; the token is printed alone on the last line."""
-    from core.accounts import UserNotFound, find_user
-    from core.tokens import issue_token
+    from domain.tokens import issue_token
+    from domain.users import UserNotFound, find_user
 
     async def work(sessions: Any) -> tuple[Any, str]:
         owner = await find_user(sessions, user)
@@ -467,8 +467,8 @@ def tokens_list(user: Annotated[str, typer.Argument(help="the user's id or name"
     """A user's tokens (never the tokens themselves)."""
     from rich.table import Table
 
-    from core.accounts import UserNotFound, find_user
-    from core.tokens import describe, list_tokens
+    from domain.tokens import describe, list_tokens
+    from domain.users import UserNotFound, find_user
 
     async def work(sessions: Any) -> list[dict[str, Any]]:
         owner = await find_user(sessions, user)
@@ -502,7 +502,7 @@ def tokens_revoke(token_id: Annotated[str, typer.Argument(help="the token's id")
     """Revoke a token: requests with it fail at once, its open streams close soon after."""
     import uuid
 
-    from core.tokens import TokenNotFound, revoke_token
+    from domain.tokens import TokenNotFound, revoke_token
 
     try:
         parsed = uuid.UUID(token_id)

@@ -30,7 +30,7 @@ from core.db import create_engine, session_factory
 from core.migrate import upgrade
 from core.settings import Settings
 from core.temporal import SEARCH_ATTRIBUTE_NAMES, client_for
-from core.users import create_user, user_for_token
+from domain.users import create_user, user_for_token
 
 STATE_DIR = Path(".soundfoundry")
 # Signals that end the stack as Ctrl-C does: a terminal closed, a service manager, a quit.

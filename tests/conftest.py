@@ -27,12 +27,12 @@ from activities.providers.registry import ProviderRegistry
 from api.main import create_app
 from core.contracts import JobStatus, RenditionsState
 from core.db import create_engine, session_factory
-from core.jobs import JobStore
 from core.migrate import upgrade
 from core.models import Plan
 from core.settings import Settings
 from core.storage import Storage, build_storage
-from core.users import create_user
+from domain.tracks.jobs import JobStore
+from domain.users import create_user
 from tests.services import TemporalDevServer
 from worker import build_worker
 

@@ -10,7 +10,7 @@ from typing import Any
 from PIL import Image
 
 from core.models import Plan, Track
-from core.users import create_user
+from domain.users import create_user
 from tests.conftest import Stack
 
 CORPUS = Path(__file__).parent / "unit" / "svg_corpus"

@@ -23,7 +23,7 @@ from api.main import create_app
 from api.schemas import MAX_PAGE_OFFSET
 from api.temporal import TemporalGateway
 from core.contracts import GenerationRequest, JobStatus
-from core.pricing import credits_required
+from domain.credits import credits_required
 from tests.conftest import Stack, _assemble, base_settings, eventually
 from tests.services import PostgresCluster, TemporalDevServer, VersityGateway
 

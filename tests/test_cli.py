@@ -41,7 +41,7 @@ def test_users_create_prints_a_working_token_on_its_last_line(tmp_path: Path) ->
     import asyncio
 
     from core.db import create_engine, session_factory
-    from core.users import user_for_token
+    from domain.users import user_for_token
 
     async def lookup() -> tuple[str, int] | None:
         engine = create_engine(env["DATABASE_URL"])

@@ -11,10 +11,10 @@ import pytest
 from PIL import ImageChops
 
 from api.routes.covers import COVER_SAVE_OFF
-from core.cover import palette_for, render_cover_svg
-from core.covers import PNG_SIZE
 from core.models import User
-from core.svg_sanitize import sanitize_svg
+from domain.covers import PNG_SIZE
+from engines.cover_art import palette_for, render_cover_svg
+from engines.svg_sanitize import sanitize_svg
 from tests.conftest import Stack
 from tests.covers_support import (
     BENIGN,

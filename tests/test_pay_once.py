@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from core.contracts import SubmissionState
 from core.models import Plan
-from core.submissions import SubmissionLedger
+from domain.tracks.submissions import SubmissionLedger
 from tests.conftest import Stack, eventually
 from tests.fakes import Drop, Fail, FailAfter, FakeServer, Job, Late, Stall
 from tests.fakes.fal_server import FalFake

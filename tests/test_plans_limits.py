@@ -13,7 +13,7 @@ import pytest
 from sqlmodel import col, func, select
 
 from core.models import Job, Plan, Track
-from core.users import create_user
+from domain.users import create_user
 from tests.api_process import SOUNDFOUNDRY, api_processes
 from tests.conftest import Stack
 

@@ -34,7 +34,7 @@ from core.contracts import (
     track_workflow_id,
 )
 from core.models import ProviderSubmission
-from core.submissions import SubmissionLedger
+from domain.tracks.submissions import SubmissionLedger
 from tests.conftest import Stack, eventually
 from tests.fakes import Job
 from tests.fakes.fal_server import FalFake

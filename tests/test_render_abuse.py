@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from core.cover import render_cover_svg
+from engines.cover_art import render_cover_svg
 from tests.conftest import Stack, eventually
 from tests.covers_support import finished_track, track_row
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.pricing import credits_required
 from core.settings import Settings
+from domain.credits import credits_required
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 from sqlmodel import col, select
 
-from core.covers import PNG_SIZE
 from core.models import ShareLink
+from domain.covers import PNG_SIZE
 from tests.conftest import Stack
 from tests.covers_support import decode_png, finished_track
 

@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from core import style
 from core.contracts import JobStatus
-from core.cover import palette_for
 from core.models import Series, StyleUnlock, Track, User
+from domain import style
+from engines.cover_art import palette_for
 from tests.conftest import Stack
 from tests.covers_support import user_as_created_now
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from core.submissions import SubmissionLedger
+from domain.tracks.submissions import SubmissionLedger
 from tests.conftest import Stack, eventually
 from tests.fakes import Drop, Fail, Job
 from tests.fakes.fal_server import FalFake

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from core.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from domain.webhooks.outgoing import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from tests.conftest import Stack, eventually
 
 

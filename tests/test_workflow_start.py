@@ -32,7 +32,7 @@ from api.main import create_app
 from api.temporal import TemporalGateway
 from core.contracts import GenerationRequest
 from core.models import Job, Track
-from core.workflow_start import TRACK_ID_ATTRIBUTE, USER_ID_ATTRIBUTE
+from domain.tracks.start import TRACK_ID_ATTRIBUTE, USER_ID_ATTRIBUTE
 from tests.conftest import Stack, eventually
 from tests.test_operators import reconciler
 from tests.test_webhooks import Receiver, receiver

@@ -23,14 +23,14 @@ from activities.providers.base import (
     PollResult,
     ProviderError,
 )
-from activities.providers.synth_music import (
+from core.contracts import ErrorCode, GenerationRequest, Submission
+from engines.synth import (
     CHANNELS,
     SAMPLE_RATE,
     MusicPlan,
     SynthRenderer,
     plan_music,
 )
-from core.contracts import ErrorCode, GenerationRequest, Submission
 
 __all__ = ["MODEL", "MusicPlan", "SynthProvider", "plan_music"]
 

@@ -9,9 +9,9 @@ from pydantic import BaseModel
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import CurrentUser, ServicesDep
-from core.admin import CancelFilter, StuckJob, cancel_matching, stuck_jobs
 from core.contracts import JobStatus
 from core.models import User
+from domain.tracks.admin import CancelFilter, StuckJob, cancel_matching, stuck_jobs
 
 
 def admin_user(user: CurrentUser) -> User:

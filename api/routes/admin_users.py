@@ -9,7 +9,8 @@ from pydantic import BaseModel, Field
 
 from api.deps import ServicesDep
 from api.routes.admin import admin_user
-from core.accounts import UserNotFound, grant_credits
+from domain.credits import grant_credits
+from domain.users import UserNotFound
 
 router = APIRouter(prefix="/api/admin/users", tags=["admin"], dependencies=[Depends(admin_user)])
 

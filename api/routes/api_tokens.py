@@ -18,8 +18,8 @@ from fastapi import APIRouter, HTTPException, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import CurrentUser, ServicesDep
-from core import tokens
 from core.logging import get_logger
+from domain import tokens
 
 router = APIRouter(prefix="/api/tokens/self", tags=["tokens"])
 log = get_logger("soundfoundry.api.tokens")

@@ -2,7 +2,7 @@
 
 Both only for the owner (anyone else gets 404) and only once the track is COMPLETE (409
 before): the workflow draws the first cover itself, and neither action races it. Both are
-rate limited per user and draw in the render sandbox (core/render_sandbox.py): a render
+rate limited per user and draw in the render sandbox (engines/render_sandbox.py): a render
 stopped at its CPU, memory or time limit, or an SVG whose references fan out past the
 sanitizer's budget, answers 422; a user with renders already running answers 429.
 """
@@ -20,7 +20,9 @@ from api.rate_limit import rate_limit
 from api.routes.tracks import owned_track, track_out
 from api.schemas import TrackOut
 from core.contracts import JobStatus
-from core.covers import (
+from core.logging import get_logger
+from core.models import Track, User
+from domain.covers import (
     USER,
     CoverRenderError,
     RerollConflict,
@@ -29,10 +31,8 @@ from core.covers import (
     redraw_generated_cover,
     store_user_cover,
 )
-from core.logging import get_logger
-from core.models import Track, User
-from core.render_sandbox import RenderBusy, RenderTooCostly, sandbox_for
-from core.svg_sanitize import SvgRejected, SvgTooComplex, SvgTooLarge
+from engines.render_sandbox import RenderBusy, RenderTooCostly, sandbox_for
+from engines.svg_sanitize import SvgRejected, SvgTooComplex, SvgTooLarge
 
 router = APIRouter(prefix="/api/tracks", tags=["covers"])
 log = get_logger("soundfoundry.api")

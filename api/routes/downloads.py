@@ -20,9 +20,9 @@ from api.deps import ServicesDep
 from api.downloads import WAV_CONTENT_TYPE, download_name, lossless_master, wav_link_valid
 from api.routes.files import USER_CONTENT_CSP, check_link_shape
 from core.contracts import JobStatus
-from core.mastering import wav_chunks, wav_size
 from core.models import Track
 from core.storage import ObjectNotFound
+from engines.mastering import wav_chunks, wav_size
 
 router = APIRouter(tags=["files"])
 

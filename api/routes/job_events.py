@@ -46,7 +46,7 @@ from api.deps import Services, ServicesDep, authenticate
 from api.routes.jobs import owned_job
 from api.schemas import JobEventOut
 from core.models import Job, User
-from core.users import user_for_token
+from domain.users import user_for_token
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 

@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 from api.deps import CurrentUser, ServicesDep
 from api.schemas import MeOut
-from core.plans import RATE_LIMIT_NAMES, max_duration_s, rate_rule
+from domain.limits.plans import RATE_LIMIT_NAMES, max_duration_s, rate_rule
 
 router = APIRouter(prefix="/api/me", tags=["me"])
 

@@ -2,7 +2,7 @@
 
     POST /api/provider-webhooks/{provider}?token=<the submission's ledger token>
 
-No user token: the provider's signature is the authentication (core/provider_webhooks.py
+No user token: the provider's signature is the authentication (domain/webhooks/incoming.py
 says how each is checked). Anything not proven authentic answers 401 and changes
 nothing. A verified delivery records the run id on its ledger row, which is what resolves
 a submit whose answer was lost, then tells the track's workflow through a signal.
@@ -25,7 +25,8 @@ from api.deps import Services, ServicesDep
 from core.contracts import PROVIDER_EVENT_SIGNAL, ProviderEvent, track_workflow_id
 from core.logging import get_logger
 from core.models import ProviderSubmission
-from core.provider_webhooks import (
+from domain.tracks.submissions import SubmissionLedger
+from domain.webhooks.incoming import (
     FINAL_STATES,
     PROVIDERS,
     WEBHOOK_PATH,
@@ -34,7 +35,6 @@ from core.provider_webhooks import (
     ProviderWebhookVerifier,
     VerifierUnavailable,
 )
-from core.submissions import SubmissionLedger
 
 log = get_logger("soundfoundry.api.provider_webhooks")
 

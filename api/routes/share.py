@@ -28,11 +28,11 @@ from api.deps import CurrentUser, ServicesDep, get_services
 from api.routes.tracks import owned_track
 from api.web import templates
 from core.contracts import JobStatus
-from core.covers import PNG_SIZE, ensure_preview_png
 from core.logging import get_logger
-from core.render_sandbox import sandbox_for
-from core.sharing import revoke_track_links, share_track, shared_track
 from core.storage import ObjectNotFound
+from domain.covers import PNG_SIZE, ensure_preview_png
+from domain.sharing import revoke_track_links, share_track, shared_track
+from engines.render_sandbox import sandbox_for
 
 log = get_logger("soundfoundry.api")
 

@@ -1,6 +1,6 @@
 """The style system over HTTP: my style, my series, and the public design tokens.
 
-Each part answers 403 with the flag's name while its flag is off (core/style.py).
+Each part answers 403 with the flag's name while its flag is off (domain/style.py).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import CurrentUser, Services, ServicesDep
 from api.rate_limit import rate_limit
-from core import style
 from core.logging import get_logger
 from core.models import Series, StyleUnlock, User
+from domain import style
 
 router = APIRouter(tags=["style"])
 log = get_logger("soundfoundry.api")

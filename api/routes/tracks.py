@@ -26,20 +26,19 @@ from api.schemas import (
 )
 from core.contracts import GenerationRequest, JobStatus, RenditionsState
 from core.db import transaction
-from core.idempotency import IdempotencyKeyTaken, request_hash
-from core.idempotency import forget as forget_idempotency_key
-from core.jobs import InsufficientCredits
 from core.logging import get_logger
 from core.models import IdempotencyKey, Job, Track, User
-from core.plans import DurationOverPlan, check_duration
-from core.pricing import credits_required
-from core.webhooks import WebhookTargetRejected, check_target
-from core.workflow_start import (
+from domain.credits import InsufficientCredits, credits_required
+from domain.limits.plans import DurationOverPlan, check_duration
+from domain.tracks.idempotency import IdempotencyKeyTaken, request_hash
+from domain.tracks.idempotency import forget as forget_idempotency_key
+from domain.tracks.start import (
     WorkflowNotStarted,
     WorkflowStartUnknown,
     start_track_workflow,
     track_input,
 )
+from domain.webhooks.outgoing import WebhookTargetRejected, check_target
 
 router = APIRouter(prefix="/api/tracks", tags=["tracks"])
 log = get_logger("soundfoundry.api")

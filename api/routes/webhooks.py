@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from api.deps import CurrentUser, ServicesDep
 from api.schemas import WebhookSettingsOut
-from core.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
+from domain.webhooks.outgoing import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 router = APIRouter(prefix="/api/me/webhook", tags=["webhooks"])
 

@@ -1,4 +1,4 @@
-"""What `core.audio` reports about real files, and what it rejects."""
+"""What `engines.audio` reports about real files, and what it rejects."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from core.audio import AudioDecodeError, analyze, estimate_tempo, quality_problem
 from core.contracts import AudioInfo
+from engines.audio import AudioDecodeError, analyze, estimate_tempo, quality_problem
 
 SR = 44_100
 

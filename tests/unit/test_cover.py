@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from core.cover import MAX_TITLE_CHARS, cover_title, palette_for, render_cover_svg
+from engines.cover_art import MAX_TITLE_CHARS, cover_title, palette_for, render_cover_svg
 
 SVG = "{http://www.w3.org/2000/svg}"
 PROMPT = "Warm ambient pad"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.cover import render_cover_svg
-from core.covers import BACKDROP, PNG_SIZE, CoverRenderError, _square, cover_seed, render_png
-from core.svg_sanitize import sanitize_svg
+from domain.covers import BACKDROP, PNG_SIZE, CoverRenderError, _square, cover_seed, render_png
+from engines.cover_art import render_cover_svg
+from engines.svg_sanitize import sanitize_svg
 
 BENIGN = sorted((Path(__file__).parent / "svg_corpus" / "benign").glob("*.svg"))
 

@@ -1,4 +1,4 @@
-"""`core.mastering` on real files: levels as an independent meter reads them, renditions
+"""`engines.mastering` on real files: levels as an independent meter reads them, renditions
 that decode to the right length, byte-identical reruns, and the streamed WAV.
 
 Inputs are synthesised here (harmonics, noise, kick and hi-hat transients) and written
@@ -21,8 +21,8 @@ import pyebur128
 import pytest
 import soundfile as sf
 
-from core.audio import AudioDecodeError
-from core.mastering import (
+from engines.audio import AudioDecodeError
+from engines.mastering import (
     TARGET_SAMPLE_RATE,
     MasterReport,
     master_audio,

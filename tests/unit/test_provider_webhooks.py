@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from core.provider_webhooks import (
+from domain.webhooks.incoming import (
     FalKeySet,
     MalformedDelivery,
     NotAuthentic,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from core import svg_sanitize
-from core.cover import render_cover_svg
-from core.svg_sanitize import (
+from engines import svg_sanitize
+from engines.cover_art import render_cover_svg
+from engines.svg_sanitize import (
     MAX_DEPTH,
     MAX_EXPANDED_REFERENCES,
     SvgRejected,

@@ -17,7 +17,9 @@ import soundfile as sf
 
 from activities.providers.base import DownloadedAudio, JobState, ProviderError
 from activities.providers.synth import SynthProvider, plan_music
-from activities.providers.synth_music import (
+from core.contracts import ErrorCode, GenerationRequest, Submission
+from engines.audio import analyze, quality_problem
+from engines.synth import (
     SAMPLE_RATE,
     LeadTimbre,
     SynthRenderer,
@@ -25,8 +27,6 @@ from activities.providers.synth_music import (
     compose,
     degree_to_midi,
 )
-from core.audio import analyze, quality_problem
-from core.contracts import ErrorCode, GenerationRequest, Submission
 
 REQUEST = GenerationRequest(prompt="warm lofi beat with soft keys", duration_s=12, seed=7)
 

@@ -41,7 +41,7 @@ Policy, in the order it is applied:
   `SvgTooComplex`. Gradients and their stops count zero (a fill, not extra drawing). A
   reference from a `<style>` is counted once per element of the document, since a selector
   may match any of them. The budget refuses render bombs cheaply; the renderer's CPU and
-  memory limits (core/render_sandbox.py) bound whatever stays expensive below it.
+  memory limits (engines/render_sandbox.py) bound whatever stays expensive below it.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ never needs to know which kind it is. The PNG exists for link previews (og:image
 crawlers of chat apps and social networks do not render SVG.
 
 PNGs are rendered with resvg (the `resvg-py` wheel: Rust, no system library), each in its
-own child process with CPU, memory and time limits (core/render_sandbox.py). Everything
+own child process with CPU, memory and time limits (engines/render_sandbox.py). Everything
 is checked and rendered before the first write, so a rejected cover stores nothing.
 """
 
@@ -22,12 +22,12 @@ from sqlalchemy import update
 from sqlmodel import col
 
 from core.contracts import JobStatus
-from core.cover import render_cover_svg
 from core.db import SessionFactory, transaction
 from core.models import Track, User, utcnow
-from core.render_sandbox import RenderFailed, RenderSandbox, sandbox_for
 from core.storage import Storage, cover_key
-from core.svg_sanitize import sanitize_svg
+from engines.cover_art import render_cover_svg
+from engines.render_sandbox import RenderFailed, RenderSandbox, sandbox_for
+from engines.svg_sanitize import sanitize_svg
 
 PNG_SIZE = 800  # px, square; large enough for summary_large_image cards, small to fetch
 # What shows through transparent parts of a user's cover: the UI's dark or light page.
@@ -63,7 +63,7 @@ def cover_seed(track_seed: int, user_style_seed: int | None, style_seed_enabled:
     return track_seed
 
 
-# Root start tag of a serialized SVG. Both writers (core.cover and the sanitizer's) escape
+# Root start tag of a serialized SVG. Both writers (engines.cover_art and the sanitizer's) escape
 # ">" inside attribute values, so the first ">" ends the tag.
 _ROOT = re.compile(r"\A\s*<svg\b([^>]*?)(/?)>")
 _ATTRIBUTE = re.compile(r'\s([^\s=]+)="([^"]*)"')

@@ -1,14 +1,17 @@
-"""Users and their API tokens."""
+"""Users: creating them, finding them by token, id or name, and their plan (CLI, admin API
+and every authenticated request)."""
 
 from __future__ import annotations
+
+import uuid
 
 from sqlmodel import col, select
 
 from core.db import SessionFactory, transaction
 from core.models import ApiToken, Plan, User, utcnow
 from core.settings import Settings, get_settings
-from core.style import ensure_default_series, new_style_seed
-from core.tokens import hash_token, new_token, record_use, usable_now
+from domain.style import ensure_default_series, new_style_seed
+from domain.tokens import hash_token, new_token, record_use, usable_now
 
 
 async def create_user(
@@ -57,3 +60,36 @@ async def user_for_token(sessions: SessionFactory, token: str) -> User | None:
     user, api_token = found
     await record_use(sessions, api_token, now)
     return user
+
+
+class UserNotFound(LookupError):
+    pass
+
+
+async def find_user(sessions: SessionFactory, ref: str) -> User:
+    """The user whose id, or else unique name, is `ref`."""
+    try:
+        user_id: uuid.UUID | None = uuid.UUID(ref)
+    except ValueError:
+        user_id = None
+    async with sessions() as session:
+        if user_id is not None:
+            user = await session.get(User, user_id)
+            if user is not None:
+                return user
+        named = list(await session.exec(select(User).where(col(User.name) == ref).limit(2)))
+    if len(named) > 1:
+        # Names are labels, not keys: refuse to guess.
+        raise UserNotFound(f"several users are named {ref!r}; give the user's id")
+    if not named:
+        raise UserNotFound(f"no user with id or name {ref!r}")
+    return named[0]
+
+
+async def set_plan(sessions: SessionFactory, user_id: uuid.UUID, plan: Plan) -> User:
+    async with transaction(sessions) as session:
+        user = await session.get(User, user_id, with_for_update=True)
+        if user is None:
+            raise UserNotFound(f"no user with id {user_id}")
+        user.plan = plan
+        return user

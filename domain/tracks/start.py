@@ -40,10 +40,10 @@ from core.contracts import (
     JobStatus,
     TrackInput,
 )
-from core.jobs import JobStore
 from core.logging import get_logger
 from core.models import Job, Track
 from core.settings import Settings
+from domain.tracks.jobs import JobStore
 
 log = get_logger("soundfoundry.workflow_start")
 

@@ -54,7 +54,7 @@ import pyebur128
 import soundfile as sf
 import soxr
 
-from core.audio import AudioDecodeError
+from engines.audio import AudioDecodeError
 
 Float32Array = npt.NDArray[np.float32]
 Float64Array = npt.NDArray[np.float64]

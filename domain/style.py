@@ -17,7 +17,7 @@ Unlocks are recomputed whenever the user creates a track and when they read
 is never taken back.
 
 The design tokens are public (GET /api/tokens). Their palettes are drawn by the cover
-renderer itself (core.cover.palette_for), so the web UI and the covers cannot drift apart.
+renderer itself (engines.cover_art.palette_for), so the web UI and the covers cannot drift apart.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.contracts import JobStatus
-from core.cover import _SANS as COVER_FONT_FAMILY  # the stack the cover titles are set in
-from core.cover import palette_for
 from core.db import SessionFactory, transaction
 from core.models import Series, StyleUnlock, Track, User, utcnow
+from engines.cover_art import _SANS as COVER_FONT_FAMILY  # the stack the cover titles are set in
+from engines.cover_art import palette_for
 
 # What each flag's endpoints answer while it is off.
 SEED_OFF = "style seeds are turned off (STYLE_SEED_ENABLED=false)"

@@ -1,4 +1,4 @@
-"""Every state change of a track's job, and the credits that go with it.
+"""Every state change of a track's job, and the credits that go with it (`domain.credits`).
 
 Each change is one transaction guarded by the current state, so a retried activity, a
 replayed workflow or a reconciler racing the workflow can run it again without effect:
@@ -13,7 +13,6 @@ from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.contracts import (
     AudioInfo,
@@ -26,45 +25,22 @@ from core.contracts import (
     track_workflow_id,
 )
 from core.db import SessionFactory, transaction
-from core.idempotency import IdempotencyClaim
 from core.logging import SecretScrubber, get_logger
 from core.metrics import observe_job_end, observe_queue_latency
 from core.models import Job, JobEvent, Track, User, utcnow
-from core.webhooks import new_secret as new_webhook_secret
+from domain import credits
+from domain.tracks.idempotency import IdempotencyClaim
+from domain.webhooks.outgoing import new_secret as new_webhook_secret
 
 log = get_logger("soundfoundry.jobs")
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RENDERING)
 
 
-class InsufficientCredits(Exception):
-    def __init__(self, required: int, balance: int) -> None:
-        message = f"this track needs {required} credits and the balance is {balance}"
-        if balance <= 0:
-            message += "; add credits to create tracks"
-        super().__init__(message)
-        self.required = required
-        self.balance = balance
-
-
 def _owns(job: Job, run_id: str | None) -> bool:
     """May this run change the job? Yes while it is active, and also when a newer run
     than the one that finished it asks (an operator's `temporal workflow reset`)."""
     return job.status in ACTIVE or (run_id is not None and job.run_id != run_id)
-
-
-async def _charge(session: AsyncSession, job: Job, *, allow_negative: bool) -> None:
-    """Take a refunded job's credits again."""
-    condition = [col(User.id) == job.user_id]
-    if not allow_negative:
-        condition.append(col(User.credits) >= job.credits_reserved)
-    taken = await session.exec(
-        update(User).where(*condition).values(credits=User.credits - job.credits_reserved)  # type: ignore[operator]
-    )
-    if taken.rowcount != 1:
-        user = await session.get(User, job.user_id)
-        raise InsufficientCredits(job.credits_reserved, user.credits if user else 0)
-    job.credits_refunded = False
 
 
 class JobStore:
@@ -91,17 +67,7 @@ class JobStore:
         this one is kept.
         """
         async with transaction(self.sessions) as session:
-            # One conditional UPDATE: two concurrent requests can never both spend the
-            # same credits.
-            taken = await session.exec(
-                update(User)
-                # A balance of 0 or less never creates anything, whatever the cost.
-                .where(col(User.id) == user_id, col(User.credits) >= cost, col(User.credits) > 0)
-                .values(credits=User.credits - cost)  # type: ignore[operator]
-            )
-            if taken.rowcount != 1:  # type: ignore[attr-defined]
-                user = await session.get(User, user_id)
-                raise InsufficientCredits(cost, user.credits if user else 0)
+            await credits.reserve(session, user_id, cost)
             track = Track(
                 user_id=user_id,
                 prompt=request.prompt,
@@ -138,7 +104,7 @@ class JobStore:
                 return False
             if job.credits_refunded:
                 # A reset revived a job whose credits went back: take them again.
-                await _charge(session, job, allow_negative=False)
+                await credits.charge_again(session, job, allow_negative=False)
             # Only the first start ends the wait in the queue; retries and resets do not.
             queued_since = job.created_at if job.status == JobStatus.QUEUED else None
             now = utcnow()
@@ -183,7 +149,7 @@ class JobStore:
             if job.credits_refunded:
                 # A reset past the start finished a job that had been refunded; the
                 # operator chose to deliver it, so it is charged again.
-                await _charge(session, job, allow_negative=True)
+                await credits.charge_again(session, job, allow_negative=True)
             job.run_id = run_id or job.run_id
             now = utcnow()
             job.status, job.step, job.progress = JobStatus.COMPLETE, Step.DONE, 1.0
@@ -277,13 +243,7 @@ class JobStore:
             job.error_code = error_code
             job.error_message = self.scrub(message or "")[:1000] or None
             job.updated_at = job.finished_at = now
-            if not job.credits_refunded and job.credits_reserved:
-                job.credits_refunded = True
-                await session.exec(
-                    update(User)
-                    .where(col(User.id) == job.user_id)
-                    .values(credits=User.credits + job.credits_reserved)  # type: ignore[operator]
-                )
+            refunded = await credits.refund(session, job)
             await session.exec(
                 update(Track)
                 .where(col(Track.id) == job.track_id)
@@ -299,7 +259,7 @@ class JobStore:
             job_id=str(job_id),
             status=status.value,
             error_code=error_code,
-            refunded=job.credits_reserved,
+            refunded=job.credits_reserved if refunded else 0,
         )
         return True
 
