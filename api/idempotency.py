@@ -56,7 +56,11 @@ def claim(
     body_hash: str,
     status_code: int,
     response: Callable[[Track, Job], dict[str, Any]],
+    *,
+    unconfirmed_status_code: int | None = None,
 ) -> idempotency.IdempotencyClaim | None:
     if key is None:
         return None
-    return idempotency.IdempotencyClaim(key, body_hash, status_code, response)
+    return idempotency.IdempotencyClaim(
+        key, body_hash, status_code, response, unconfirmed_status_code
+    )

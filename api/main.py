@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from sqlalchemy import exc as sqlalchemy_errors
 
-from api import docs, security, web
+from api import docs, errors, security, web
 from api.deps import Services
 from api.metrics import install_metrics
 from api.provider_health import ProviderHealthProbe
@@ -177,6 +177,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         OSError,
     ):
         app.add_exception_handler(kind, database_outage)
+
+    errors.install(app)  # use cases' refusals: one status per kind
 
     for module in (
         health,

@@ -25,6 +25,7 @@ from core.contracts import JobStatus
 from core.db import SessionFactory, transaction
 from core.models import Track, User, utcnow
 from core.storage import Storage, cover_key
+from domain.errors import Conflict
 from engines.cover_art import render_cover_svg
 from engines.render_sandbox import RenderFailed, RenderSandbox, sandbox_for
 from engines.svg_sanitize import sanitize_svg
@@ -292,11 +293,11 @@ async def draw_track_cover(
     return DrawnCover(svg_key, None, skipped=False)
 
 
-class TrackNotReady(Exception):
+class TrackNotReady(Conflict):
     """The track has no finished cover yet (it is not COMPLETE)."""
 
 
-class RerollConflict(Exception):
+class RerollConflict(Conflict):
     """Another re-roll of the same track changed its visual_version first."""
 
 

@@ -21,13 +21,14 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.db import SessionFactory, transaction
 from core.models import Job, User
+from domain.errors import OutOfCredits
 from domain.users import UserNotFound
 
 CREDITS_PER_30S = 5
 VOCALS_MULTIPLIER = 2
 
 
-class InsufficientCredits(Exception):
+class InsufficientCredits(OutOfCredits):
     def __init__(self, required: int, balance: int) -> None:
         message = f"this track needs {required} credits and the balance is {balance}"
         if balance <= 0:

@@ -15,6 +15,7 @@ from sqlmodel import col, select
 from core.db import SessionFactory, transaction
 from core.logging import get_logger
 from core.models import ApiToken, User, utcnow
+from domain.errors import NotFound
 
 TOKEN_PREFIX = "sf_"
 # last_used_at is this coarse, so authentication writes at most once a minute per token.
@@ -24,7 +25,7 @@ MAX_EXPIRY_DAYS = 3650
 log = get_logger("soundfoundry.tokens")
 
 
-class TokenNotFound(LookupError):
+class TokenNotFound(NotFound, LookupError):
     pass
 
 

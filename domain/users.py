@@ -10,6 +10,7 @@ from sqlmodel import col, select
 from core.db import SessionFactory, transaction
 from core.models import ApiToken, Plan, User, utcnow
 from core.settings import Settings, get_settings
+from domain.errors import NotFound
 from domain.style import ensure_default_series, new_style_seed
 from domain.tokens import hash_token, new_token, record_use, usable_now
 
@@ -62,7 +63,7 @@ async def user_for_token(sessions: SessionFactory, token: str) -> User | None:
     return user
 
 
-class UserNotFound(LookupError):
+class UserNotFound(NotFound, LookupError):
     pass
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import CurrentUser, Services, ServicesDep
+from api.deps import CurrentUser, ServicesDep
 from api.rate_limit import rate_limit
 from core.logging import get_logger
 from core.models import Series, StyleUnlock, User
@@ -143,32 +143,3 @@ async def design_tokens(response: Response) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- track hooks
-
-
-async def series_for_new_track(
-    services: Services, user_id: uuid.UUID, series_id: uuid.UUID | None
-) -> uuid.UUID | None:
-    """The series a new track joins: the one asked for (it must be the user's), else the
-    user's default series; None while series are off."""
-    if not services.settings.style_series_enabled:
-        if series_id is not None:
-            raise _forbidden(style.SERIES_OFF)
-        return None
-    if series_id is None:
-        return await style.default_series_id(services.sessions, user_id)
-    if await style.owned_series(services.sessions, user_id, series_id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "series not found")
-    return series_id
-
-
-async def after_track_created(services: Services, user_id: uuid.UUID) -> None:
-    """Record the unlocks the user's completed tracks have earned (STYLE_UNLOCKS_ENABLED).
-
-    Never fails the track: the unlocks are recomputed on the next track or read.
-    """
-    if not services.settings.style_unlocks_enabled:
-        return
-    try:
-        await style.sync_unlocks(services.sessions, user_id)
-    except Exception:
-        log.exception("style unlocks not recorded", user_id=str(user_id))

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import JSONResponse, RedirectResponse
-from sqlalchemy import func, update
+from sqlalchemy import func
 from sqlmodel import col, select
 
 from api.deps import CurrentUser, Services, ServicesDep
 from api.downloads import DownloadFormat, download_name, renditions_out
-from api.idempotency import IdempotencyKeyHeader, claim, replay
+from api.idempotency import IdempotencyKeyHeader, replay
+from api.idempotency import claim as idempotency_claim
 from api.rate_limit import rate_limit
-from api.routes.style import after_track_created, series_for_new_track
 from api.schemas import (
     MAX_PAGE_LIMIT,
     MAX_PAGE_OFFSET,
@@ -24,21 +23,13 @@ from api.schemas import (
     TrackOut,
     TrackPage,
 )
-from core.contracts import GenerationRequest, JobStatus, RenditionsState
-from core.db import transaction
+from core.contracts import JobStatus, RenditionsState
 from core.logging import get_logger
-from core.models import IdempotencyKey, Job, Track, User
-from domain.credits import InsufficientCredits, credits_required
-from domain.limits.plans import DurationOverPlan, check_duration
+from core.models import Job, Track, User
+from domain.credits import InsufficientCredits
+from domain.tracks import create as tracks
+from domain.tracks.create import TrackOrder, price
 from domain.tracks.idempotency import IdempotencyKeyTaken, request_hash
-from domain.tracks.idempotency import forget as forget_idempotency_key
-from domain.tracks.start import (
-    WorkflowNotStarted,
-    WorkflowStartUnknown,
-    start_track_workflow,
-    track_input,
-)
-from domain.webhooks.outgoing import WebhookTargetRejected, check_target
 
 router = APIRouter(prefix="/api/tracks", tags=["tracks"])
 log = get_logger("soundfoundry.api")
@@ -72,41 +63,16 @@ async def create_track(
         previous = await replay(services.sessions, user.id, idempotency_key, body_hash)
         if previous is not None:
             return previous
-    try:
-        # Before anything is reserved or written.
-        check_duration(services.settings, user.plan, body.duration_s)
-    except DurationOverPlan as exc:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from exc
-    cost = credits_required(body.duration_s, body.has_vocals)
-    request = GenerationRequest(
-        prompt=body.prompt,
-        duration_s=body.duration_s,
-        has_vocals=body.has_vocals,
-        style_strength=body.style_strength,
-        lyrics=body.lyrics,
-        seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
+    order = TrackOrder(**body.model_dump())
+    claim = idempotency_claim(
+        idempotency_key,
+        body_hash,
+        status.HTTP_201_CREATED,
+        lambda track, job: _created(track, job, price(order)).model_dump(mode="json"),
+        unconfirmed_status_code=status.HTTP_202_ACCEPTED,
     )
-    if body.webhook_url:
-        try:
-            await check_target(body.webhook_url, services.settings.webhook_allowed_hosts)
-        except WebhookTargetRejected as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    # 403 while series are off, 404 for a series that is not the user's.
-    series_id = await series_for_new_track(services, user.id, body.series_id)
     try:
-        track, job = await services.jobs.create_track(
-            user.id,
-            request,
-            cost,
-            webhook_url=body.webhook_url,
-            series_id=series_id,
-            idempotency=claim(
-                idempotency_key,
-                body_hash,
-                status.HTTP_201_CREATED,
-                lambda track, job: _created(track, job, cost).model_dump(mode="json"),
-            ),
-        )
+        created = await tracks.create_track(services, user, order, claim)
     except (InsufficientCredits, IdempotencyKeyTaken) as exc:
         # A concurrent request with the same key won (maybe spending the last credits).
         if idempotency_key is not None:
@@ -118,25 +84,11 @@ async def create_track(
                 status.HTTP_409_CONFLICT,
                 "a concurrent request with this Idempotency-Key did not complete; retry",
             ) from exc
-        raise HTTPException(status.HTTP_402_PAYMENT_REQUIRED, str(exc)) from exc
-
-    created = _created(track, job, cost)
-    answer: TrackCreated | JSONResponse = created
-    try:
-        client = await services.temporal.client()
-    except Exception as exc:
-        # Temporal was never reached, so nothing started.
-        raise await _not_started(services, user.id, idempotency_key, job, exc) from exc
-    try:
-        await start_track_workflow(
-            client, services.jobs, services.settings, job, track_input(track, job)
-        )
-    except WorkflowNotStarted as exc:
-        raise await _not_started(services, user.id, idempotency_key, job, exc) from exc
-    except WorkflowStartUnknown:
-        answer = await _start_unconfirmed(services, user.id, idempotency_key, created)
-    log.info("track created", track_id=str(track.id), job_id=str(job.id), credits=cost)
-    await after_track_created(services, user.id)  # style unlocks, when turned on
+        raise
+    answer = _created(created.track, created.job, created.cost)
+    if not created.confirmed:
+        # Created and paid; a retry replays this 202 rather than making another track.
+        return JSONResponse(answer.model_dump(mode="json"), status.HTTP_202_ACCEPTED)
     return answer
 
 
@@ -148,58 +100,6 @@ def _created(track: Track, job: Job, cost: int) -> TrackCreated:
         status=JobStatus.QUEUED,
         workflow_id=job.workflow_id,
     )
-
-
-async def _not_started(
-    services: Services,
-    user_id: uuid.UUID,
-    idempotency_key: str | None,
-    job: Job,
-    error: Exception,
-) -> HTTPException:
-    """Nothing will run this job: refund it, and release the key so a retry makes a new
-    track (the one it names is FAILED)."""
-    await services.jobs.finish_unsuccessfully(
-        job.id, JobStatus.FAILED, "workflow_start_failed", str(error)
-    )
-    if idempotency_key is not None:
-        await forget_idempotency_key(services.sessions, user_id, idempotency_key)
-    log.error("workflow start failed", job_id=str(job.id), error=str(error))
-    return HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        "the job could not be started; your credits were refunded, please retry",
-    )
-
-
-async def _start_unconfirmed(
-    services: Services, user_id: uuid.UUID, idempotency_key: str | None, created: TrackCreated
-) -> JSONResponse:
-    """The start may or may not have happened and Temporal cannot say which: 202.
-
-    Refunding now could refund a job that runs; answering 503 would invite a second track.
-    The job stays QUEUED and charged, and the reconciler starts its workflow if it has none
-    after `reconcile_start_after_s`. The key keeps naming this track and now replays this
-    202 (it was stored as 201 with the track), so a retry neither creates nor charges; a
-    duplicate that arrived while the start was in flight got that 201, for the same track.
-    """
-    if idempotency_key is not None:
-        async with transaction(services.sessions) as session:
-            await session.exec(
-                update(IdempotencyKey)
-                .where(
-                    col(IdempotencyKey.user_id) == user_id,
-                    col(IdempotencyKey.key) == idempotency_key,
-                )
-                .values(status_code=status.HTTP_202_ACCEPTED)
-            )
-    await services.jobs.add_event(
-        created.job_id,
-        "start_unconfirmed",
-        "Temporal could not confirm that the workflow started; "
-        "the reconciler starts it if it did not",
-        level="warning",
-    )
-    return JSONResponse(created.model_dump(mode="json"), status_code=status.HTTP_202_ACCEPTED)
 
 
 @router.get("", response_model=TrackPage)

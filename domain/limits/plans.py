@@ -11,6 +11,7 @@ from typing import Literal, get_args
 
 from core.models import Plan
 from core.settings import Settings
+from domain.errors import Forbidden
 
 RateLimitName = Literal["create_track", "cover_save", "series_create"]
 RATE_LIMIT_NAMES: tuple[RateLimitName, ...] = get_args(RateLimitName)
@@ -55,7 +56,7 @@ def rate_rule(settings: Settings, name: RateLimitName, plan: Plan) -> RateRule:
     raise ValueError(f"unknown rate limit {name!r}; known: {list(RATE_LIMIT_NAMES)}")
 
 
-class DurationOverPlan(Exception):
+class DurationOverPlan(Forbidden):
     def __init__(self, plan: Plan, asked_s: int, max_s: int, pro_max_s: int) -> None:
         message = f"{plan.value} plan tracks are at most {max_s} s (asked {asked_s} s)"
         if plan != Plan.PRO and pro_max_s > max_s:

@@ -16,13 +16,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, delete
+from sqlalchemy import Table, delete, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.db import SessionFactory, transaction
 from core.models import IdempotencyKey, Job, Track, utcnow
 from core.sql import dialect_insert
+from domain.errors import Conflict
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
@@ -38,7 +39,7 @@ def request_hash(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-class IdempotencyKeyTaken(Exception):
+class IdempotencyKeyTaken(Conflict):
     """Another request with this key committed first; read its stored response."""
 
 
@@ -49,6 +50,8 @@ class IdempotencyClaim:
     status_code: int
     # Builds the stored response from the rows the same transaction writes.
     response: Callable[[Track, Job], dict[str, Any]]
+    # Replayed instead of `status_code` once the start is known to be unconfirmed.
+    unconfirmed_status_code: int | None = None
 
     async def store(
         self, session: AsyncSession, user_id: uuid.UUID, track: Track, job: Job
@@ -89,3 +92,17 @@ async def forget(sessions: SessionFactory, user_id: uuid.UUID, key: str) -> None
     """Drop a key whose track never started, so the client's retry makes a new one."""
     async with transaction(sessions) as session:
         await session.exec(delete(_TABLE).where(_TABLE.c.user_id == user_id, _TABLE.c.key == key))
+
+
+async def mark_unconfirmed(
+    sessions: SessionFactory, user_id: uuid.UUID, claim: IdempotencyClaim
+) -> None:
+    """The key's track was created but its start not confirmed: replay that answer."""
+    if claim.unconfirmed_status_code is None:
+        return
+    async with transaction(sessions) as session:
+        await session.exec(
+            update(_TABLE)
+            .where(_TABLE.c.user_id == user_id, _TABLE.c.key == claim.key)
+            .values(status_code=claim.unconfirmed_status_code)
+        )

@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+from domain.errors import Invalid
+
 SIGNATURE_HEADER = "SoundFoundry-Signature"
 TIMESTAMP_HEADER = "SoundFoundry-Timestamp"
 EVENT_ID_HEADER = "SoundFoundry-Event-Id"
@@ -42,7 +44,7 @@ _ALWAYS_REFUSED = tuple(
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
-class WebhookTargetRejected(ValueError):
+class WebhookTargetRejected(Invalid, ValueError):
     pass
 
 
