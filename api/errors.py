@@ -14,11 +14,13 @@ from domain.errors import (
     NotFound,
     OutOfCredits,
     Refused,
+    Rejected,
     TooLarge,
     Unavailable,
 )
 
 STATUS_BY_KIND: dict[type[Refused], int] = {
+    Rejected: status.HTTP_400_BAD_REQUEST,
     NotFound: status.HTTP_404_NOT_FOUND,
     Forbidden: status.HTTP_403_FORBIDDEN,
     Conflict: status.HTTP_409_CONFLICT,

@@ -23,12 +23,23 @@ from sqlmodel import col
 
 from core.contracts import JobStatus
 from core.db import SessionFactory, transaction
-from core.models import Track, User, utcnow
+from core.logging import get_logger
+from core.models import Job, Track, User, utcnow
 from core.storage import Storage, cover_key
-from domain.errors import Conflict
+from domain.context import Context
+from domain.errors import Busy, Conflict, Forbidden, Invalid, Rejected, TooLarge
+from domain.tracks.ownership import owned_track
 from engines.cover_art import render_cover_svg
-from engines.render_sandbox import RenderFailed, RenderSandbox, sandbox_for
-from engines.svg_sanitize import sanitize_svg
+from engines.render_sandbox import (
+    RenderBusy,
+    RenderFailed,
+    RenderSandbox,
+    RenderTooCostly,
+    sandbox_for,
+)
+from engines.svg_sanitize import SvgRejected, SvgTooComplex, SvgTooLarge, sanitize_svg
+
+log = get_logger("soundfoundry.covers")
 
 PNG_SIZE = 800  # px, square; large enough for summary_large_image cards, small to fetch
 # What shows through transparent parts of a user's cover: the UI's dark or light page.
@@ -359,3 +370,75 @@ async def redraw_generated_cover(
     if fresh is None:
         raise TrackNotReady(str(track_id))
     return fresh
+
+
+# Use cases: what the cover routes (and anyone else) call.
+
+COVER_SAVE_OFF = "cover saving is turned off (FEATURE_COVER_SAVE=false)"
+REROLL_CONFLICT = "another re-roll of this track finished first; reload the track to see it"
+
+
+def _not_complete(track: Track, action: str) -> TrackNotReady:
+    return TrackNotReady(f"{action} once the track is COMPLETE (it is {track.status.value})")
+
+
+def _busy(exc: RenderBusy) -> Busy:
+    return Busy(str(exc), exc.retry_after_s)
+
+
+async def reroll_cover(ctx: Context, user_id: uuid.UUID, track_id: uuid.UUID) -> tuple[Track, Job]:
+    """Re-roll the generated cover: visual_version + 1, then draw SVG and PNG anew.
+
+    A track carrying the user's own cover gets generated art again (a re-roll asks for
+    it). Of concurrent re-rolls of one track one wins; the others get RerollConflict.
+    """
+    track, job = await owned_track(ctx.sessions, track_id, user_id)
+    action = "the cover can be regenerated"
+    if track.status != JobStatus.COMPLETE:
+        raise _not_complete(track, action)
+    try:
+        track = await redraw_generated_cover(
+            ctx.sessions,
+            ctx.storage,
+            track_id,
+            style_seed_enabled=ctx.settings.style_seed_enabled,
+            sandbox=sandbox_for(ctx.settings),
+        )
+    except RerollConflict as exc:
+        raise RerollConflict(REROLL_CONFLICT) from exc
+    except TrackNotReady as exc:
+        raise _not_complete(track, action) from exc
+    except RenderBusy as exc:
+        raise _busy(exc) from exc
+    except CoverRenderError as exc:
+        raise Invalid(f"cover not regenerated: {exc}") from exc
+    log.info("cover regenerated", track_id=str(track_id), visual_version=track.visual_version)
+    return track, job
+
+
+async def save_cover(
+    ctx: Context, user_id: uuid.UUID, track_id: uuid.UUID, svg: str, dark: bool
+) -> str:
+    """Save the user's own SVG as the track's cover; its SVG key. A refused cover stores
+    nothing: TooLarge, Busy, Invalid (too costly to draw) or Rejected (not allowed)."""
+    if not ctx.settings.feature_cover_save:
+        raise Forbidden(COVER_SAVE_OFF)
+    track, _ = await owned_track(ctx.sessions, track_id, user_id)
+    if track.status != JobStatus.COMPLETE:
+        raise _not_complete(track, "a cover can be saved")
+    try:
+        svg_key, png_key = await store_user_cover(
+            ctx.storage, user_id, track_id, svg, dark, sandbox=sandbox_for(ctx.settings)
+        )
+    except SvgTooLarge as exc:
+        raise TooLarge(str(exc)) from exc
+    except RenderBusy as exc:
+        raise _busy(exc) from exc
+    except (SvgTooComplex, RenderTooCostly) as exc:
+        # Well-formed and allowed, but too expensive to draw: refused as content.
+        raise Invalid(f"cover rejected: {exc}") from exc
+    except (SvgRejected, CoverRenderError) as exc:
+        raise Rejected(f"cover rejected: {exc}") from exc
+    await record_cover(ctx.sessions, track_id, svg_key, png_key, source=USER, dark=dark)
+    log.info("user cover saved", track_id=str(track_id))
+    return svg_key

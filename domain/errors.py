@@ -12,6 +12,10 @@ class Refused(Exception):
     """A request the product will not carry out as asked; nothing was changed."""
 
 
+class Rejected(Refused):
+    """Content that is not allowed (a cover the sanitizer refuses)."""
+
+
 class NotFound(Refused):
     """No such thing, or not the caller's (which looks the same, so ids leak nothing)."""
 

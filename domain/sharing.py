@@ -16,7 +16,15 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.contracts import JobStatus
 from core.db import SessionFactory, transaction
+from core.logging import get_logger
 from core.models import ShareLink, Track, utcnow
+from domain.context import Context
+from domain.covers import ensure_preview_png
+from domain.errors import Conflict
+from domain.tracks.ownership import owned_track
+from engines.render_sandbox import sandbox_for
+
+log = get_logger("soundfoundry.sharing")
 
 SLUG_BYTES = 24  # 32 URL-safe characters
 # Anything else cannot be a slug we made: answer 404 without asking the database.
@@ -89,3 +97,29 @@ async def _active_links(session: AsyncSession, track_id: uuid.UUID) -> list[Shar
         .order_by(col(ShareLink.created_at), col(ShareLink.slug))
     )
     return list(rows)
+
+
+# Use cases: what the share routes call.
+
+
+async def share(ctx: Context, user_id: uuid.UUID, track_id: uuid.UUID) -> tuple[ShareLink, bool]:
+    """The track's public link, and whether it was made now (False: it had one)."""
+    track, _ = await owned_track(ctx.sessions, track_id, user_id)
+    if track.status != JobStatus.COMPLETE:
+        raise Conflict(f"a track can be shared once it is COMPLETE (it is {track.status.value})")
+    link, created = await share_track(ctx.sessions, track_id)
+    # Sharing is when a link preview first becomes possible: draw it now, so the page's
+    # first visitor (and its og:image fetcher) never waits for the render.
+    await ensure_preview_png(ctx.sessions, ctx.storage, track, sandbox=sandbox_for(ctx.settings))
+    if created:
+        log.info("share link created", track_id=str(track_id))
+    return link, created
+
+
+async def unshare(ctx: Context, user_id: uuid.UUID, track_id: uuid.UUID) -> int:
+    """Revoke the track's links; its page, cover and audio answer 404 from then on."""
+    await owned_track(ctx.sessions, track_id, user_id)
+    revoked = await revoke_track_links(ctx.sessions, track_id)
+    if revoked:
+        log.info("share link revoked", track_id=str(track_id))
+    return revoked

@@ -10,9 +10,8 @@ import httpx
 import pytest
 from PIL import ImageChops
 
-from api.routes.covers import COVER_SAVE_OFF
 from core.models import User
-from domain.covers import PNG_SIZE
+from domain.covers import COVER_SAVE_OFF, PNG_SIZE
 from engines.cover_art import palette_for, render_cover_svg
 from engines.svg_sanitize import sanitize_svg
 from tests.conftest import Stack

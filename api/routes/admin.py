@@ -8,17 +8,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import CurrentUser, ServicesDep
+from api.deps import ServicesDep, admin_user
 from core.contracts import JobStatus
-from core.models import User
 from domain.tracks.admin import CancelFilter, StuckJob, cancel_matching, stuck_jobs
-
-
-def admin_user(user: CurrentUser) -> User:
-    if not user.is_admin:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "admin only")
-    return user
-
 
 router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(admin_user)])
 

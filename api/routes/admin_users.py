@@ -7,8 +7,7 @@ import uuid
 from fastapi import APIRouter, Depends, HTTPException, status
 from pydantic import BaseModel, Field
 
-from api.deps import ServicesDep
-from api.routes.admin import admin_user
+from api.deps import ServicesDep, admin_user
 from domain.credits import grant_credits
 from domain.users import UserNotFound
 

@@ -18,7 +18,7 @@ from starlette.concurrency import iterate_in_threadpool
 
 from api.deps import ServicesDep
 from api.downloads import WAV_CONTENT_TYPE, download_name, lossless_master, wav_link_valid
-from api.routes.files import USER_CONTENT_CSP, check_link_shape
+from api.signed_links import USER_CONTENT_CSP, check_link_shape
 from core.contracts import JobStatus
 from core.models import Track
 from core.storage import ObjectNotFound

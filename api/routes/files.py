@@ -9,31 +9,15 @@ unless `inline=true`; `<img>` shows it either way (browsers ignore the dispositi
 from __future__ import annotations
 
 import mimetypes
-import re
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import FileResponse
 
 from api.deps import ServicesDep
+from api.signed_links import USER_CONTENT_CSP, check_link_shape, refuse
 from core.storage import LocalStorage, StorageError
 
 router = APIRouter(tags=["files"])
-
-USER_CONTENT_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
-_SIGNATURE = re.compile(r"[0-9a-f]{64}")
-# Far beyond any TTL, and small enough to compare with the clock as a float.
-_MAX_EXPIRES = 2**53
-
-
-def _refuse() -> HTTPException:
-    return HTTPException(status.HTTP_403_FORBIDDEN, "link is invalid or has expired")
-
-
-def check_link_shape(expires: int, sig: str) -> None:
-    """403 for a signature or expiry no signer could have made. Checked before comparing:
-    compare_digest refuses non-ASCII text, and a huge `expires` cannot meet the clock."""
-    if not _SIGNATURE.fullmatch(sig) or not 0 <= expires <= _MAX_EXPIRES:
-        raise _refuse()
 
 
 @router.get("/files/{key:path}")
@@ -50,7 +34,7 @@ async def download(
         raise HTTPException(status.HTTP_404_NOT_FOUND, "not found")
     check_link_shape(expires, sig)
     if not storage.verify(key, expires, sig):
-        raise _refuse()
+        raise refuse()
     try:
         path = storage.path_for(key)
     except StorageError as exc:

@@ -43,9 +43,9 @@ from fastapi.responses import StreamingResponse
 from sqlmodel import col, select
 
 from api.deps import Services, ServicesDep, authenticate
-from api.routes.jobs import owned_job
 from api.schemas import JobEventOut
 from core.models import Job, User
+from domain.tracks.ownership import owned_job
 from domain.users import user_for_token
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -266,7 +266,7 @@ async def job_events(
     services: ServicesDep,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
-    job = await owned_job(services, job_id, caller.user.id)
+    job = await owned_job(services.sessions, job_id, caller.user.id)
     resume = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
     cap = services.settings.sse_max_streams_per_user
     slot = stream_slots.take(caller.user.id, cap)

@@ -25,13 +25,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel
 
 from api.deps import CurrentUser, ServicesDep, get_services
-from api.routes.tracks import owned_track
 from api.web import templates
-from core.contracts import JobStatus
 from core.logging import get_logger
 from core.storage import ObjectNotFound
+from domain import sharing
 from domain.covers import PNG_SIZE, ensure_preview_png
-from domain.sharing import revoke_track_links, share_track, shared_track
+from domain.sharing import shared_track
 from engines.render_sandbox import sandbox_for
 
 log = get_logger("soundfoundry.api")
@@ -72,22 +71,8 @@ async def share(
     track_id: uuid.UUID, request: Request, response: Response, user: CurrentUser
 ) -> ShareOut:
     """The track's public link: 201 when made now, 200 when it already had one."""
-    services = get_services(request)
-    track, _ = await owned_track(services, track_id, user.id)
-    if track.status != JobStatus.COMPLETE:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"a track can be shared once it is COMPLETE (it is {track.status.value})",
-        )
-    link, created = await share_track(services.sessions, track_id)
-    # Sharing is when a link preview first becomes possible: draw it now, so the page's
-    # first visitor (and its og:image fetcher) never waits for the render.
-    await ensure_preview_png(
-        services.sessions, services.storage, track, sandbox=sandbox_for(services.settings)
-    )
+    link, created = await sharing.share(get_services(request), user.id, track_id)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-    if created:
-        log.info("share link created", track_id=str(track_id))
     return ShareOut(
         track_id=track_id,
         slug=link.slug,
@@ -99,10 +84,7 @@ async def share(
 @api_router.delete("/{track_id}/share", status_code=status.HTTP_204_NO_CONTENT)
 async def revoke(track_id: uuid.UUID, user: CurrentUser, services: ServicesDep) -> Response:
     """Revoke the track's link; its page, cover and audio answer 404 from now on."""
-    await owned_track(services, track_id, user.id)
-    revoked = await revoke_track_links(services.sessions, track_id)
-    if revoked:
-        log.info("share link revoked", track_id=str(track_id))
+    await sharing.unshare(services, user.id, track_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from api.deps import CurrentUser, Services, ServicesDep
-from api.downloads import DownloadFormat, download_name, renditions_out
+from api.deps import CurrentUser, ServicesDep
+from api.downloads import DownloadFormat, renditions_out
 from api.idempotency import IdempotencyKeyHeader, replay
 from api.idempotency import claim as idempotency_claim
 from api.rate_limit import rate_limit
@@ -23,6 +23,7 @@ from api.schemas import (
     TrackOut,
     TrackPage,
 )
+from api.views import track_out
 from core.contracts import JobStatus, RenditionsState
 from core.logging import get_logger
 from core.models import Job, Track, User
@@ -30,6 +31,7 @@ from domain.credits import InsufficientCredits
 from domain.tracks import create as tracks
 from domain.tracks.create import TrackOrder, price
 from domain.tracks.idempotency import IdempotencyKeyTaken, request_hash
+from domain.tracks.ownership import owned_track
 
 router = APIRouter(prefix="/api/tracks", tags=["tracks"])
 log = get_logger("soundfoundry.api")
@@ -130,25 +132,8 @@ async def list_tracks(
 
 @router.get("/{track_id}", response_model=TrackOut)
 async def get_track(track_id: uuid.UUID, user: CurrentUser, services: ServicesDep) -> TrackOut:
-    track, job = await owned_track(services, track_id, user.id)
+    track, job = await owned_track(services.sessions, track_id, user.id)
     return await track_out(services, track, job)
-
-
-async def owned_track(
-    services: Services, track_id: uuid.UUID, user_id: uuid.UUID
-) -> tuple[Track, Job]:
-    """The track and its job, or 404 — also for other users' tracks, so ids leak nothing."""
-    async with services.sessions() as session:
-        row = (
-            await session.exec(
-                select(Track, Job)
-                .join(Job, col(Job.track_id) == col(Track.id))
-                .where(col(Track.id) == track_id, col(Track.user_id) == user_id)
-            )
-        ).first()
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "track not found")
-    return row[0], row[1]
 
 
 @router.get(
@@ -173,7 +158,7 @@ async def download_track(
     ] = None,
 ) -> RedirectResponse:
     """The track's audio in one format, as a redirect to a signed, expiring link."""
-    track, _ = await owned_track(services, track_id, user.id)
+    track, _ = await owned_track(services.sessions, track_id, user.id)
     if track.status != JobStatus.COMPLETE:
         raise HTTPException(status.HTTP_409_CONFLICT, f"the track is {track.status.value}")
     links = await renditions_out(services.storage, services.settings, track)
@@ -193,51 +178,3 @@ async def download_track(
             f"this track has no {wanted} file (available: {available})",
         )
     return RedirectResponse(found.url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
-
-
-async def track_out(services: Services, track: Track, job: Job) -> TrackOut:
-    ttl = services.settings.signed_url_ttl_s
-    file_url = cover_url = None
-    audio = None
-    renditions = []
-    if track.status == JobStatus.COMPLETE and track.audio_key:
-        extension = track.audio_key.rsplit(".", 1)[-1]
-        file_url = await services.storage.signed_url(
-            track.audio_key, ttl, download_name(track, extension)
-        )
-        renditions = await renditions_out(services.storage, services.settings, track)
-        audio = {
-            "duration_s": track.audio_duration_s,
-            "sample_rate": track.sample_rate,
-            "channels": track.channels,
-            "peak_dbfs": track.peak_dbfs,
-            "rms_dbfs": track.rms_dbfs,
-            "loudness_lufs": track.loudness_lufs,
-            "true_peak_dbtp": track.true_peak_dbtp,
-            "bpm": track.bpm,
-            "content_type": track.audio_content_type,
-            "peaks": track.peaks,
-        }
-    if track.cover_key:
-        cover_url = await services.storage.signed_url(track.cover_key, ttl)
-    return TrackOut(
-        id=track.id,
-        job_id=job.id,
-        status=track.status,
-        prompt=track.prompt,
-        duration_s=track.duration_s,
-        has_vocals=track.has_vocals,
-        style_strength=track.style_strength,
-        lyrics=track.lyrics,
-        seed=track.seed,
-        provider=track.provider,
-        visual_version=track.visual_version,
-        created_at=track.created_at,
-        file_url=file_url,
-        renditions=renditions,
-        renditions_state=track.renditions_state,
-        cover_url=cover_url,
-        audio=audio,
-        cover_source=track.cover_source,
-        series_id=track.series_id,
-    )
