@@ -15,7 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AsyncExitStack, contextmanager, suppress
+from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -343,14 +343,6 @@ class S3Storage(Storage):
             "get_object", Params=params, ExpiresIn=ttl_s
         )
         return url
-
-    async def ensure_bucket(self) -> None:
-        # Any answer but success to HEAD means "create it"; that is expected, not an error.
-        with self._call("HeadBucket"), suppress(ClientError):
-            await self.client.head_bucket(Bucket=self.bucket)
-            return
-        with self._call("CreateBucket"):
-            await self.client.create_bucket(Bucket=self.bucket)
 
     @contextmanager
     def _call(

@@ -53,7 +53,6 @@ ALL_OFF = (
 DEFAULT_SERIES_TITLE = "Default"
 DEFAULT_SERIES_PREFIX = "default-"
 SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$"
-_SLUG = re.compile(SLUG_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -100,10 +99,6 @@ def default_series_slug(user_id: uuid.UUID) -> str:
 def slugify(title: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:100].strip("-")
     return slug or "series"
-
-
-def valid_slug(slug: str) -> bool:
-    return bool(_SLUG.fullmatch(slug))
 
 
 def palettes() -> dict[str, dict[str, str]]:

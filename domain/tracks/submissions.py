@@ -204,20 +204,6 @@ class SubmissionLedger:
     async def open_for_job(self, job_id: uuid.UUID) -> list[ProviderSubmission]:
         return [row for row in await self.for_job(job_id) if row.state.open]
 
-    async def paid_count(self, job_id: uuid.UUID) -> int:
-        async with self.sessions() as session:
-            count = (
-                await session.exec(
-                    select(func.count())
-                    .select_from(ProviderSubmission)
-                    .where(
-                        col(ProviderSubmission.job_id) == job_id,
-                        col(ProviderSubmission.state) != SubmissionState.REJECTED,
-                    )
-                )
-            ).one()
-            return int(count)
-
     async def in_flight(self) -> dict[str, int]:
         """Jobs running at each provider now, across every worker."""
         async with self.sessions() as session:
