@@ -7,8 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import JSONResponse, RedirectResponse
-from sqlalchemy import func
-from sqlmodel import col, select
 
 from api.deps import CurrentUser, ServicesDep
 from api.downloads import DownloadFormat, renditions_out
@@ -31,7 +29,7 @@ from domain.credits import InsufficientCredits
 from domain.tracks import create as tracks
 from domain.tracks.create import TrackOrder, price
 from domain.tracks.idempotency import IdempotencyKeyTaken, request_hash
-from domain.tracks.ownership import owned_track
+from domain.tracks.ownership import owned_track, user_tracks
 
 router = APIRouter(prefix="/api/tracks", tags=["tracks"])
 log = get_logger("soundfoundry.api")
@@ -111,21 +109,7 @@ async def list_tracks(
     limit: int = Query(default=20, ge=1, le=MAX_PAGE_LIMIT),
     offset: int = Query(default=0, ge=0, le=MAX_PAGE_OFFSET),
 ) -> TrackPage:
-    async with services.sessions() as session:
-        total = (
-            await session.exec(
-                select(func.count()).select_from(Track).where(col(Track.user_id) == user.id)
-            )
-        ).one()
-        rows = await session.exec(
-            select(Track, Job)
-            .join(Job, col(Job.track_id) == col(Track.id))
-            .where(col(Track.user_id) == user.id)
-            .order_by(col(Track.created_at).desc(), col(Track.id))
-            .limit(limit)
-            .offset(offset)
-        )
-        pairs = list(rows)
+    pairs, total = await user_tracks(services.sessions, user.id, limit, offset)
     items = [await track_out(services, track, job) for track, job in pairs]
     return TrackPage(items=items, total=total, limit=limit, offset=offset)
 
