@@ -1,9 +1,8 @@
-"""What a use case works with: built by the API at start-up, and by the CLI and the worker
-from the same settings."""
+"""What a use case works with. The API's `Services` (built at start-up) is one; anything
+with these attributes is."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 from temporalio.client import Client
@@ -31,22 +30,3 @@ class Context(Protocol):
     def storage(self) -> Storage: ...
     @property
     def temporal(self) -> TemporalConnection: ...
-
-
-@dataclass(frozen=True)
-class ConnectedClient:
-    """A Temporal connection that already has its client (the worker's, the CLI's)."""
-
-    connected: Client
-
-    async def client(self) -> Client:
-        return self.connected
-
-
-@dataclass(frozen=True)
-class UseCaseContext:
-    settings: Settings
-    sessions: SessionFactory
-    jobs: JobStore
-    storage: Storage
-    temporal: TemporalConnection
