@@ -20,10 +20,13 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 
-# Dependencies first, read from pyproject.toml alone, so editing the source reuses this
-# (slow) layer. Every dependency ships manylinux wheels, so no compiler is needed.
+# Dependencies first, exactly as uv.lock pins them (with their hashes), so editing the
+# source reuses this (slow) layer. Every dependency ships manylinux wheels, so no
+# compiler is needed.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+COPY uv.lock ./
+RUN pip install uv==0.13.9 \
+ && uv export --locked --no-emit-project --format requirements-txt -o /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 
 # Then the project itself, non-editable; --no-deps because they are already in place.

