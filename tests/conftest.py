@@ -40,6 +40,18 @@ pytest_plugins = ["tests.fixtures_services"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+# The fast tier (`scripts/test --fast`, or `pytest -m fast`): every test that needs neither
+# a whole stack (API + worker + Temporal) nor a browser — engines, domain rules on real
+# databases, workflows with stand-in activities, providers against their fakes, replays.
+FULL_STACK_FIXTURES = frozenset({"stack", "embedded_stack"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        end_to_end = "e2e" in item.path.relative_to(PROJECT_ROOT).parts
+        if not end_to_end and not FULL_STACK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.fast)
+
 
 @dataclass
 class Stack:

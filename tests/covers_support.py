@@ -13,7 +13,7 @@ from core.models import Plan, Track
 from domain.users import create_user
 from tests.conftest import Stack
 
-CORPUS = Path(__file__).parent / "unit" / "svg_corpus"
+CORPUS = Path(__file__).parent / "engines" / "svg_corpus"
 HOSTILE = sorted((CORPUS / "hostile").glob("*.svg"))
 BENIGN = sorted((CORPUS / "benign").glob("*.svg"))
 

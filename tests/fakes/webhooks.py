@@ -16,7 +16,7 @@ fake's own event loop. Tests steer it through `fake.webhooks`:
 A delivery that does not get a 2xx is retried a few times, as the providers do.
 
 `api_socket`, `live_api` and `webhook_settings` below put a real API on a loopback port
-for the fakes to deliver to (see tests/test_provider_webhooks.py for the recipe).
+for the fakes to deliver to (see tests/e2e/test_provider_webhooks.py for the recipe).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ SKIPPED_PREFIXES = ("/api/health",)
 # Open to anyone on purpose.
 PUBLIC = {
     ("GET", "/api/tokens"),  # the design tokens the UI and covers share
-    # Signed by the provider instead: tests/test_provider_webhooks.py checks refusals.
+    # Signed by the provider instead: tests/e2e/test_provider_webhooks.py checks refusals.
     ("POST", "/api/provider-webhooks/{provider}"),
 }
 # Bodies the schema cannot make (patterns, documents) or that must be harmless.

@@ -31,12 +31,12 @@ from core.contracts import SubmissionState
 from core.models import Plan
 from domain.tracks.submissions import SubmissionLedger
 from tests.conftest import Stack, eventually
+from tests.e2e.test_operators import reconciler, temporal
 from tests.fakes import Drop, Fail, FailAfter, FakeServer, Job, Late, Stall
 from tests.fakes.fal_server import FalFake
 from tests.fakes.fixtures import extra_overrides, fal, replicate, stack_overrides
 from tests.fakes.replicate_server import ReplicateFake
-from tests.test_operators import reconciler, temporal
-from tests.test_replay_hosted import export_and_replay
+from tests.workflows.test_replay_hosted import export_and_replay
 
 __all__ = ["extra_overrides", "fal", "reconciler", "replicate", "stack_overrides"]
 

@@ -34,8 +34,8 @@ from core.contracts import GenerationRequest
 from core.models import Job, Track
 from domain.tracks.start import TRACK_ID_ATTRIBUTE, USER_ID_ATTRIBUTE
 from tests.conftest import Stack, eventually
-from tests.test_operators import reconciler
-from tests.test_webhooks import Receiver, receiver
+from tests.e2e.test_operators import reconciler
+from tests.e2e.test_webhooks import Receiver, receiver
 
 __all__ = ["receiver", "reconciler"]
 

@@ -1,6 +1,6 @@
 """What the web UI needs from the API: /api/me, peaks, the job event stream, the pages.
 
-The browser itself is in tests/browser/; these check the HTTP side directly.
+The browser itself is in tests/e2e/browser/; these check the HTTP side directly.
 """
 
 from __future__ import annotations

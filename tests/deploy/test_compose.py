@@ -26,7 +26,7 @@ from core.storage import S3Storage, build_storage
 from core.temporal import SEARCH_ATTRIBUTE_NAMES
 from soundfoundry.devstack import DEV_SERVER_TUNING
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.temporal.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import Browsing, Web, screenshot_path, until
+from tests.e2e.browser.conftest import Browsing, Web, screenshot_path, until
 
 pytestmark = pytest.mark.timeout(120)
 

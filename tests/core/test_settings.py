@@ -10,7 +10,7 @@ import pytest
 from core.settings import Settings
 from domain.credits import credits_required
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_env_example_documents_every_setting() -> None:

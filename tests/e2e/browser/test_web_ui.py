@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import soundfile as sf
 
-from tests.browser.conftest import (
+from tests.e2e.browser.conftest import (
     Browsing,
     Web,
     open_context,

@@ -26,7 +26,7 @@ from tests.conftest import Stack
 from tests.services import temporal_cli_path
 from workflows.track import BOOKKEEPING_RETRY, JobActivities, TrackWorkflow
 
-HISTORIES = Path(__file__).parent / "histories"
+HISTORIES = Path(__file__).resolve().parents[1] / "histories"
 
 
 def saved_histories() -> list[Path]:

@@ -27,7 +27,7 @@ from worker import ensure_reconcile_schedule
 
 __all__ = ["extra_overrides", "fal", "replicate", "stack_overrides"]
 
-HISTORIES = Path(__file__).parent / "histories"
+HISTORIES = Path(__file__).resolve().parents[1] / "histories"
 SOUNDFOUNDRY = Path(sys.executable).parent / "soundfoundry"
 
 

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 
 from tests.api_process import api_processes
+from tests.deploy.test_compose import app_env, compose, raw, services
 from tests.services import PostgresCluster, TemporalDevServer, VersityGateway
-from tests.test_compose import app_env, compose, raw, services
 
 __all__ = ["compose", "raw", "services"]
 
