@@ -80,6 +80,22 @@ def shorten(value: object, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def problem_detail(response: httpx.Response) -> str:
+    """The human part of an error answer: a JSON problem's detail/title/error, else the text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return shorten(response.text)
+    if isinstance(body, dict):
+        return shorten(body.get("detail") or body.get("title") or body.get("error") or body)
+    return shorten(body)
+
+
+def client_timeout(seconds: float) -> httpx.Timeout:
+    """`seconds` for each read, write and pool wait, at most 10 s of it to connect."""
+    return httpx.Timeout(seconds, connect=min(10.0, seconds))
+
+
 class Redactor:
     """Removes a secret from text bound for exception messages and logs."""
 
@@ -142,7 +158,7 @@ async def stream_audio(
     The audio lives on a CDN, not the API host, so no credentials are sent with it.
     """
     part = dest.with_name(dest.name + ".part")
-    timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
+    timeout = client_timeout(timeout_s)
     written = 0
     try:
         async with (

@@ -11,7 +11,8 @@ fal-client quirks this module works around (fal-client 1.x, see `fal_client/clie
   `MAX_ATTEMPTS` (10) times with backoff, submits included: a read timeout after fal
   accepted a submit would pay for a second job. Submits therefore never go through it,
   and we set it to 1 so the workflow's retry policy makes every other retry decision.
-* Status calls use a fixed 120 s read timeout, so each call is also bounded here.
+* Status calls use a fixed 120 s read timeout, so every library call is also bounded by
+  `HostedProvider._call`.
 * `result()` polls status until COMPLETED before fetching, so call it only once poll has
   said the job succeeded (the MusicProvider contract already guarantees that).
 * The request URLs drop the model's subpath: `fal-ai/minimax-music/v2` is submitted to
@@ -20,27 +21,17 @@ fal-client quirks this module works around (fal-client 1.x, see `fal_client/clie
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import fal_client
 import fal_client.client as fal_http
 from pydantic import SecretStr
 
-from activities.providers._http import LoopLocal, parse_retry_after, shorten, stream_audio
-from activities.providers.base import (
-    DownloadedAudio,
-    Health,
-    Heartbeat,
-    JobState,
-    PollResult,
-    ProviderError,
-)
-from activities.providers.hosted import HostedModel, HostedProvider, SubmitCall
+from activities.providers.base import JobState, PollResult, ProviderError
+from activities.providers.hosted import HostedModel, HostedProvider, HttpFailure, SubmitCall
 from core.contracts import ErrorCode, Submission
-from core.settings import Settings, get_settings
+from core.settings import Settings
 
 DEFAULT_QUEUE_URL = "https://queue.fal.run/"
 DEFAULT_VOCALS_MODEL = "fal-ai/minimax-music/v2"
@@ -58,8 +49,6 @@ FAL_MODELS: Mapping[str, HostedModel] = {
 
 # A well-formed id no job will have: asking for its status proves the key without cost.
 _PROBE_REQUEST_ID = "00000000-0000-0000-0000-000000000000"
-# Cancel answers meaning "nothing left to stop": already finished, or unknown.
-_CANCEL_NOOP_STATUSES = frozenset({400, 404, 409, 410})
 
 
 def _configure_fal_client(queue_url: str) -> None:
@@ -72,10 +61,12 @@ def _configure_fal_client(queue_url: str) -> None:
     fal_http.MAX_ATTEMPTS = 1
 
 
-class FalProvider(HostedProvider):
+class FalProvider(HostedProvider[fal_client.AsyncClient]):
     name = "fal"
     display_name = "fal"
     key_name = "FAL_KEY"
+    # fal answers a cancel of a finished or unknown request with one of these.
+    cancel_noop_statuses = frozenset({400, 404, 409, 410})
 
     def __init__(
         self,
@@ -97,24 +88,18 @@ class FalProvider(HostedProvider):
             download_timeout_s=download_timeout_s,
         )
         self._queue_url = queue_url if queue_url.endswith("/") else queue_url + "/"
-        self._clients = LoopLocal(
-            lambda: fal_client.AsyncClient(key=self._secret(), default_timeout=request_timeout_s)
-        )
         _configure_fal_client(queue_url)
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> FalProvider:
-        settings = settings or get_settings()
-        values: dict[str, Any] = {
+    def _settings_values(cls, settings: Settings) -> dict[str, Any]:
+        return {
             "key": settings.fal_key,
             "queue_url": settings.fal_queue_url,
             "vocals_model": settings.fal_vocals_model,
             "instrumental_model": settings.fal_instrumental_model,
-            "request_timeout_s": settings.provider_request_timeout_s,
         }
-        return cls(**{**values, **overrides})
 
-    # -- HostedProvider ------------------------------------------------------------------
+    # -- endpoints and payloads ----------------------------------------------------------
 
     def _submit_call(
         self, model: str, payload: dict[str, Any], webhook_url: str | None
@@ -132,15 +117,10 @@ class FalProvider(HostedProvider):
         }
         return str(answer["request_id"]), urls
 
-    # -- MusicProvider -------------------------------------------------------------------
-
     async def poll(self, submission: Submission) -> PollResult:
-        client = self._client()
-        try:
-            async with asyncio.timeout(self._request_timeout_s):
-                status = await client.status(self._app(submission), submission.run_id)
-        except Exception as exc:
-            raise self._error("status", exc) from None
+        status = await self._call(
+            "status", lambda client: client.status(self._app(submission), submission.run_id)
+        )
         if isinstance(status, fal_client.Queued):
             return PollResult(JobState.QUEUED)
         if isinstance(status, fal_client.InProgress):
@@ -152,89 +132,48 @@ class FalProvider(HostedProvider):
             return PollResult(JobState.SUCCEEDED, progress=1.0)
         raise ProviderError(ErrorCode.OTHER, f"fal status: unexpected {type(status).__name__}")
 
-    async def download(
-        self, submission: Submission, dest: Path, heartbeat: Heartbeat
-    ) -> DownloadedAudio:
-        client = self._client()
-        heartbeat(0.0)
-        try:
-            async with asyncio.timeout(self._request_timeout_s):
-                result = await client.result(self._app(submission), submission.run_id)
-        except Exception as exc:
-            raise self._error("result", exc) from None
-        heartbeat(0.0)
-        url, hinted_type = _find_audio(result)
-        if url is None:
-            raise ProviderError(
-                ErrorCode.JOB_FAILED, f"fal result for {submission.run_id} has no audio URL"
-            )
-        return await stream_audio(
-            url,
-            dest,
-            heartbeat,
-            label="fal",
-            timeout_s=self._download_timeout_s,
-            hinted_type=hinted_type,
-            redact=self._redact,
+    async def _audio_url(self, submission: Submission) -> tuple[str | None, str | None]:
+        result = await self._call(
+            "result", lambda client: client.result(self._app(submission), submission.run_id)
         )
+        return _find_audio(result)
 
-    async def cancel(self, submission: Submission) -> None:
-        client = self._client()
-        try:
-            async with asyncio.timeout(self._request_timeout_s):
-                await client.cancel(self._app(submission), submission.run_id)
-        except fal_client.FalClientHTTPError as exc:
-            if exc.status_code not in _CANCEL_NOOP_STATUSES:
-                raise self._error("cancel", exc) from None
-        except Exception as exc:
-            raise self._error("cancel", exc) from None
+    async def _cancel_job(self, client: fal_client.AsyncClient, submission: Submission) -> None:
+        await client.cancel(self._app(submission), submission.run_id)
 
-    async def health(self) -> Health:
-        if not self.configured:
-            return Health("unconfigured")
-        try:
-            client = self._client()
-            async with asyncio.timeout(self._request_timeout_s):
-                await client.status(self._vocals_model, _PROBE_REQUEST_ID)
-        except fal_client.FalClientHTTPError as exc:
-            # Past authentication fal answers "no such request"; 401/403 mean the key is bad.
-            if exc.status_code in (401, 403):
-                return Health("fail", f"fal rejected the key (HTTP {exc.status_code})")
-            if exc.status_code < 500 and exc.status_code != 429:
-                return Health("ok")
-            return Health("fail", f"fal queue answered HTTP {exc.status_code}")
-        except Exception as exc:
-            return Health("fail", self._error("health", exc).message)
-        return Health("ok")
+    async def _probe(self, client: fal_client.AsyncClient) -> None:
+        await client.status(self._vocals_model, _PROBE_REQUEST_ID)
 
-    async def aclose(self) -> None:
-        client = self._clients.pop()
-        if client is not None:
-            # fal-client has no close(); its httpx client sits behind a private cached property.
-            http = await client._client
-            await http.aclose()
-
-    # -- internals -------------------------------------------------------------------
-
-    def _client(self) -> fal_client.AsyncClient:
-        self._secret()  # UNCONFIGURED before any call
-        _configure_fal_client(self._queue_url)
-        return self._clients.get()
+    def _probe_proves_key(self, status: int) -> bool:
+        # Past authentication fal answers "no such request"; 5xx and 429 prove nothing.
+        return status < 500 and status != 429
 
     def _app(self, submission: Submission) -> str:
         return submission.model or self._model(submission.request)
 
-    def _error(self, op: str, exc: BaseException) -> ProviderError:
-        if isinstance(exc, ProviderError):
-            return exc
+    # -- the client library --------------------------------------------------------------
+
+    def _new_client(self) -> fal_client.AsyncClient:
+        return fal_client.AsyncClient(key=self._secret(), default_timeout=self._request_timeout_s)
+
+    def _client(self) -> fal_client.AsyncClient:
+        # Another FalProvider may have repointed the process-wide queue URL since.
+        _configure_fal_client(self._queue_url)
+        return super()._client()
+
+    async def _close_client(self, client: fal_client.AsyncClient) -> None:
+        # fal-client has no close(); its httpx client sits behind a private cached property.
+        http = await client._client
+        await http.aclose()
+
+    # -- error mapping -------------------------------------------------------------------
+
+    def _http_failure(self, exc: BaseException) -> HttpFailure | None:
         if isinstance(exc, fal_client.FalClientHTTPError):
-            status = exc.status_code
-            return ProviderError.from_status(
-                status,
-                self._redact(f"fal {op}: HTTP {status}: {shorten(exc.message)}"),
-                retry_after_s=parse_retry_after(exc.response.headers.get("retry-after")),
+            return HttpFailure(
+                exc.status_code, exc.message, exc.response.headers.get("retry-after")
             )
-        return self._transport_error(op, exc)
+        return None
 
 
 def _find_audio(result: Any) -> tuple[str | None, str | None]:

@@ -1,8 +1,11 @@
 """What the hosted providers (fal, Replicate) share: the model table, the request
-payload, the one-shot submit and the error mapping.
+payload, the one-shot submit, the follow-up calls through their client library
+(bounded, redacted, mapped to `ProviderError`), the download, cancel, health probe and
+client lifetime.
 
-Each subclass keeps only what differs: its endpoints, payloads, answers and the quirks
-of its client library (which still serves polls, results and cancels).
+Each subclass keeps only what differs: its endpoints and payloads (`_submit_call`,
+`_parse_submit`, `poll`, `_audio_url`, `_cancel_job`, `_probe`), the quirks of its client
+library (`_new_client`, `_close_client`) and its error mapping (`_http_failure`).
 
 The submit is one plain `httpx` POST on a fresh connection, never a library call: both
 libraries retry some requests by themselves, and a re-sent submit is a second paid job.
@@ -14,20 +17,40 @@ from __future__ import annotations
 
 import asyncio
 from abc import abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Generic, Self, TypeVar
 
 import httpx
 from pydantic import SecretStr
 
-from activities.providers._http import Redactor, parse_retry_after, shorten, tls_context
-from activities.providers.base import MusicProvider, ProviderError
-from core.contracts import ErrorCode, GenerationRequest
+from activities.providers._http import (
+    LoopLocal,
+    Redactor,
+    client_timeout,
+    parse_retry_after,
+    problem_detail,
+    shorten,
+    stream_audio,
+    tls_context,
+)
+from activities.providers.base import (
+    DownloadedAudio,
+    Health,
+    Heartbeat,
+    MusicProvider,
+    ProviderError,
+)
+from core.contracts import ErrorCode, GenerationRequest, Submission
+from core.settings import Settings, get_settings
 
 # A connect error or a pool wait proves the request never left; anything after that
 # (timeouts while waiting for the answer, resets, 5xx) may follow a job being created.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+C = TypeVar("C")  # the provider library's client
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,10 +72,23 @@ class SubmitCall:
     params: dict[str, str] = field(default_factory=dict)
 
 
-class HostedProvider(MusicProvider):
-    # For messages: the environment variable that holds the key, the provider's name.
+@dataclass(frozen=True)
+class HttpFailure:
+    """An HTTP error answer as a client library reported it, for `ProviderError.from_status`."""
+
+    status: int
+    detail: str
+    retry_after: str | None = None  # the raw Retry-After header, when the library kept it
+
+
+class HostedProvider(MusicProvider, Generic[C]):
+    # For messages: the environment variable that holds the key, the provider's name and
+    # what the provider calls its credential.
     key_name: str
     display_name: str
+    key_noun: str = "key"
+    # Cancel answers meaning "nothing left to stop" (already finished, or unknown).
+    cancel_noop_statuses: frozenset[int] = frozenset()
 
     def __init__(
         self,
@@ -80,8 +116,24 @@ class HostedProvider(MusicProvider):
         self._instrumental_model = instrumental_model
         self._request_timeout_s = request_timeout_s
         self._download_timeout_s = download_timeout_s
+        # Built lazily: a subclass sets its endpoints after this returns.
+        self._clients: LoopLocal[C] = LoopLocal(self._new_client)
 
-    # -- what differs per provider ------------------------------------------------------
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> Self:
+        settings = settings or get_settings()
+        values = {
+            **cls._settings_values(settings),
+            "request_timeout_s": settings.provider_request_timeout_s,
+        }
+        return cls(**{**values, **overrides})
+
+    # -- what differs per provider -------------------------------------------------------
+
+    @classmethod
+    @abstractmethod
+    def _settings_values(cls, settings: Settings) -> dict[str, Any]:
+        """Constructor arguments from this provider's settings: key, URL, models."""
 
     @abstractmethod
     def _submit_call(
@@ -92,6 +144,35 @@ class HostedProvider(MusicProvider):
     @abstractmethod
     def _parse_submit(self, answer: Any) -> tuple[str, dict[str, str]]:
         """The run id and follow-up URLs in a 2xx answer to the submit."""
+
+    @abstractmethod
+    async def _audio_url(self, submission: Submission) -> tuple[str | None, str | None]:
+        """The finished job's audio URL (None if it has none) and the content type the
+        provider reported for it, if any."""
+
+    @abstractmethod
+    async def _cancel_job(self, client: C, submission: Submission) -> None:
+        """Ask the provider to stop the job."""
+
+    @abstractmethod
+    async def _probe(self, client: C) -> None:
+        """The cheapest authenticated call, to prove the key works."""
+
+    def _probe_proves_key(self, status: int) -> bool:
+        """Whether the probe failing with `status` (not 401/403) still proves the key."""
+        return False
+
+    @abstractmethod
+    def _new_client(self) -> C:
+        """A library client for the current event loop."""
+
+    @abstractmethod
+    async def _close_client(self, client: C) -> None:
+        """Close a client from `_new_client`."""
+
+    @abstractmethod
+    def _http_failure(self, exc: BaseException) -> HttpFailure | None:
+        """The HTTP error answer behind a library exception; None if it got no answer."""
 
     def _model_name(self, model: str) -> str:
         """The key of `model` in the model table."""
@@ -127,13 +208,14 @@ class HostedProvider(MusicProvider):
             raise ProviderError(ErrorCode.UNSUPPORTED, reason)
         model = self._model(request)
         call = self._submit_call(model, self.provider_input(model, request), webhook_url)
-        timeout = httpx.Timeout(self._request_timeout_s, connect=min(10.0, self._request_timeout_s))
         try:
             async with (
                 asyncio.timeout(self._request_timeout_s),
                 # No transport retries (httpx's default), and no pooled connection.
                 httpx.AsyncClient(
-                    timeout=timeout, follow_redirects=False, verify=tls_context()
+                    timeout=client_timeout(self._request_timeout_s),
+                    follow_redirects=False,
+                    verify=tls_context(),
                 ) as http,
             ):
                 response = await http.post(
@@ -146,12 +228,13 @@ class HostedProvider(MusicProvider):
             error.sent = True
             raise error from None
         if response.status_code >= 400:
-            error = ProviderError.from_status(
-                response.status_code,
-                self._redact(
-                    f"{self.name} submit: HTTP {response.status_code}: {_detail(response)}"
+            error = self._status_error(
+                "submit",
+                HttpFailure(
+                    response.status_code,
+                    problem_detail(response),
+                    response.headers.get("retry-after"),
                 ),
-                retry_after_s=parse_retry_after(response.headers.get("retry-after")),
             )
             # A 4xx is the provider refusing; a 5xx may come from a gateway after the job
             # was created behind it.
@@ -165,6 +248,57 @@ class HostedProvider(MusicProvider):
                 f"{self.name} submit: unreadable answer ({type(exc).__name__})",
                 sent=True,
             ) from None
+
+    async def download(
+        self, submission: Submission, dest: Path, heartbeat: Heartbeat
+    ) -> DownloadedAudio:
+        # Beat around the result call: it is not heartbeated while it runs.
+        heartbeat(0.0)
+        url, hinted_type = await self._audio_url(submission)
+        heartbeat(0.0)
+        if url is None:
+            raise ProviderError(
+                ErrorCode.JOB_FAILED,
+                f"{self.name}: {submission.run_id} has no audio URL in its result",
+            )
+        return await stream_audio(
+            url,
+            dest,
+            heartbeat,
+            label=self.name,
+            timeout_s=self._download_timeout_s,
+            hinted_type=hinted_type,
+            redact=self._redact,
+        )
+
+    async def cancel(self, submission: Submission) -> None:
+        try:
+            await self._call("cancel", lambda client: self._cancel_job(client, submission))
+        except ProviderError as error:
+            if error.status not in self.cancel_noop_statuses:
+                raise
+
+    async def health(self) -> Health:
+        if not self.configured:
+            return Health("unconfigured")
+        try:
+            await self._call("health", self._probe)
+        except Exception as exc:
+            error = self._error("health", exc)
+            if error.status in (401, 403):
+                return Health(
+                    "fail",
+                    f"{self.display_name} rejected the {self.key_noun} (HTTP {error.status})",
+                )
+            if error.status is not None and self._probe_proves_key(error.status):
+                return Health("ok")
+            return Health("fail", error.message)
+        return Health("ok")
+
+    async def aclose(self) -> None:
+        client = self._clients.pop()
+        if client is not None:
+            await self._close_client(client)
 
     # -- shared helpers ------------------------------------------------------------------
 
@@ -180,6 +314,20 @@ class HostedProvider(MusicProvider):
             payload[spec.seed_field] = request.seed
         return payload
 
+    def _client(self) -> C:
+        self._secret()  # UNCONFIGURED before any call
+        return self._clients.get()
+
+    async def _call(self, op: str, call: Callable[[C], Awaitable[T]]) -> T:
+        """One library call on this loop's client. Each is bounded here as well, since the
+        libraries' own timeouts do not cover every call (fal's status uses a fixed 120 s)."""
+        client = self._client()
+        try:
+            async with asyncio.timeout(self._request_timeout_s):
+                return await call(client)
+        except Exception as exc:
+            raise self._error(op, exc) from None
+
     def _secret(self) -> str:
         if not self._key or not self._key.get_secret_value():
             raise ProviderError(ErrorCode.UNCONFIGURED, f"{self.name}: {self.key_name} is not set")
@@ -193,6 +341,22 @@ class HostedProvider(MusicProvider):
     def _spec(self, model: str) -> HostedModel:
         return self._models[self._model_name(model)]
 
+    def _error(self, op: str, exc: BaseException) -> ProviderError:
+        if isinstance(exc, ProviderError):
+            return exc
+        failure = self._http_failure(exc)
+        if failure is None:
+            return self._transport_error(op, exc)
+        return self._status_error(op, failure)
+
+    def _status_error(self, op: str, failure: HttpFailure) -> ProviderError:
+        """An HTTP error answer: classified by status, keeping Retry-After, key redacted."""
+        return ProviderError.from_status(
+            failure.status,
+            self._redact(f"{self.name} {op}: HTTP {failure.status}: {shorten(failure.detail)}"),
+            retry_after_s=parse_retry_after(failure.retry_after),
+        )
+
     def _transport_error(self, op: str, exc: BaseException) -> ProviderError:
         """A call that got no HTTP answer: timed out, refused or cut."""
         code = ErrorCode.OTHER
@@ -202,13 +366,3 @@ class HostedProvider(MusicProvider):
         return ProviderError(
             code, self._redact(f"{self.name} {op}: {type(exc).__name__}: {detail}")
         )
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return shorten(response.text)
-    if isinstance(body, dict):
-        return shorten(body.get("detail") or body.get("title") or body.get("error") or body)
-    return shorten(body)

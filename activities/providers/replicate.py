@@ -18,10 +18,8 @@ replicate 1.x quirks this module works around (see `replicate/client.py`):
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,20 +27,14 @@ import replicate
 from pydantic import SecretStr
 from replicate.client import RetryTransport
 from replicate.exceptions import ReplicateError
+from replicate.pagination import Page
 from replicate.prediction import Prediction
 
-from activities.providers._http import LoopLocal, parse_retry_after, shorten, stream_audio
-from activities.providers.base import (
-    DownloadedAudio,
-    Health,
-    Heartbeat,
-    JobState,
-    PollResult,
-    ProviderError,
-)
-from activities.providers.hosted import HostedModel, HostedProvider, SubmitCall
+from activities.providers._http import client_timeout, problem_detail, shorten
+from activities.providers.base import JobState, PollResult, ProviderError
+from activities.providers.hosted import HostedModel, HostedProvider, HttpFailure, SubmitCall
 from core.contracts import ErrorCode, GenerationRequest, Submission
-from core.settings import Settings, get_settings
+from core.settings import Settings
 
 DEFAULT_BASE_URL = "https://api.replicate.com"
 DEFAULT_VOCALS_MODEL = "minimax/music-1.5"
@@ -82,11 +74,9 @@ _STATES = {
 class _RetryableStatus(Exception):
     """A response replicate's RetryTransport would have retried, with its Retry-After."""
 
-    def __init__(self, status: int, retry_after: str | None, detail: str) -> None:
-        super().__init__(f"HTTP {status}: {detail}")
-        self.status = status
-        self.retry_after = retry_after
-        self.detail = detail
+    def __init__(self, failure: HttpFailure) -> None:
+        super().__init__(f"HTTP {failure.status}: {failure.detail}")
+        self.failure = failure
 
 
 class _RetryableStatusTransport(httpx.AsyncBaseTransport):
@@ -105,23 +95,14 @@ class _RetryableStatusTransport(httpx.AsyncBaseTransport):
             return response
         try:
             await response.aread()
-            detail = _problem_detail(response)
+            detail = problem_detail(response)
         finally:
             await response.aclose()
-        raise _RetryableStatus(response.status_code, response.headers.get("retry-after"), detail)
+        retry_after = response.headers.get("retry-after")
+        raise _RetryableStatus(HttpFailure(response.status_code, detail, retry_after))
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-
-def _problem_detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return shorten(response.text)
-    if isinstance(body, dict):
-        return shorten(body.get("detail") or body.get("title") or body)
-    return shorten(body)
 
 
 def _split_ref(model: str) -> tuple[str, str | None]:
@@ -129,10 +110,11 @@ def _split_ref(model: str) -> tuple[str, str | None]:
     return name, version or None
 
 
-class ReplicateProvider(HostedProvider):
+class ReplicateProvider(HostedProvider[replicate.Client]):
     name = "replicate"
     display_name = "Replicate"
     key_name = "REPLICATE_API_TOKEN"
+    key_noun = "token"
 
     def __init__(
         self,
@@ -154,21 +136,17 @@ class ReplicateProvider(HostedProvider):
             download_timeout_s=download_timeout_s,
         )
         self._base_url = base_url.rstrip("/")
-        self._clients = LoopLocal(self._new_client)
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> ReplicateProvider:
-        settings = settings or get_settings()
-        values: dict[str, Any] = {
+    def _settings_values(cls, settings: Settings) -> dict[str, Any]:
+        return {
             "api_token": settings.replicate_api_token,
             "base_url": settings.replicate_base_url,
             "vocals_model": settings.replicate_vocals_model,
             "instrumental_model": settings.replicate_instrumental_model,
-            "request_timeout_s": settings.provider_request_timeout_s,
         }
-        return cls(**{**values, **overrides})
 
-    # -- HostedProvider ------------------------------------------------------------------
+    # -- endpoints and payloads ----------------------------------------------------------
 
     def _model_name(self, model: str) -> str:
         return _split_ref(model)[0]
@@ -200,15 +178,10 @@ class ReplicateProvider(HostedProvider):
         model = self._model(request)
         wanted = self.provider_input(model, request)
         name = self._model_name(model)
-        client = self._client()
         cursor: Any = ...
         found: list[tuple[str, str]] = []
         for _ in range(_LISTING_PAGES):
-            try:
-                async with asyncio.timeout(self._request_timeout_s):
-                    page = await client.predictions.async_list(cursor)
-            except Exception as exc:
-                raise self._error("list", exc) from None
+            page = await self._call("list", _listing(cursor))
             older = False
             for prediction in page.results:
                 created = _parse_time(prediction.created_at)
@@ -224,8 +197,6 @@ class ReplicateProvider(HostedProvider):
         # The earliest match is the submission that was sent first.
         return min(found)[1] if found else None
 
-    # -- MusicProvider -------------------------------------------------------------------
-
     async def poll(self, submission: Submission) -> PollResult:
         prediction = await self._get(submission.run_id)
         state = _STATES[prediction.status]
@@ -237,98 +208,55 @@ class ReplicateProvider(HostedProvider):
             error = self._redact(shorten(prediction.error or "prediction failed"))
         return PollResult(state, progress=progress, error=error)
 
-    async def download(
-        self, submission: Submission, dest: Path, heartbeat: Heartbeat
-    ) -> DownloadedAudio:
-        heartbeat(0.0)
+    async def _audio_url(self, submission: Submission) -> tuple[str | None, str | None]:
         prediction = await self._get(submission.run_id)
-        heartbeat(0.0)
         if prediction.status == "failed":
             raise ProviderError(ErrorCode.JOB_FAILED, f"replicate: {prediction.id} failed")
         if prediction.status == "canceled":
             raise ProviderError(ErrorCode.JOB_CANCELLED, f"replicate: {prediction.id} canceled")
         if prediction.status != "succeeded":
             raise ProviderError(ErrorCode.OTHER, f"replicate: {prediction.id} not finished")
-        url = _find_audio(prediction.output)
-        if url is None:
-            raise ProviderError(
-                ErrorCode.JOB_FAILED, f"replicate: {prediction.id} has no audio URL in its output"
-            )
-        return await stream_audio(
-            url,
-            dest,
-            heartbeat,
-            label="replicate",
-            timeout_s=self._download_timeout_s,
-            redact=self._redact,
-        )
+        return _find_audio(prediction.output), None
 
-    async def cancel(self, submission: Submission) -> None:
-        client = self._client()
-        try:
-            async with asyncio.timeout(self._request_timeout_s):
-                await client.predictions.async_cancel(submission.run_id)
-        except Exception as exc:
-            raise self._error("cancel", exc) from None
+    async def _cancel_job(self, client: replicate.Client, submission: Submission) -> None:
+        # Replicate answers 200 with the prediction even when it had already finished.
+        await client.predictions.async_cancel(submission.run_id)
 
-    async def health(self) -> Health:
-        if not self.configured:
-            return Health("unconfigured")
-        try:
-            client = self._client()
-            async with asyncio.timeout(self._request_timeout_s):
-                await client.accounts.async_current()
-        except Exception as exc:
-            error = self._error("health", exc)
-            if error.status in (401, 403):
-                return Health("fail", f"Replicate rejected the token (HTTP {error.status})")
-            return Health("fail", error.message)
-        return Health("ok")
+    async def _probe(self, client: replicate.Client) -> None:
+        await client.accounts.async_current()
 
-    async def aclose(self) -> None:
-        client = self._clients.pop()
-        if client is not None:
-            # replicate.Client has no close(); its httpx client is a private lazy property.
-            await client._async_client.aclose()
+    async def _get(self, prediction_id: str) -> Prediction:
+        return await self._call("get", lambda client: client.predictions.async_get(prediction_id))
 
-    # -- internals -------------------------------------------------------------------
-
-    def _client(self) -> replicate.Client:
-        self._secret()  # UNCONFIGURED before any call
-        return self._clients.get()
+    # -- the client library --------------------------------------------------------------
 
     def _new_client(self) -> replicate.Client:
-        timeout = httpx.Timeout(self._request_timeout_s, connect=min(10.0, self._request_timeout_s))
         return replicate.Client(
             api_token=self._secret(),
             base_url=self._base_url,
-            timeout=timeout,
+            timeout=client_timeout(self._request_timeout_s),
             transport=_RetryableStatusTransport(httpx.AsyncHTTPTransport()),
         )
 
-    async def _get(self, prediction_id: str) -> Prediction:
-        client = self._client()
-        try:
-            async with asyncio.timeout(self._request_timeout_s):
-                return await client.predictions.async_get(prediction_id)
-        except Exception as exc:
-            raise self._error("get", exc) from None
+    async def _close_client(self, client: replicate.Client) -> None:
+        # replicate.Client has no close(); its httpx client is a private lazy property.
+        await client._async_client.aclose()
 
-    def _error(self, op: str, exc: BaseException) -> ProviderError:
-        if isinstance(exc, ProviderError):
-            return exc
+    # -- error mapping -------------------------------------------------------------------
+
+    def _http_failure(self, exc: BaseException) -> HttpFailure | None:
         if isinstance(exc, _RetryableStatus):
-            return ProviderError.from_status(
-                exc.status,
-                self._redact(f"replicate {op}: HTTP {exc.status}: {exc.detail}"),
-                retry_after_s=parse_retry_after(exc.retry_after),
-            )
+            return exc.failure
         if isinstance(exc, ReplicateError) and exc.status is not None:
-            detail = shorten(exc.detail or exc.title or "")
-            return ProviderError.from_status(
-                exc.status, self._redact(f"replicate {op}: HTTP {exc.status}: {detail}")
-            )
-        return self._transport_error(op, exc)
+            # The library drops the headers, so no Retry-After; the statuses that carry
+            # one come through `_RetryableStatus` instead.
+            return HttpFailure(exc.status, exc.detail or exc.title or "")
+        return None
+
+
+def _listing(cursor: Any) -> Callable[[replicate.Client], Awaitable[Page[Prediction]]]:
+    """The call that lists the page of predictions at `cursor` (`...`: the newest)."""
+    return lambda client: client.predictions.async_list(cursor)
 
 
 def _parse_time(value: str | None) -> datetime | None:
