@@ -25,5 +25,5 @@ class HealthActivities:
             if isinstance(result, BaseException):
                 report[name] = ProviderHealth(status="fail", error=type(result).__name__)
             else:
-                report[name] = ProviderHealth(status=result.status, error=result.error)
+                report[name] = result
         return ProviderHealthReport(providers=report)

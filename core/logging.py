@@ -15,17 +15,21 @@ REDACTED = "[redacted]"
 
 
 class SecretScrubber:
-    """Replaces any configured secret value found anywhere in a log event."""
+    """Replaces any configured secret value found in text or anywhere in a log event: the
+    one redactor, for logs, job events and provider errors alike."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         # Very short values would redact ordinary words; real keys are long.
         self._secrets = sorted({s for s in secrets if len(s) >= 8}, key=len, reverse=True)
 
+    def scrub_text(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
     def scrub(self, value: Any) -> Any:
         if isinstance(value, str):
-            for secret in self._secrets:
-                value = value.replace(secret, REDACTED)
-            return value
+            return self.scrub_text(value)
         if isinstance(value, dict):
             return {k: self.scrub(v) for k, v in value.items()}
         if isinstance(value, list | tuple):

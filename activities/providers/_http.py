@@ -96,18 +96,6 @@ def client_timeout(seconds: float) -> httpx.Timeout:
     return httpx.Timeout(seconds, connect=min(10.0, seconds))
 
 
-class Redactor:
-    """Removes a secret from text bound for exception messages and logs."""
-
-    def __init__(self, *secrets: str | None) -> None:
-        self._secrets = [s for s in secrets if s]
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-
 class LoopLocal(Generic[T]):
     """One client per event loop: the provider libraries bind their httpx client to the
     loop that first used it."""

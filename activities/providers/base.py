@@ -13,7 +13,13 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
-from core.contracts import NON_RETRYABLE, ErrorCode, GenerationRequest, Submission
+from core.contracts import (
+    NON_RETRYABLE,
+    ErrorCode,
+    GenerationRequest,
+    ProviderHealth,
+    Submission,
+)
 
 
 class ProviderError(Exception):
@@ -69,12 +75,6 @@ class JobState(StrEnum):
 class PollResult:
     state: JobState
     progress: float | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Health:
-    status: str  # "ok" | "fail" | "unconfigured"
     error: str | None = None
 
 
@@ -145,7 +145,7 @@ class MusicProvider(ABC):
     async def cancel(self, submission: Submission) -> None: ...
 
     @abstractmethod
-    async def health(self) -> Health: ...
+    async def health(self) -> ProviderHealth: ...
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release clients bound to the current event loop."""

@@ -27,7 +27,6 @@ from pydantic import SecretStr
 
 from activities.providers._http import (
     LoopLocal,
-    Redactor,
     client_timeout,
     parse_retry_after,
     problem_detail,
@@ -37,12 +36,12 @@ from activities.providers._http import (
 )
 from activities.providers.base import (
     DownloadedAudio,
-    Health,
     Heartbeat,
     MusicProvider,
     ProviderError,
 )
-from core.contracts import ErrorCode, GenerationRequest, Submission
+from core.contracts import ErrorCode, GenerationRequest, ProviderHealth, Submission
+from core.logging import SecretScrubber
 from core.settings import Settings, get_settings
 
 # A connect error or a pool wait proves the request never left; anything after that
@@ -109,9 +108,9 @@ class HostedProvider(MusicProvider, Generic[C]):
                     f"unknown {self.display_name} model {model!r}: describe it in models="
                 )
         self._key = SecretStr(key) if isinstance(key, str) else key
-        self._redact: Callable[[str], str] = Redactor(
-            self._key.get_secret_value() if self._key else None
-        )
+        self._redact: Callable[[str], str] = SecretScrubber(
+            [self._key.get_secret_value()] if self._key else []
+        ).scrub_text
         self._vocals_model = vocals_model
         self._instrumental_model = instrumental_model
         self._request_timeout_s = request_timeout_s
@@ -278,22 +277,22 @@ class HostedProvider(MusicProvider, Generic[C]):
             if error.status not in self.cancel_noop_statuses:
                 raise
 
-    async def health(self) -> Health:
+    async def health(self) -> ProviderHealth:
         if not self.configured:
-            return Health("unconfigured")
+            return ProviderHealth(status="unconfigured")
         try:
             await self._call("health", self._probe)
         except Exception as exc:
             error = self._error("health", exc)
             if error.status in (401, 403):
-                return Health(
-                    "fail",
-                    f"{self.display_name} rejected the {self.key_noun} (HTTP {error.status})",
+                return ProviderHealth(
+                    status="fail",
+                    error=f"{self.display_name} rejected the {self.key_noun} (HTTP {error.status})",
                 )
             if error.status is not None and self._probe_proves_key(error.status):
-                return Health("ok")
-            return Health("fail", error.message)
-        return Health("ok")
+                return ProviderHealth(status="ok")
+            return ProviderHealth(status="fail", error=error.message)
+        return ProviderHealth(status="ok")
 
     async def aclose(self) -> None:
         client = self._clients.pop()

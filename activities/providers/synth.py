@@ -16,14 +16,13 @@ import soundfile as sf
 
 from activities.providers.base import (
     DownloadedAudio,
-    Health,
     Heartbeat,
     JobState,
     MusicProvider,
     PollResult,
     ProviderError,
 )
-from core.contracts import ErrorCode, GenerationRequest, Submission
+from core.contracts import ErrorCode, GenerationRequest, ProviderHealth, Submission
 from engines.synth import (
     CHANNELS,
     SAMPLE_RATE,
@@ -110,8 +109,8 @@ class SynthProvider(MusicProvider):
     async def cancel(self, submission: Submission) -> None:
         return None
 
-    async def health(self) -> Health:
-        return Health("ok")
+    async def health(self) -> ProviderHealth:
+        return ProviderHealth(status="ok")
 
 
 def _render_chunk(renderer: SynthRenderer, out: sf.SoundFile, start: int, frames: int) -> None:
