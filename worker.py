@@ -124,6 +124,7 @@ def build_worker(
             generation.fetch_generation,
             generation.cancel_submissions,
             generation.check_audio,
+            generation.collect_audio,
             # Runs started before the submission ledger still wait and cancel this way.
             generation.await_generation,
             generation.cancel_generation,

@@ -1,10 +1,12 @@
-"""Generation activities: submit a paid job, look at it, fetch and check what came back.
+"""Generation activities: submit a paid job, look at it, collect and check what came back.
 
 Submit goes through the submission ledger (activities.submissions), so however often it
-runs it pays at most once. The workflow waits between short polls on a durable timer (or
-a provider webhook's signal), so a waiting track holds no worker slot; `fetch` then
-downloads and stages the audio. `await_generation` and `cancel_generation` serve runs
-started before the ledger.
+runs it pays at most once, and it looks at the new job once before answering. The
+workflow waits between short polls on a durable timer (or a provider webhook's signal),
+so a waiting track holds no worker slot; `collect_audio` then downloads the audio, checks
+it and stages it. `fetch_generation` and `check_audio` (the same in two steps) serve runs
+started before that; `await_generation` and `cancel_generation` runs from before the
+ledger.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ from pathlib import Path
 from temporalio import activity
 
 from activities.heartbeat import heartbeating
-from activities.providers.base import JobState, MusicProvider, ProviderError
+from activities.providers.base import DownloadedAudio, JobState, MusicProvider, ProviderError
 from activities.providers.registry import ProviderRegistry
 from activities.recording import Attempt, recorded_attempt
 from activities.submissions import ProviderJobs
 from core.contracts import (
+    AudioInfo,
     CancelInput,
     CheckedAudio,
     CheckInput,
+    CollectInput,
     ErrorCode,
     PollStatus,
     StagedAudio,
@@ -32,6 +36,7 @@ from core.contracts import (
     Submission,
     SubmissionState,
     SubmitInput,
+    TrackInput,
 )
 from core.logging import get_logger
 from core.metrics import (
@@ -99,6 +104,8 @@ class GenerationActivities:
                 already_waiting=submit.waiting_since is not None,
             )
             attempt.provider_run_id = submission.run_id
+            if submit.look and provider.remote and await self._finished_at_once(submission):
+                submission = submission.model_copy(update={"done": True})
             attempt.message = (
                 f"Using provider: {provider.name} (model {submission.model}), "
                 f"run {submission.run_id}, token {submission.token}"
@@ -108,6 +115,18 @@ class GenerationActivities:
                 observe_capacity_wait(provider.name, seconds_since(submit.waiting_since))
             set_in_flight(await self.ledger.in_flight())
             return submission
+
+    async def _finished_at_once(self, submission: Submission) -> bool:
+        """One look at a job just submitted. Its errors are the workflow's polls' to see:
+        the job is paid for, so nothing here may fail the submit."""
+        provider = self.providers.get(submission.provider)
+        count_poll(provider.name)
+        try:
+            status = await provider.poll(submission)
+        except ProviderError as exc:
+            log.info("first look failed; the workflow polls", error_code=exc.code.value)
+            return False
+        return status.state is JobState.SUCCEEDED
 
     @activity.defn(name="poll_generation")
     async def poll_generation(self, submission: Submission) -> PollStatus:
@@ -135,6 +154,32 @@ class GenerationActivities:
             await self._mark(submission, SubmissionState.FINISHED)
             attempt.message = f"Audio ready from {provider.name} ({staged.size_bytes} bytes)"
             return staged
+
+    @activity.defn(name="collect_audio")
+    async def collect_audio(self, collect: CollectInput) -> CheckedAudio:
+        """Download a finished job's audio, check it, and stage it only if it passes:
+        one activity and one local file, where fetch and check were two and a copy."""
+        submission, track = collect.submission, collect.track
+        provider = self.providers.get(submission.provider)
+        with tempfile.TemporaryDirectory(prefix="sf-collect-") as tmp:
+            async with self._attempt_on(submission, "audio_ready") as attempt:
+                path, audio = await self._download(provider, submission, Path(tmp))
+                await self._mark(submission, SubmissionState.FINISHED)
+                size = path.stat().st_size
+                attempt.message = f"Audio ready from {provider.name} ({size} bytes)"
+            async with recorded_attempt(
+                self.store,
+                track_id=track.track_id,
+                job_id=track.job_id,
+                event="audio_checked",
+                provider=provider.name,
+                provider_run_id=submission.run_id,
+            ) as attempt:
+                await self.store.set_step(track.job_id, Step.CHECKING, 0.7)
+                info = await self._analyze(path, track, measure_tempo=collect.measure_tempo)
+                staged = await self._put_staging(provider, submission, path, audio, size)
+                attempt.message = _audio_ok(info)
+                return CheckedAudio(staged=staged, info=info)
 
     @activity.defn(name="cancel_submissions")
     async def cancel_submissions(self, cancel: CancelInput) -> list[str]:
@@ -194,21 +239,22 @@ class GenerationActivities:
             with tempfile.TemporaryDirectory(prefix="sf-check-") as tmp:
                 path = Path(tmp) / f"audio.{staged.extension}"
                 await self.storage.download(staged.key, path)
-                try:
-                    async with heartbeating():
-                        info = await asyncio.to_thread(analyze, path, tempo=check.measure_tempo)
-                except AudioDecodeError as exc:
-                    raise ProviderError(
-                        ErrorCode.BAD_AUDIO, f"audio does not decode: {exc}"
-                    ) from exc
-            problem = quality_problem(info, track.request.duration_s)
-            if problem:
-                raise ProviderError(ErrorCode.BAD_AUDIO, f"audio failed the check: {problem}")
-            attempt.message = (
-                f"Audio ok: {info.duration_s:.1f} s, {info.sample_rate} Hz, "
-                f"{info.channels} ch, peak {info.peak_dbfs:.1f} dBFS"
-            )
+                info = await self._analyze(path, track, measure_tempo=check.measure_tempo)
+            attempt.message = _audio_ok(info)
             return CheckedAudio(staged=staged, info=info)
+
+    @staticmethod
+    async def _analyze(path: Path, track: TrackInput, *, measure_tempo: bool) -> AudioInfo:
+        """Decode the audio and reject it if broken, silent or the wrong length."""
+        try:
+            async with heartbeating():
+                info = await asyncio.to_thread(analyze, path, tempo=measure_tempo)
+        except AudioDecodeError as exc:
+            raise ProviderError(ErrorCode.BAD_AUDIO, f"audio does not decode: {exc}") from exc
+        problem = quality_problem(info, track.request.duration_s)
+        if problem:
+            raise ProviderError(ErrorCode.BAD_AUDIO, f"audio failed the check: {problem}")
+        return info
 
     async def _wait_until_done(self, submission: Submission) -> None:
         provider = self.providers.get(submission.provider)
@@ -236,13 +282,25 @@ class GenerationActivities:
 
     async def _stage(self, provider: MusicProvider, submission: Submission) -> StagedAudio:
         with tempfile.TemporaryDirectory(prefix="sf-gen-") as tmp:
-            dest = Path(tmp) / "audio"
-            audio = await provider.download(submission, dest, self._heartbeat)
-            key = staging_key(
-                submission.track_id, provider.name, submission.run_id, audio.extension
-            )
-            await self.storage.put_file(key, dest, audio.content_type)
-            size = dest.stat().st_size
+            dest, audio = await self._download(provider, submission, Path(tmp))
+            return await self._put_staging(provider, submission, dest, audio, dest.stat().st_size)
+
+    async def _download(
+        self, provider: MusicProvider, submission: Submission, folder: Path
+    ) -> tuple[Path, DownloadedAudio]:
+        dest = folder / "audio"
+        return dest, await provider.download(submission, dest, self._heartbeat)
+
+    async def _put_staging(
+        self,
+        provider: MusicProvider,
+        submission: Submission,
+        path: Path,
+        audio: DownloadedAudio,
+        size: int,
+    ) -> StagedAudio:
+        key = staging_key(submission.track_id, provider.name, submission.run_id, audio.extension)
+        await self.storage.put_file(key, path, audio.content_type)
         return StagedAudio(
             provider=provider.name,
             run_id=submission.run_id,
@@ -264,6 +322,13 @@ class GenerationActivities:
     @staticmethod
     def _heartbeat(fraction: float) -> None:
         activity.heartbeat(fraction)
+
+
+def _audio_ok(info: AudioInfo) -> str:
+    return (
+        f"Audio ok: {info.duration_s:.1f} s, {info.sample_rate} Hz, "
+        f"{info.channels} ch, peak {info.peak_dbfs:.1f} dBFS"
+    )
 
 
 def _raise_for(state: JobState, error: str | None) -> None:

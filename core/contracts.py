@@ -179,6 +179,8 @@ class Submission(BaseModel):
     urls: dict[str, str] = Field(default_factory=dict)
     # The ledger row's token (None in histories from before the ledger).
     token: str | None = None
+    # The provider had finished it when the submit looked (SubmitInput.look).
+    done: bool = False
 
 
 class ProviderEvent(BaseModel):
@@ -368,6 +370,8 @@ class SubmitInput(BaseModel):
     resolve_window_s: float = 30.0
     # When this track first found the provider at its in-flight cap (for the metric).
     waiting_since: datetime | None = None
+    # Look at the new job once before answering: fast models are often done already.
+    look: bool = False
 
 
 class CancelInput(BaseModel):
@@ -383,6 +387,14 @@ class CheckInput(BaseModel):
     track: TrackInput
     staged: StagedAudio
     # Runs that master their tracks measure the tempo then, off the critical path.
+    measure_tempo: bool = True
+
+
+class CollectInput(BaseModel):
+    """Download a finished job's audio, check it and stage it, in one activity."""
+
+    track: TrackInput
+    submission: Submission
     measure_tempo: bool = True
 
 

@@ -147,6 +147,26 @@ async def worker(workers: Workers) -> Worker:
 # -- a lost answer is found, never re-sent --------------------------------------------
 
 
+@pytest.mark.parametrize("extra_overrides", [REPLICATE_ONLY])
+async def test_a_failing_look_inside_the_submit_keeps_the_paid_job(
+    stack: Stack, replicate: ReplicateFake, extra_overrides: Any, worker: Worker
+) -> None:
+    """The submit looks at its new job once before answering. That look comes after the
+    provider took (and charged for) the job: its failing must neither fail the submit nor
+    send it again; the workflow's own polls find the job."""
+    # More 5xx than the library retries: the look itself fails.
+    replicate.script(poll=[Fail(500, times=3)], jobs=[Job()])
+    user_id, auth = await stack.user(credits=10)
+    created = await stack.create_track(auth, duration_s=10)
+    job = await stack.wait_for_job(created["job_id"], auth, timeout_s=60)
+    assert job["status"] == "COMPLETE", job
+    assert replicate.submissions == 1
+    events = [e["event"] for e in await logs_of(stack, created["job_id"], auth)]
+    assert events.count("submitted") == 1 and "submitted.failed" not in events
+    assert await ledger_states(stack, created["job_id"]) == [SubmissionState.FINISHED]
+    assert await stack.credits(user_id) == 10 - created["credits_required"]
+
+
 @pytest.mark.parametrize(
     "fault",
     [Drop(), Late(seconds=4), FailAfter(502)],

@@ -30,6 +30,7 @@ from core.contracts import (
     CancelInput,
     CheckedAudio,
     CheckInput,
+    CollectInput,
     CompleteInput,
     CoverInput,
     ErrorCode,
@@ -164,10 +165,20 @@ class StandIns:
         return len(self.calls_to(name, provider))
 
     # -- the activities ----------------------------------------------------------------
-    async def _run(self, name: str, arg: Any, provider: str | None, default: Callable[[], T]) -> T:
+    async def _run(
+        self,
+        name: str,
+        arg: Any,
+        provider: str | None,
+        default: Callable[[], T],
+        *,
+        script: str | None = None,
+    ) -> T:
+        """Record a call named `name` and answer from the script of `script` (or `name`)."""
         info = activity.info()
         self.calls.append(Call(name, arg, provider, info.task_queue, info.is_local, info.attempt))
-        steps = self._scripts.get((name, provider)) or self._scripts.get((name, None))
+        script = script or name
+        steps = self._scripts.get((script, provider)) or self._scripts.get((script, None))
         if not steps:
             return default()
         step = steps.pop(0) if len(steps) > 1 else steps[0]
@@ -195,7 +206,22 @@ class StandIns:
                 token=f"{submit.provider}-token-{number}",
             )
 
-        return await self._run("submit_generation", submit, submit.provider, accepted)
+        submission = await self._run("submit_generation", submit, submit.provider, accepted)
+        if not submit.look:
+            return submission
+        # The real submit looks once through the provider's poll: recorded as "look", it
+        # answers from the poll script; an error there is for the workflow's polls to see.
+        try:
+            status = await self._run(
+                "look",
+                submission,
+                submission.provider,
+                lambda: PollStatus(done=True, progress=1.0),
+                script="poll_generation",
+            )
+        except ApplicationError:
+            return submission
+        return submission.model_copy(update={"done": status.done})
 
     @activity.defn(name="poll_generation")
     async def poll_generation(self, submission: Submission) -> PollStatus:
@@ -204,6 +230,14 @@ class StandIns:
             submission,
             submission.provider,
             lambda: PollStatus(done=True, progress=1.0),
+        )
+
+    @activity.defn(name="collect_audio")
+    async def collect_audio(self, collect: CollectInput) -> CheckedAudio:
+        """The fetch and the check in one activity, each answering from its own script."""
+        staged = await self.fetch_generation(collect.submission)
+        return await self.check_audio(
+            CheckInput(track=collect.track, staged=staged, measure_tempo=collect.measure_tempo)
         )
 
     @activity.defn(name="fetch_generation")
@@ -309,6 +343,7 @@ class StandIns:
             self.poll_generation,
             self.fetch_generation,
             self.check_audio,
+            self.collect_audio,
             self.cancel_submissions,
             self.store_audio,
             self.store_cover,

@@ -82,6 +82,7 @@ async def test_happy_path_runs_each_step_once_in_order_and_reports_progress(
     release = asyncio.Event()
     harness.acts.script(
         "poll_generation",
+        answer(PollStatus(done=False)),  # the submit's own look
         answer(PollStatus(done=False, progress=0.5)),
         after(release, answer(PollStatus(done=True, progress=1.0))),
     )
@@ -106,9 +107,10 @@ async def test_happy_path_runs_each_step_once_in_order_and_reports_progress(
     assert harness.acts.names() == [
         "plan_track",
         "submit_generation",
-        "poll_generation",  # at once: fast models are often done by then
+        "look",  # inside the submit: fast models are often done by then
         "poll_generation",
-        "fetch_generation",
+        "poll_generation",
+        "fetch_generation",  # these two are one activity, collect_audio
         "check_audio",
         "store_audio",
         "store_cover",
@@ -151,6 +153,40 @@ async def test_happy_path_runs_each_step_once_in_order_and_reports_progress(
     assert harness.acts.count("cancel_submissions") == 0
     assert harness.acts.count("deliver_webhook") == 0, "no webhook_url, no delivery"
     assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+
+
+async def test_a_job_done_when_the_submit_looks_is_collected_at_once(harness: Harness) -> None:
+    """A fast model: no poll, no timer, and one activity downloads, checks and stages."""
+    harness.plan(["fal"])
+    handle = await harness.start()
+    result = await handle.result()
+
+    assert result.status == JobStatus.COMPLETE
+    assert harness.acts.names()[:5] == [
+        "plan_track",
+        "submit_generation",
+        "look",
+        "fetch_generation",
+        "check_audio",
+    ]
+    assert harness.acts.count("poll_generation") == 0
+    assert await count_events(handle, EventType.EVENT_TYPE_TIMER_STARTED) == 0
+    history = (await handle.fetch_history()).events
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    assert scheduled == ["submit_generation", "collect_audio", "master_audio"]
+    # One patch marker (and so one TemporalChangeVersion upsert) for a run of today's
+    # shape, not one per change the workflow went through.
+    patches = [
+        e
+        for e in history
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        and e.marker_recorded_event_attributes.marker_name == "core_patch"
+    ]
+    assert len(patches) == 1
 
 
 async def test_a_retryable_provider_error_is_retried_on_the_same_provider(
@@ -335,7 +371,8 @@ async def test_a_provider_that_never_finishes_times_out_and_is_cancelled(
     result = await (await harness.start()).result()
 
     assert result.provider == "replicate"
-    assert harness.acts.count("poll_generation", "fal") >= 2, "polled on a timer meanwhile"
+    looks = harness.acts.count("look", "fal") + harness.acts.count("poll_generation", "fal")
+    assert looks >= 2, "polled on a timer meanwhile"
     assert harness.acts.count("fetch_generation", "fal") == 0
     assert [c.reason for c in harness.acts.args("cancel_submissions")] == [
         "fal failed: timeout",
@@ -414,7 +451,8 @@ async def test_a_verified_provider_webhook_ends_the_wait_early(harness: Harness)
     result = await handle.result()
 
     assert result.status == JobStatus.COMPLETE
-    assert harness.acts.count("poll_generation") == 3
+    assert harness.acts.count("look") == 1
+    assert harness.acts.count("poll_generation") == 2
     assert await count_events(handle, fired) == 1, "the second wait ended on the signal"
     assert await count_events(handle, EventType.EVENT_TYPE_TIMER_CANCELED) == 1
 
