@@ -64,6 +64,7 @@ class JobActivities:
                 resolve_window_s=s.submit_resolve_window_s,
                 ambiguous_fallback=s.ambiguous_submit_fallback,
                 mastering_task_queue=s.mastering_task_queue,
+                webhook_poll_interval_s=s.provider_webhook_poll_interval_s,
             )
 
     @activity.defn(name="complete_job")

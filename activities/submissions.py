@@ -150,7 +150,7 @@ class ProviderJobs:
                 row, provider, request, resolve_window_s, heartbeat
             )
         resolution = await self.ledger.accept(row.id, run_id, urls)
-        return self.submission(resolution.row, request)
+        return self.submission(resolution.row, request, webhook=self._expects_webhook(provider))
 
     async def _send_once(
         self,
@@ -190,13 +190,14 @@ class ProviderJobs:
         heartbeat: Heartbeat,
     ) -> Submission:
         """An earlier attempt sent (or may have sent) this row: find its job, never resend."""
+        webhook = self._expects_webhook(provider)
         if row.state in WITH_RUN_ID or row.state is SubmissionState.FINISHED:
-            return self.submission(row, request)
+            return self.submission(row, request, webhook=webhook)
         if row.state is SubmissionState.CANCELLED:
             raise ProviderError(ErrorCode.JOB_CANCELLED, f"{provider.name} job was cancelled")
         found = await self.resolve(row, provider, request, window_s, heartbeat)
         if found is not None:
-            return self.submission(found, request)
+            return self.submission(found, request, webhook=webhook)
         raise ProviderError(
             ErrorCode.AMBIGUOUS,
             f"{provider.name} may have accepted the submit (token {row.token}) but no job "
@@ -343,7 +344,9 @@ class ProviderJobs:
     # -- helpers ---------------------------------------------------------------------
 
     @staticmethod
-    def submission(row: ProviderSubmission, request: GenerationRequest) -> Submission:
+    def submission(
+        row: ProviderSubmission, request: GenerationRequest, *, webhook: bool = False
+    ) -> Submission:
         assert row.run_id is not None
         return Submission(
             track_id=row.track_id,
@@ -354,10 +357,16 @@ class ProviderJobs:
             request=request,
             urls=row.urls or {},
             token=row.token,
+            webhook=webhook,
         )
 
+    def _expects_webhook(self, provider: MusicProvider) -> bool:
+        # Every send of a row carries the same URL (_webhook_url), so a resent or
+        # resolved row expects its webhook just as the first send did.
+        return self.settings.provider_webhooks_enabled and provider.remote
+
     def _webhook_url(self, provider: MusicProvider, token: str) -> str | None:
-        if not (self.settings.provider_webhooks_enabled and provider.remote):
+        if not self._expects_webhook(provider):
             return None
         base = self.settings.public_base_url.rstrip("/")
         return f"{base}/api/provider-webhooks/{provider.name}?token={token}"

@@ -32,6 +32,7 @@ import contextlib
 import os
 import random
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -63,6 +64,7 @@ from soundfoundry.devstack import DEV_SERVER_TUNING
 from tests.conftest import settings_env
 from tests.fakes import Job, Late
 from tests.fakes.replicate_server import ReplicateFake
+from tests.live_server import LOOPBACK, LiveServer, bound_socket
 from tests.services import TemporalDevServer
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -251,12 +253,37 @@ class BenchStack:
 
 
 @contextlib.asynccontextmanager
-async def bench_stack(fake: ReplicateFake, **overrides: Any) -> AsyncIterator[BenchStack]:
+async def _served(settings: Settings, sock: socket.socket | None) -> AsyncIterator[None]:
+    """The API on `sock` (when there is one) for as long as the block runs."""
+    if sock is None:
+        yield
+        return
+    server = LiveServer(create_app(settings), sock)  # closes the socket on exit
+    await asyncio.to_thread(server.__enter__)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(server.__exit__, None, None, None)
+
+
+@contextlib.asynccontextmanager
+async def bench_stack(
+    fake: ReplicateFake, *, webhooks: bool = False, **overrides: Any
+) -> AsyncIterator[BenchStack]:
     """Temporal, SQLite + local files, the API in-process, worker processes on demand.
 
+    With `webhooks`, submissions carry webhook URLs and the API is also served on a
+    loopback port (uvicorn in its own thread) where the fake delivers them.
     Everything is torn down on the way out, workers first (killed if they linger).
     """
     with tempfile.TemporaryDirectory(prefix="sf-bench-") as tmp_dir:
+        receiver = bound_socket() if webhooks else None
+        if receiver is not None:
+            overrides = {
+                "provider_webhooks_enabled": True,
+                "public_base_url": f"http://{LOOPBACK}:{receiver.getsockname()[1]}",
+                **overrides,
+            }
         tmp = Path(tmp_dir)
         async with TemporalDevServer(ui=False, extra_args=DEV_SERVER_TUNING) as temporal:
             values: dict[str, Any] = {
@@ -280,6 +307,7 @@ async def bench_stack(fake: ReplicateFake, **overrides: Any) -> AsyncIterator[Be
             try:
                 app = create_app(settings)
                 async with (
+                    _served(settings, receiver),
                     LifespanManager(app),
                     httpx.AsyncClient(
                         transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"

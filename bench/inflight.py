@@ -15,9 +15,11 @@ Printed next to the issue's targets (PASS/FAIL):
     polls per track <= R / P + 2      the fake's GET /v1/predictions/{id} calls / N
 
     .venv/bin/python -m bench.inflight [--quick] [--tracks 200] [--render-s 60]
-                                       [--poll-interval-s 2]
+                                       [--poll-interval-s 2] [--webhooks]
 
---quick is N=40, R=15. Exit status 1 if a target is missed, else 0.
+--quick is N=40, R=15. --webhooks turns PROVIDER_WEBHOOKS_ENABLED on: the fake delivers a
+signed webhook to the API when each prediction ends, and the track's polls thin out to
+the safety net (PROVIDER_WEBHOOK_POLL_INTERVAL_S). Exit status 1 if a target is missed.
 """
 
 from __future__ import annotations
@@ -158,6 +160,7 @@ async def run(args: argparse.Namespace) -> int:
         fake.default_job = Job(running_s=render_s, running_polls=1)
         async with bench_stack(
             fake,
+            webhooks=args.webhooks,
             poll_interval_s=interval_s,
             retry_initial_interval_s=0.2,
             retry_max_interval_s=2,
@@ -241,6 +244,12 @@ async def run(args: argparse.Namespace) -> int:
         f"WORKER_MAX_CONCURRENT_WORKFLOW_TASKS "
         f"{stack.settings.worker_max_concurrent_workflow_tasks}"
     )
+    if args.webhooks:
+        print(
+            "provider webhooks on: polls every "
+            f"{max(interval_s, stack.settings.provider_webhook_poll_interval_s):g} s "
+            f"while one is expected; {fake.webhooks_sent} delivered"
+        )
     print()
     print(f"creates accepted (API)          {len(tracks)} in {creates_took:.1f} s")
     if submitted:
@@ -351,6 +360,9 @@ def main() -> None:
     parser.add_argument("--poll-interval-s", type=float, default=2.0, help="POLL_INTERVAL_S")
     parser.add_argument("--duration-s", type=int, default=5, help="track length asked for")
     parser.add_argument("--create-concurrency", type=int, default=20)
+    parser.add_argument(
+        "--webhooks", action="store_true", help="the fake tells the API when jobs end"
+    )
     parser.add_argument(
         "--timeout-s", type=float, help="bound on the whole wait (default R + max(300, 2R))"
     )

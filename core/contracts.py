@@ -164,6 +164,9 @@ class GenerationPlan(BaseModel):
     ambiguous_fallback: bool = True
     # Where mastering runs (None: the track's own task queue).
     mastering_task_queue: str | None = None
+    # Polls while a submission's webhook is expected (None: plans from before webhooks
+    # thinned them, which poll every poll_interval_s).
+    webhook_poll_interval_s: float | None = None
 
 
 class Submission(BaseModel):
@@ -181,6 +184,8 @@ class Submission(BaseModel):
     token: str | None = None
     # The provider had finished it when the submit looked (SubmitInput.look).
     done: bool = False
+    # It was submitted with a webhook URL: the provider will tell us when it ends.
+    webhook: bool = False
 
 
 class ProviderEvent(BaseModel):

@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     generation_timeout_s: float = Field(default=900.0, gt=0)
     heartbeat_timeout_s: float = Field(default=20.0, gt=0)
     poll_interval_s: float = Field(default=2.0, gt=0)
+    # While a submission's webhook is expected, its delivery ends the wait and polls are
+    # only the safety net for a lost one: they come this far apart (never closer than
+    # POLL_INTERVAL_S).
+    provider_webhook_poll_interval_s: float = Field(default=30.0, gt=0)
     # A submit whose answer was lost is looked for (webhook, the provider's listing) for
     # this long before it is declared ambiguous; it is never sent again to that provider.
     submit_resolve_window_s: float = Field(default=30.0, ge=0)

@@ -477,7 +477,13 @@ class TrackWorkflow:
         """Poll with short activities and wait on a durable timer in between, so a
         waiting track holds no worker slot; a verified webhook ends the wait early."""
         deadline = workflow.now() + timedelta(seconds=plan.generation_timeout_s)
-        delay = min(FIRST_POLL_S, plan.poll_interval_s)
+        interval = plan.poll_interval_s
+        delay = min(FIRST_POLL_S, interval)
+        if submission.webhook and plan.webhook_poll_interval_s:
+            # The delivery ends the wait; a poll only covers one that was lost. (Both
+            # fields are recorded data: runs from before them keep polling as they did.)
+            interval = max(interval, plan.webhook_poll_interval_s)
+            delay = interval
         token = submission.token or ""
         # Current runs looked once inside the submit already.
         look_now = not self._current and workflow.patched(POLL_AT_ONCE_PATCH)
@@ -494,7 +500,11 @@ class TrackWorkflow:
                         lambda: token in self._provider_events, timeout=min(delay, remaining)
                     )
             look_now = False
-            self._provider_events.pop(token, None)
+            event = self._provider_events.pop(token, None)
+            if event and event.state == "succeeded" and plan.webhook_poll_interval_s:
+                # A verified delivery is the provider's own word: collect without asking
+                # again. (Plans from before this field confirmed it with a poll.)
+                return
             status = await self._outlasting_workers(
                 lambda: workflow.execute_activity_method(
                     GenerationActivities.poll_generation,
@@ -508,7 +518,7 @@ class TrackWorkflow:
                 return
             if status.progress is not None:
                 self._set(Step.GENERATING, 0.1 + 0.5 * min(max(status.progress, 0.0), 1.0))
-            delay = min(delay * 2, plan.poll_interval_s)
+            delay = min(delay * 2, interval)
 
     async def _cancel_submissions(
         self, track: TrackInput, reason: str, *, resolve_unknown: bool = True

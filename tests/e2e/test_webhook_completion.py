@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from tests.fakes.fal_server import FalFake
 from tests.fakes.fixtures import fal, hosted_settings, replicate
 from tests.fakes.replicate_server import ReplicateFake
 from tests.fakes.webhooks import Forgery, api_socket, live_api, webhook_settings
+from tests.workflows.test_replay_hosted import export_and_replay
 
 __all__ = ["api_socket", "fal", "live_api", "replicate"]
 
@@ -27,13 +29,23 @@ def poll_interval_s() -> float:
 
 
 @pytest.fixture
+def webhook_poll_interval_s() -> float:
+    return 30.0
+
+
+@pytest.fixture
 def stack_overrides(
-    fal: FalFake, replicate: ReplicateFake, api_socket: socket.socket, poll_interval_s: float
+    fal: FalFake,
+    replicate: ReplicateFake,
+    api_socket: socket.socket,
+    poll_interval_s: float,
+    webhook_poll_interval_s: float,
 ) -> dict[str, Any]:
     return hosted_settings(
         fal,
         replicate,
         poll_interval_s=poll_interval_s,
+        provider_webhook_poll_interval_s=webhook_poll_interval_s,
         submit_resolve_window_s=10,
         **webhook_settings(fal, replicate, api_socket),
     )
@@ -41,7 +53,12 @@ def stack_overrides(
 
 @pytest.mark.parametrize("provider", ["fal", "replicate"])
 async def test_a_signed_webhook_completes_the_track_without_waiting_for_a_poll(
-    stack: Stack, live_api: str, fal: FalFake, replicate: ReplicateFake, provider: str
+    stack: Stack,
+    live_api: str,
+    fal: FalFake,
+    replicate: ReplicateFake,
+    provider: str,
+    tmp_path: Path,
 ) -> None:
     fake: FalFake | ReplicateFake = fal if provider == "fal" else replicate
     if provider == "replicate":
@@ -56,8 +73,27 @@ async def test_a_signed_webhook_completes_the_track_without_waiting_for_a_poll(
     # after the track is done.
     await eventually(lambda: fake.webhooks_sent >= 1, timeout_s=15, what="the delivery")
     assert fake.webhooks.log[0].status == 200
-    # The first poll (at 0.5 s), then one right after the signal: no 30 s wait between.
-    assert fake.polls <= 4, fake.polls
+    # The look inside the submit, and reading the result to download it: the verified
+    # delivery is not asked about again (that would be a third).
+    assert fake.polls == 2, fake.polls
+    await export_and_replay(stack, created["workflow_id"], f"track_v8_webhook_{provider}", tmp_path)
+
+
+@pytest.mark.parametrize(("poll_interval_s", "webhook_poll_interval_s"), [(0.2, 2.0)])
+async def test_a_lost_delivery_is_covered_by_the_safety_poll(
+    stack: Stack, live_api: str, fal: FalFake, poll_interval_s: float, tmp_path: Path
+) -> None:
+    fal.webhooks.enabled = False  # the submission names a webhook; nothing is delivered
+    fal.script(jobs=[Job(running_s=1.0)])
+    _, auth = await stack.user(credits=50)
+    created = await stack.create_track(auth, duration_s=10)
+    job = await stack.wait_for_job(created["job_id"], auth, timeout_s=20)
+    assert job["status"] == "COMPLETE", job
+    assert fal.webhooks_sent == 0
+    # The look, the safety poll at 2 s, and reading the result to download it: a track
+    # expecting a webhook does not poll every 0.2 s (that would be about ten more).
+    assert fal.polls == 3, fal.polls
+    await export_and_replay(stack, created["workflow_id"], "track_v8_webhook_lost", tmp_path)
 
 
 @pytest.mark.parametrize("poll_interval_s", [30.0])

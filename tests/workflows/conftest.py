@@ -144,6 +144,8 @@ class StandIns:
         self.cancelled: list[str] = []
         self._scripts: dict[tuple[str, str | None], list[Behaviour]] = {}
         self._submitted: dict[str, int] = {}
+        # Submissions go out with a webhook URL (PROVIDER_WEBHOOKS_ENABLED).
+        self.webhook = False
 
     def script(self, name: str, *steps: Behaviour, provider: str | None = None) -> None:
         """One behaviour per call, in turn; the last one then repeats."""
@@ -204,6 +206,7 @@ class StandIns:
                 run_id=f"{submit.provider}-run-{number}",
                 request=submit.track.request,
                 token=f"{submit.provider}-token-{number}",
+                webhook=self.webhook,
             )
 
         submission = await self._run("submit_generation", submit, submit.provider, accepted)

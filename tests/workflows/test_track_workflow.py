@@ -457,6 +457,71 @@ async def test_a_verified_provider_webhook_ends_the_wait_early(harness: Harness)
     assert await count_events(handle, EventType.EVENT_TYPE_TIMER_CANCELED) == 1
 
 
+async def timers_started(handle: WorkflowHandle[Any, TrackResult]) -> bool:
+    return await count_events(handle, EventType.EVENT_TYPE_TIMER_STARTED) > 0
+
+
+async def timer_lengths(handle: WorkflowHandle[Any, TrackResult]) -> list[float]:
+    history = await handle.fetch_history()
+    return [
+        e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta().total_seconds()
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED
+    ]
+
+
+async def test_a_track_expecting_a_webhook_waits_for_it_and_trusts_it(harness: Harness) -> None:
+    # Without a webhook this plan would poll every 0.1 s.
+    harness.plan(["fal"], poll_interval_s=0.1, webhook_poll_interval_s=30.0)
+    harness.acts.webhook = True
+    harness.acts.script("poll_generation", NOT_DONE, provider="fal")
+    handle = await harness.start()
+    await eventually(lambda: timers_started(handle), what="the wait")
+    await asyncio.sleep(0.5)
+    await handle.signal(
+        TrackWorkflow.provider_event,
+        ProviderEvent(token="fal-token-1", provider="fal", run_id="fal-run-1", state="succeeded"),
+    )
+    result = await handle.result()
+
+    assert result.status == JobStatus.COMPLETE
+    # The look inside the submit, then nothing until the delivery; it is not re-asked.
+    assert harness.acts.count("look") == 1
+    assert harness.acts.count("poll_generation") == 0
+    assert await timer_lengths(handle) == [30.0]
+
+
+async def test_a_lost_webhook_is_covered_by_the_safety_poll(harness: Harness) -> None:
+    harness.plan(["fal"], poll_interval_s=0.1, webhook_poll_interval_s=0.5)
+    harness.acts.webhook = True
+    harness.acts.script("poll_generation", NOT_DONE, NOT_DONE, answer(None), provider="fal")
+    handle = await harness.start()
+    result = await handle.result()
+
+    assert result.status == JobStatus.COMPLETE
+    # The look, then polls only at the safety interval: no fast start, no 0.1 s polls.
+    assert harness.acts.count("look") == 1
+    assert harness.acts.count("poll_generation") == 2
+    assert await timer_lengths(handle) == [0.5, 0.5]
+
+
+async def test_a_webhook_saying_failed_is_confirmed_by_a_poll(harness: Harness) -> None:
+    harness.plan(["fal"], poll_interval_s=0.1, webhook_poll_interval_s=30.0)
+    harness.acts.webhook = True
+    harness.acts.script("poll_generation", NOT_DONE, answer(None), provider="fal")
+    handle = await harness.start()
+    await eventually(lambda: timers_started(handle), what="the wait")
+    await handle.signal(
+        TrackWorkflow.provider_event,
+        ProviderEvent(token="fal-token-1", provider="fal", run_id="fal-run-1", state="failed"),
+    )
+    result = await handle.result()
+
+    # The poll is what reads the provider's error (here: it finished after all).
+    assert result.status == JobStatus.COMPLETE
+    assert harness.acts.count("poll_generation") == 1
+
+
 # -- cancellation ----------------------------------------------------------------------
 @pytest.mark.parametrize("phase", [Step.PROVIDER_QUEUE, Step.GENERATING])
 async def test_cancel_while_waiting_on_the_provider_cleans_up_and_refunds(
