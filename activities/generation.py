@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 from temporalio import activity
@@ -167,15 +168,7 @@ class GenerationActivities:
                 await self._mark(submission, SubmissionState.FINISHED)
                 size = path.stat().st_size
                 attempt.message = f"Audio ready from {provider.name} ({size} bytes)"
-            async with recorded_attempt(
-                self.store,
-                track_id=track.track_id,
-                job_id=track.job_id,
-                event="audio_checked",
-                provider=provider.name,
-                provider_run_id=submission.run_id,
-            ) as attempt:
-                await self.store.set_step(track.job_id, Step.CHECKING, 0.7)
+            async with self._checking(track, provider.name, submission.run_id) as attempt:
                 info = await self._analyze(path, track, measure_tempo=collect.measure_tempo)
                 staged = await self._put_staging(provider, submission, path, audio, size)
                 attempt.message = _audio_ok(info)
@@ -227,15 +220,7 @@ class GenerationActivities:
     async def check_audio(self, check: CheckInput) -> CheckedAudio:
         """Decode the staged audio and reject it if broken, silent or the wrong length."""
         staged, track = check.staged, check.track
-        async with recorded_attempt(
-            self.store,
-            track_id=track.track_id,
-            job_id=track.job_id,
-            event="audio_checked",
-            provider=staged.provider,
-            provider_run_id=staged.run_id,
-        ) as attempt:
-            await self.store.set_step(track.job_id, Step.CHECKING, 0.7)
+        async with self._checking(track, staged.provider, staged.run_id) as attempt:
             with tempfile.TemporaryDirectory(prefix="sf-check-") as tmp:
                 path = Path(tmp) / f"audio.{staged.extension}"
                 await self.storage.download(staged.key, path)
@@ -279,6 +264,22 @@ class GenerationActivities:
             provider_run_id=submission.run_id,
             record_success=record_success,
         )
+
+    @asynccontextmanager
+    async def _checking(
+        self, track: TrackInput, provider: str, run_id: str
+    ) -> AsyncIterator[Attempt]:
+        """The job log entry for checking a provider's audio, in the checking step."""
+        async with recorded_attempt(
+            self.store,
+            track_id=track.track_id,
+            job_id=track.job_id,
+            event="audio_checked",
+            provider=provider,
+            provider_run_id=run_id,
+        ) as attempt:
+            await self.store.set_step(track.job_id, Step.CHECKING, 0.7)
+            yield attempt
 
     async def _stage(self, provider: MusicProvider, submission: Submission) -> StagedAudio:
         with tempfile.TemporaryDirectory(prefix="sf-gen-") as tmp:
