@@ -105,7 +105,10 @@ class GenerationActivities:
                 already_waiting=submit.waiting_since is not None,
             )
             attempt.provider_run_id = submission.run_id
-            if submit.look and provider.remote and await self._finished_at_once(submission):
+            # With a webhook expected the provider tells us when the job ends: looking
+            # right away would cost every track a request to spare the fastest a wait.
+            look = submit.look and provider.remote and not submission.webhook
+            if look and await self._finished_at_once(submission):
                 submission = submission.model_copy(update={"done": True})
             attempt.message = (
                 f"Using provider: {provider.name} (model {submission.model}), "

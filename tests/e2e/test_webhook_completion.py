@@ -73,9 +73,9 @@ async def test_a_signed_webhook_completes_the_track_without_waiting_for_a_poll(
     # after the track is done.
     await eventually(lambda: fake.webhooks_sent >= 1, timeout_s=15, what="the delivery")
     assert fake.webhooks.log[0].status == 200
-    # The look inside the submit, and reading the result to download it: the verified
-    # delivery is not asked about again (that would be a third).
-    assert fake.polls == 2, fake.polls
+    # Only reading the result to download it: no look at submit (the delivery is
+    # awaited) and the verified delivery is not asked about again.
+    assert fake.polls == 1, fake.polls
     await export_and_replay(stack, created["workflow_id"], f"track_v8_webhook_{provider}", tmp_path)
 
 
@@ -90,9 +90,9 @@ async def test_a_lost_delivery_is_covered_by_the_safety_poll(
     job = await stack.wait_for_job(created["job_id"], auth, timeout_s=20)
     assert job["status"] == "COMPLETE", job
     assert fal.webhooks_sent == 0
-    # The look, the safety poll at 2 s, and reading the result to download it: a track
-    # expecting a webhook does not poll every 0.2 s (that would be about ten more).
-    assert fal.polls == 3, fal.polls
+    # The safety poll at 2 s, and reading the result to download it: a track expecting
+    # a webhook does not look at once nor poll every 0.2 s (that would be ten more).
+    assert fal.polls == 2, fal.polls
     await export_and_replay(stack, created["workflow_id"], "track_v8_webhook_lost", tmp_path)
 
 

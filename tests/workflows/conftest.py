@@ -210,7 +210,7 @@ class StandIns:
             )
 
         submission = await self._run("submit_generation", submit, submit.provider, accepted)
-        if not submit.look:
+        if not submit.look or submission.webhook:  # the real submit awaits the delivery
             return submission
         # The real submit looks once through the provider's poll: recorded as "look", it
         # answers from the poll script; an error there is for the workflow's polls to see.

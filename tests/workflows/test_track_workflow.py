@@ -485,8 +485,8 @@ async def test_a_track_expecting_a_webhook_waits_for_it_and_trusts_it(harness: H
     result = await handle.result()
 
     assert result.status == JobStatus.COMPLETE
-    # The look inside the submit, then nothing until the delivery; it is not re-asked.
-    assert harness.acts.count("look") == 1
+    # No look, no poll: the delivery ended the wait and is not re-asked.
+    assert harness.acts.count("look") == 0
     assert harness.acts.count("poll_generation") == 0
     assert await timer_lengths(handle) == [30.0]
 
@@ -494,13 +494,13 @@ async def test_a_track_expecting_a_webhook_waits_for_it_and_trusts_it(harness: H
 async def test_a_lost_webhook_is_covered_by_the_safety_poll(harness: Harness) -> None:
     harness.plan(["fal"], poll_interval_s=0.1, webhook_poll_interval_s=0.5)
     harness.acts.webhook = True
-    harness.acts.script("poll_generation", NOT_DONE, NOT_DONE, answer(None), provider="fal")
+    harness.acts.script("poll_generation", NOT_DONE, answer(None), provider="fal")
     handle = await harness.start()
     result = await handle.result()
 
     assert result.status == JobStatus.COMPLETE
-    # The look, then polls only at the safety interval: no fast start, no 0.1 s polls.
-    assert harness.acts.count("look") == 1
+    # Polls only at the safety interval: no look, no fast start, no 0.1 s polls.
+    assert harness.acts.count("look") == 0
     assert harness.acts.count("poll_generation") == 2
     assert await timer_lengths(handle) == [0.5, 0.5]
 
@@ -508,7 +508,7 @@ async def test_a_lost_webhook_is_covered_by_the_safety_poll(harness: Harness) ->
 async def test_a_webhook_saying_failed_is_confirmed_by_a_poll(harness: Harness) -> None:
     harness.plan(["fal"], poll_interval_s=0.1, webhook_poll_interval_s=30.0)
     harness.acts.webhook = True
-    harness.acts.script("poll_generation", NOT_DONE, answer(None), provider="fal")
+    harness.acts.script("poll_generation", answer(None), provider="fal")
     handle = await harness.start()
     await eventually(lambda: timers_started(handle), what="the wait")
     await handle.signal(
