@@ -470,19 +470,27 @@ async def timer_lengths(handle: WorkflowHandle[Any, TrackResult]) -> list[float]
     ]
 
 
+async def deliver(
+    handle: WorkflowHandle[Any, TrackResult], state: str, *, after_s: float = 0.0
+) -> TrackResult:
+    """Once the track waits, the verified webhook of its fal job; then its result."""
+    await eventually(lambda: timers_started(handle), what="the wait")
+    await asyncio.sleep(after_s)
+    await handle.signal(
+        TrackWorkflow.provider_event,
+        ProviderEvent(token="fal-token-1", provider="fal", run_id="fal-run-1", state=state),
+    )
+    return await handle.result()
+
+
 async def test_a_track_expecting_a_webhook_waits_for_it_and_trusts_it(harness: Harness) -> None:
     # Without a webhook this plan would poll every 0.1 s.
     harness.plan(["fal"], poll_interval_s=0.1, webhook_poll_interval_s=30.0)
     harness.acts.webhook = True
     harness.acts.script("poll_generation", NOT_DONE, provider="fal")
     handle = await harness.start()
-    await eventually(lambda: timers_started(handle), what="the wait")
-    await asyncio.sleep(0.5)
-    await handle.signal(
-        TrackWorkflow.provider_event,
-        ProviderEvent(token="fal-token-1", provider="fal", run_id="fal-run-1", state="succeeded"),
-    )
-    result = await handle.result()
+    # Half a second of waiting: five polls' worth at the plain interval.
+    result = await deliver(handle, "succeeded", after_s=0.5)
 
     assert result.status == JobStatus.COMPLETE
     # No look, no poll: the delivery ended the wait and is not re-asked.
@@ -509,13 +517,7 @@ async def test_a_webhook_saying_failed_is_confirmed_by_a_poll(harness: Harness) 
     harness.plan(["fal"], poll_interval_s=0.1, webhook_poll_interval_s=30.0)
     harness.acts.webhook = True
     harness.acts.script("poll_generation", answer(None), provider="fal")
-    handle = await harness.start()
-    await eventually(lambda: timers_started(handle), what="the wait")
-    await handle.signal(
-        TrackWorkflow.provider_event,
-        ProviderEvent(token="fal-token-1", provider="fal", run_id="fal-run-1", state="failed"),
-    )
-    result = await handle.result()
+    result = await deliver(await harness.start(), "failed")
 
     # The poll is what reads the provider's error (here: it finished after all).
     assert result.status == JobStatus.COMPLETE
