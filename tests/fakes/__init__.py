@@ -17,6 +17,7 @@ Shared pieces live here; the protocol-specific apps are in `fal_server` and
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import socket
 import threading
@@ -183,8 +184,11 @@ class FakeJob:
         return self.phase() in ("failed", "succeeded", "cancelled")
 
 
+@functools.lru_cache(maxsize=32)
 def render_audio(kind: Audio, duration_s: float, sample_rate: int) -> bytes:
-    """WAV bytes for a fake result (or junk, for Audio.BROKEN)."""
+    """WAV bytes for a fake result (or junk, for Audio.BROKEN). The same for the same
+    arguments, so kept: a provider serves a finished file, it does not render it per GET,
+    and the benchmarks should not count that rendering against us."""
     if kind is Audio.BROKEN:
         # A RIFF/WAVE header promise followed by noise: sniffers say WAV, decoders choke.
         return b"RIFF\xff\xff\xff\x7fWAVEjunk" + np.random.default_rng(1).bytes(4096)
