@@ -111,13 +111,14 @@ class AssetActivities:
             provider=staged.provider,
             provider_run_id=staged.run_id,
         ) as attempt:
-            await self.store.set_step(track.job_id, Step.STORING, 0.8)
+            # The check that passed this audio moved the job to storing already.
             key = audio_key(track.user_id, track.track_id, staged.extension)
             if await self.storage.exists(staged.key):
                 await self.storage.copy(staged.key, key)
             for leftover in await self.storage.list_keys(f"staging/{track.track_id}/"):
                 await self.storage.delete(leftover)
             attempt.message = f"Audio stored at {key}"
+            attempt.next_step = (Step.COVER, 0.9)
             return key
 
     @activity.defn(name="store_cover")
@@ -126,7 +127,7 @@ class AssetActivities:
         async with recorded_attempt(
             self.store, track_id=track.track_id, job_id=track.job_id, event="cover_stored"
         ) as attempt:
-            await self.store.set_step(track.job_id, Step.COVER, 0.9)
+            # Storing the audio moved the job to the cover step.
             # SVG and PNG, drawn from the track row (its visual_version) and its user's
             # style seed; the PNG key is recorded on the track, the SVG key returned.
             drawn = await draw_track_cover(

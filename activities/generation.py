@@ -171,7 +171,10 @@ class GenerationActivities:
                 await self._mark(submission, SubmissionState.FINISHED)
                 size = path.stat().st_size
                 attempt.message = f"Audio ready from {provider.name} ({size} bytes)"
-            async with self._checking(track, provider.name, submission.run_id) as attempt:
+                attempt.next_step = (Step.CHECKING, 0.7)
+            async with self._checking(
+                track, provider.name, submission.run_id, in_step=True
+            ) as attempt:
                 info = await self._analyze(path, track, measure_tempo=collect.measure_tempo)
                 staged = await self._put_staging(provider, submission, path, audio, size)
                 attempt.message = _audio_ok(info)
@@ -270,9 +273,10 @@ class GenerationActivities:
 
     @asynccontextmanager
     async def _checking(
-        self, track: TrackInput, provider: str, run_id: str
+        self, track: TrackInput, provider: str, run_id: str, *, in_step: bool = False
     ) -> AsyncIterator[Attempt]:
-        """The job log entry for checking a provider's audio, in the checking step."""
+        """The job log entry for checking a provider's audio, in the checking step (unless
+        the job is `in_step` already); passing moves the job on to storing."""
         async with recorded_attempt(
             self.store,
             track_id=track.track_id,
@@ -281,7 +285,9 @@ class GenerationActivities:
             provider=provider,
             provider_run_id=run_id,
         ) as attempt:
-            await self.store.set_step(track.job_id, Step.CHECKING, 0.7)
+            if not in_step:
+                await self.store.set_step(track.job_id, Step.CHECKING, 0.7)
+            attempt.next_step = (Step.STORING, 0.8)
             yield attempt
 
     async def _stage(self, provider: MusicProvider, submission: Submission) -> StagedAudio:

@@ -18,6 +18,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.providers.base import ProviderError
+from core.contracts import Step
 from core.logging import get_logger
 from core.metrics import count_provider_attempt
 from domain.tracks.jobs import JobStore
@@ -39,6 +40,8 @@ class Attempt:
     provider_run_id: str | None = None
     message: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+    # The step the job moves to with this attempt's success entry (same transaction).
+    next_step: tuple[Step, float] | None = None
 
 
 @asynccontextmanager
@@ -102,6 +105,7 @@ async def recorded_attempt(
             attempt=info.attempt,
             provider_run_id=attempt.provider_run_id,
             data=attempt.data or None,
+            step=attempt.next_step,
         )
         log.info(
             attempt.message or event,

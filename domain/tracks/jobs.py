@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import Update, update
 from sqlmodel import col, select
 
 from core.contracts import (
@@ -123,15 +123,8 @@ class JobStore:
     async def set_step(
         self, job_id: uuid.UUID, step: Step, progress: float, attempts: int | None = None
     ) -> None:
-        values: dict[str, Any] = {"step": step, "progress": progress, "updated_at": utcnow()}
-        if attempts is not None:
-            values["attempts"] = attempts
         async with transaction(self.sessions) as session:
-            await session.exec(
-                update(Job)
-                .where(col(Job.id) == job_id, col(Job.status).in_(ACTIVE))
-                .values(**values)
-            )
+            await session.exec(_step_update(job_id, step, progress, attempts))
 
     async def mark_complete(
         self,
@@ -275,8 +268,13 @@ class JobStore:
         provider_run_id: str | None = None,
         error_code: str | None = None,
         data: dict[str, Any] | None = None,
+        step: tuple[Step, float] | None = None,
     ) -> None:
+        """Log an event; with `step`, the job moves to that step in the same transaction
+        (an event and the step it leads to never cost two)."""
         async with transaction(self.sessions) as session:
+            if step is not None:
+                await session.exec(_step_update(job_id, *step))
             session.add(
                 JobEvent(
                     job_id=job_id,
@@ -335,3 +333,13 @@ class JobStore:
                 .limit(limit)
             )
             return [(job, track) for job, track in rows]
+
+
+def _step_update(
+    job_id: uuid.UUID, step: Step, progress: float, attempts: int | None = None
+) -> Update:
+    """Move an active job to `step`; an ended job keeps the step it ended in."""
+    values: dict[str, Any] = {"step": step, "progress": progress, "updated_at": utcnow()}
+    if attempts is not None:
+        values["attempts"] = attempts
+    return update(Job).where(col(Job.id) == job_id, col(Job.status).in_(ACTIVE)).values(**values)
