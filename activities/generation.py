@@ -321,10 +321,11 @@ class GenerationActivities:
         )
 
     async def _mark(self, submission: Submission, state: SubmissionState) -> None:
-        row = await self.ledger.by_token(submission.token) if submission.token else None
-        if row is not None:
-            await self.ledger.set_state(
-                row.id, state, only_from=(SubmissionState.ACCEPTED, SubmissionState.RESOLVED)
+        if submission.token:
+            await self.ledger.set_state_by_token(
+                submission.token,
+                state,
+                only_from=(SubmissionState.ACCEPTED, SubmissionState.RESOLVED),
             )
             if self.jobs.max_in_flight(submission.provider):
                 set_in_flight(await self.ledger.in_flight())

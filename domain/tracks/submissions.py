@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, update
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -168,7 +168,31 @@ class SubmissionLedger:
         only_from: Sequence[SubmissionState] | None = None,
     ) -> bool:
         """Move a row to `state` (optionally only from some states); False if it did not."""
-        conditions = [col(ProviderSubmission.id) == row_id]
+        return await self._set_state(
+            col(ProviderSubmission.id) == row_id, state, error, only_from=only_from
+        )
+
+    async def set_state_by_token(
+        self,
+        token: str,
+        state: SubmissionState,
+        *,
+        only_from: Sequence[SubmissionState] | None = None,
+    ) -> bool:
+        """`set_state` for the row with this token, in one statement."""
+        return await self._set_state(
+            col(ProviderSubmission.token) == token, state, None, only_from=only_from
+        )
+
+    async def _set_state(
+        self,
+        row: ColumnElement[bool],
+        state: SubmissionState,
+        error: str | None,
+        *,
+        only_from: Sequence[SubmissionState] | None,
+    ) -> bool:
+        conditions = [row]
         if only_from is not None:
             conditions.append(col(ProviderSubmission.state).in_(list(only_from)))
         values: dict[str, object] = {"state": state, "updated_at": utcnow()}
