@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import ssl
 import time
 from datetime import UTC, datetime
 
@@ -99,6 +101,7 @@ class WebhookActivities:
             timeout=self.settings.webhook_timeout_s,
             follow_redirects=False,
             trust_env=False,
+            verify=_tls_context(),
             proxy=proxy.get_secret_value() if proxy else None,
         ) as http:
             if proxy:
@@ -130,3 +133,10 @@ class WebhookActivities:
                 "prompt": track.request.prompt,
             },
         }
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    # Made once: a client that builds its own loads the CA bundle, ~18 ms of CPU per
+    # delivery. Like the client, it ignores SSL_CERT_* from the environment.
+    return httpx.create_ssl_context(trust_env=False)
