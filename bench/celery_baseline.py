@@ -39,6 +39,7 @@ import redis
 from celery import Celery
 from celery import __version__ as celery_version
 
+from bench.procs import tree_status
 from engines.audio import AudioInfo, analyze, quality_problem
 from engines.cover_art import render_cover_svg
 
@@ -207,19 +208,6 @@ def _redis_up(port: int) -> bool:
         return False
 
 
-def _tree_hwm_mb(root: int) -> float:
-    """VmHWM summed over `root` and its descendants (the prefork pool's children)."""
-    total, frontier = 0, [root]
-    while frontier:
-        pid = frontier.pop()
-        with contextlib.suppress(OSError, IndexError):  # a process may end meanwhile
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                frontier += map(int, (task / "children").read_text().split())
-            status = Path(f"/proc/{pid}/status").read_text()
-            total += int(status.split("VmHWM:")[1].split()[0]) * 1024
-    return total / MB
-
-
 def _stop(process: subprocess.Popen[bytes] | None) -> None:
     """SIGTERM (Celery's warm shutdown), then SIGKILL the process group it leads, so no
     pool child outlives it."""
@@ -346,7 +334,7 @@ def run_baseline(
             burst_tracks=burst,
             burst_s=max(seen.values()) - first,
             burst_p50_s=statistics.median(seen[t] - enqueued[t] for t in enqueued),
-            worker_peak_rss_mb=_tree_hwm_mb(worker.pid),
+            worker_peak_rss_mb=tree_status(worker.pid, "VmHWM") / MB,
         )
     finally:
         producer.close()

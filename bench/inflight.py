@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import itertools
 import os
 import statistics
 import sys
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.faults import REPLICATE_TOKEN, BenchStack, bench_stack, machine_load
+from bench.procs import tree_cpu_seconds, tree_status
 from core.contracts import JobStatus
 from core.logging import configure_logging
 from tests.fakes import Job
@@ -47,25 +49,6 @@ MB = 1024 * 1024
 SUBMIT_TARGET_S = 10.0
 COMPLETE_MARGIN_S = 10.0
 RSS_TARGET_MB = 300.0
-
-
-def _proc_status(pid: int) -> dict[str, int]:
-    """The kB figures of /proc/<pid>/status (VmRSS, VmHWM, ...), in bytes."""
-    figures: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        parts = value.split()
-        if len(parts) == 2 and parts[1] == "kB":
-            figures[name] = int(parts[0]) * 1024
-    return figures
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    # Fields after the parenthesised command name; utime and stime are 14th and 15th.
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_by_thread(pid: int) -> dict[str, float]:
@@ -92,7 +75,7 @@ class RssSampler:
     async def run(self) -> None:
         while True:
             with contextlib.suppress(OSError):  # the worker may be gone
-                self.samples.append(_proc_status(self.pid).get("VmRSS", 0))
+                self.samples.append(tree_status(self.pid, "VmRSS"))
             await asyncio.sleep(self.every_s)
 
 
@@ -108,6 +91,9 @@ class ActivityTimes:
     queued: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
     ran: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
     retries: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Per workflow id, wall-clock (epoch s) milestones of the wait's end: "signal" (the
+    # first webhook), "<activity> scheduled|started|closed" for the first collect_audio.
+    milestones: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 async def _activity_times(stack: BenchStack, workflow_ids: list[str]) -> ActivityTimes:
@@ -121,23 +107,29 @@ async def _activity_times(stack: BenchStack, workflow_ids: list[str]) -> Activit
         history = await stack.temporal.get_workflow_handle(workflow_id).fetch_history()
         scheduled: dict[int, tuple[str, datetime]] = {}
         started: dict[int, tuple[str, datetime]] = {}
+        marks = times.milestones.setdefault(workflow_id, {})
         for event in history.events:
             at = event.event_time.ToDatetime(tzinfo=UTC)
             kind = event.WhichOneof("attributes")
-            if kind == "activity_task_scheduled_event_attributes":
+            if kind == "workflow_execution_signaled_event_attributes":
+                marks.setdefault("signal", at.timestamp())
+            elif kind == "activity_task_scheduled_event_attributes":
                 name = event.activity_task_scheduled_event_attributes.activity_type.name
                 scheduled[event.event_id] = (name, at)
+                marks.setdefault(f"{name} scheduled", at.timestamp())
             elif kind == "activity_task_started_event_attributes":
                 attrs = event.activity_task_started_event_attributes
                 name, queued_at = scheduled[attrs.scheduled_event_id]
                 times.queued[name].append((at - queued_at).total_seconds())
                 times.retries[name] += attrs.attempt - 1
                 started[event.event_id] = (name, at)
+                marks.setdefault(f"{name} started", at.timestamp())
             elif kind in CLOSING:
                 ref = getattr(event, kind).started_event_id
                 if ref in started:
                     name, began = started[ref]
                     times.ran[name].append((at - began).total_seconds())
+                    marks.setdefault(f"{name} closed", at.timestamp())
     return times
 
 
@@ -169,8 +161,8 @@ async def run(args: argparse.Namespace) -> int:
         ) as stack:
             _, auth = await stack.user(credits=10 * n)
             worker = await stack.workers.start_ready()
-            rss_at_ready = _proc_status(worker.pid)["VmRSS"]
-            cpu_at_ready = _cpu_seconds(worker.pid)
+            rss_at_ready = tree_status(worker.pid, "VmRSS")
+            cpu_at_ready = tree_cpu_seconds(worker.pid)
             sampler = RssSampler(worker.pid)
             sampling = asyncio.create_task(sampler.run())
             try:
@@ -209,8 +201,8 @@ async def run(args: argparse.Namespace) -> int:
                 with contextlib.suppress(asyncio.CancelledError):
                     await sampling
             activities = await _activity_times(stack, [t["workflow_id"] for t in tracks])
-            hwm = _proc_status(worker.pid).get("VmHWM", 0)
-            cpu = _cpu_seconds(worker.pid) - cpu_at_ready
+            hwm = tree_status(worker.pid, "VmHWM")
+            cpu = tree_cpu_seconds(worker.pid) - cpu_at_ready
             by_thread = _cpu_by_thread(worker.pid)
             worker_alive = worker.poll() is None
             await stack.workers.terminate(worker)
@@ -335,6 +327,7 @@ def _where_the_time_went(
     ]
     print()
     print(f"render end at the fake -> job ended    {_spread(after_render)}")
+    _tail_phases(tracks, created, ended_at, activities, render_s)
     polls = activities.queued.get("poll_generation", [])
     print(
         f"poll_generation activities per track   {len(polls) / len(tracks):.1f} "
@@ -350,6 +343,39 @@ def _where_the_time_went(
             f"  {name:<18}{len(queued):>5} {activities.retries[name]:>7}  "
             f"{_spread(queued):<34}{_spread(ran)}"
         )
+
+
+def _tail_phases(
+    tracks: list[dict[str, Any]],
+    created: dict[str, float],
+    ended_at: dict[str, float],
+    activities: ActivityTimes,
+    render_s: float,
+) -> None:
+    """The same span in steps, per track, from its history: render end -> webhook signal
+    (or the safety poll's collect) -> collect_audio scheduled -> started -> closed -> the
+    job ended in the database (as the bench's 0.5 s status poll saw it)."""
+    # The fake and the bench keep monotonic time; histories keep wall-clock time.
+    to_wall = time.time() - time.monotonic()
+    steps: dict[str, list[float]] = collections.defaultdict(list)
+    for i, track in enumerate(tracks):
+        marks = activities.milestones.get(track["workflow_id"], {})
+        prompt = f"inflight track {i}"
+        if prompt not in created or track["job_id"] not in ended_at:
+            continue
+        points = [
+            ("render end", created[prompt] + render_s + to_wall),
+            ("webhook signal", marks.get("signal")),
+            ("collect scheduled", marks.get("collect_audio scheduled")),
+            ("collect started", marks.get("collect_audio started")),
+            ("collect closed", marks.get("collect_audio closed")),
+            ("job ended", ended_at[track["job_id"]] + to_wall),
+        ]
+        known = [(name, at) for name, at in points if at is not None]
+        for (before, began), (after, ended) in itertools.pairwise(known):
+            steps[f"{before} -> {after}"].append(ended - began)
+    for step, spans in steps.items():
+        print(f"  {step:<36} {_spread(spans)}")
 
 
 def main() -> None:

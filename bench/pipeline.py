@@ -40,7 +40,8 @@ from typing import Any
 from temporalio.api.enums.v1 import EventType
 
 from bench.faults import REPLICATE_TOKEN, BenchStack, bench_stack, machine_load
-from bench.inflight import RssSampler, _activity_times, _cpu_seconds, _proc_status, _spread
+from bench.inflight import RssSampler, _activity_times, _spread
+from bench.procs import cpu_seconds, tree_cpu_seconds, tree_status
 from core.contracts import JobStatus
 from core.logging import configure_logging
 from tests.fakes import Job
@@ -126,8 +127,8 @@ async def _measure_on(
         worker = await stack.workers.start_ready()
         # More worker processes on the same task queue share the burst (scale out).
         extra = [await stack.workers.start_ready() for _ in range(args.workers - 1)]
-        rss_at_ready = _proc_status(worker.pid)["VmRSS"]
-        cpu_at_ready = _cpu_seconds(worker.pid)
+        rss_at_ready = tree_status(worker.pid, "VmRSS")
+        cpu_at_ready = tree_cpu_seconds(worker.pid)
         sampler = RssSampler(worker.pid)
         sampling = asyncio.create_task(sampler.run())
         try:
@@ -145,9 +146,9 @@ async def _measure_on(
                 sequential_ids.append(created["workflow_id"])
                 # One track at a time: its mastering (after COMPLETE) ends before the next.
                 await _until_mastered(stack, [created["job_id"]], 60, 0.005)
-            cpu_before_burst = sum(_cpu_seconds(w.pid) for w in (worker, *extra))
+            cpu_before_burst = sum(tree_cpu_seconds(w.pid) for w in (worker, *extra))
             server = _temporal_server_pid(stack.settings.temporal_address)
-            server_before = _cpu_seconds(server)
+            server_before = cpu_seconds(server)
             # This process runs the API (in-process) and the provider fake.
             here_before = time.process_time()
             gate = asyncio.Semaphore(args.create_concurrency)
@@ -167,22 +168,22 @@ async def _measure_on(
             )
             burst_s = max(ended.values()) - b0
             # What reaching COMPLETE cost, before most of the mastering ran.
-            complete_cpu = sum(_cpu_seconds(w.pid) for w in (worker, *extra)) - cpu_before_burst
-            complete_server_cpu = _cpu_seconds(server) - server_before
+            complete_cpu = sum(tree_cpu_seconds(w.pid) for w in (worker, *extra)) - cpu_before_burst
+            complete_server_cpu = cpu_seconds(server) - server_before
             complete_here_cpu = time.process_time() - here_before
             # Mastering follows COMPLETE, off the critical path; the CPU figures include it.
             await _until_mastered(stack, [t["job_id"] for t in burst], args.timeout_s, 0.1)
             mastered_s = time.monotonic() - b0
-            burst_cpu = sum(_cpu_seconds(w.pid) for w in (worker, *extra)) - cpu_before_burst
-            server_cpu = _cpu_seconds(server) - server_before
+            burst_cpu = sum(tree_cpu_seconds(w.pid) for w in (worker, *extra)) - cpu_before_burst
+            server_cpu = cpu_seconds(server) - server_before
             here_cpu = time.process_time() - here_before
         finally:
             sampling.cancel()
             await asyncio.gather(sampling, return_exceptions=True)
         activities = await _activity_times(stack, sequential_ids)
         timeline = await _timeline(stack, sequential_ids[-1])
-        hwm = _proc_status(worker.pid).get("VmHWM", 0)
-        cpu = _cpu_seconds(worker.pid) - cpu_at_ready
+        hwm = tree_status(worker.pid, "VmHWM")
+        cpu = tree_cpu_seconds(worker.pid) - cpu_at_ready
         for each in (worker, *extra):
             await stack.workers.terminate(each)
     return {

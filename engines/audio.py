@@ -15,6 +15,7 @@ import numpy.typing as npt
 import pyebur128
 import soundfile as sf
 
+import engines.blas  # noqa: F401  single-threaded BLAS, before any numpy work
 from core.contracts import AudioInfo
 
 FloatArray = npt.NDArray[np.float32]

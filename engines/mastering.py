@@ -54,6 +54,7 @@ import pyebur128
 import soundfile as sf
 import soxr
 
+import engines.blas  # noqa: F401  single-threaded BLAS, before any numpy work
 from engines.audio import AudioDecodeError
 
 Float32Array = npt.NDArray[np.float32]

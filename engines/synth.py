@@ -22,6 +22,7 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
+import engines.blas  # noqa: F401  single-threaded BLAS, before any numpy work
 from core.contracts import GenerationRequest
 
 SAMPLE_RATE = 44_100
