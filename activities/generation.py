@@ -142,7 +142,7 @@ class GenerationActivities:
             count_poll(provider.name)
             status = await provider.poll(submission)
             if status.state is JobState.SUCCEEDED:
-                return PollStatus(done=True, progress=1.0)
+                return PollStatus(done=True, progress=1.0, audio_url=status.audio_url)
             if status.state in (JobState.FAILED, JobState.CANCELLED):
                 # Ended at the provider: nothing left to cancel there.
                 await self._mark(submission, SubmissionState.FINISHED)
@@ -167,7 +167,9 @@ class GenerationActivities:
         provider = self.providers.get(submission.provider)
         with tempfile.TemporaryDirectory(prefix="sf-collect-") as tmp:
             async with self._attempt_on(submission, "audio_ready") as attempt:
-                path, audio = await self._download(provider, submission, Path(tmp))
+                path, audio = await self._download(
+                    provider, submission, Path(tmp), audio_url=collect.audio_url
+                )
                 await self._mark(submission, SubmissionState.FINISHED)
                 size = path.stat().st_size
                 attempt.message = f"Audio ready from {provider.name} ({size} bytes)"
@@ -296,10 +298,15 @@ class GenerationActivities:
             return await self._put_staging(provider, submission, dest, audio, dest.stat().st_size)
 
     async def _download(
-        self, provider: MusicProvider, submission: Submission, folder: Path
+        self,
+        provider: MusicProvider,
+        submission: Submission,
+        folder: Path,
+        *,
+        audio_url: str | None = None,
     ) -> tuple[Path, DownloadedAudio]:
         dest = folder / "audio"
-        return dest, await provider.download(submission, dest, self._heartbeat)
+        return dest, await provider.download(submission, dest, self._heartbeat, audio_url)
 
     async def _put_staging(
         self,

@@ -204,6 +204,9 @@ class PollStatus(BaseModel):
 
     done: bool
     progress: float | None = None
+    # Where a finished job's audio is, when the look that saw it finish already said: the
+    # download then goes straight there instead of asking the provider again.
+    audio_url: str | None = None
 
 
 class StagedAudio(BaseModel):
@@ -401,6 +404,7 @@ class CollectInput(BaseModel):
     track: TrackInput
     submission: Submission
     measure_tempo: bool = True
+    audio_url: str | None = None  # from the poll that saw the job finish, if it said
 
 
 class StoreAudioInput(BaseModel):

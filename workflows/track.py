@@ -363,10 +363,12 @@ class TrackWorkflow:
         self._submission = submission
         self._set(Step.GENERATING, 0.1)
         if link.remote and not submission.done:
-            await self._wait_for_provider(submission, plan)
+            audio_url = await self._wait_for_provider(submission, plan)
+        else:
+            audio_url = None
         if self._current:
             checked = await self._outlasting_workers(
-                lambda: self._collect(track, plan, submission), deadline
+                lambda: self._collect(track, plan, submission, audio_url), deadline
             )
         else:
             checked = await self._fetch_then_check(track, plan, submission, deadline)
@@ -395,12 +397,21 @@ class TrackWorkflow:
         return await self._outlasting_workers(lambda: self._check(track, plan, staged), deadline)
 
     async def _collect(
-        self, track: TrackInput, plan: GenerationPlan, submission: Submission
+        self,
+        track: TrackInput,
+        plan: GenerationPlan,
+        submission: Submission,
+        audio_url: str | None,
     ) -> CheckedAudio:
         self._set(Step.CHECKING, 0.7)
         return await workflow.execute_activity_method(
             GenerationActivities.collect_audio,
-            CollectInput(track=track, submission=submission, measure_tempo=not self._renditions),
+            CollectInput(
+                track=track,
+                submission=submission,
+                measure_tempo=not self._renditions,
+                audio_url=audio_url,
+            ),
             start_to_close_timeout=timedelta(seconds=plan.generation_timeout_s),
             heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_s),
             retry_policy=_policy(plan.poll_retry),
@@ -473,9 +484,10 @@ class TrackWorkflow:
                     raise
                 workflow.logger.warning("workers died under a step; running it again")
 
-    async def _wait_for_provider(self, submission: Submission, plan: GenerationPlan) -> None:
+    async def _wait_for_provider(self, submission: Submission, plan: GenerationPlan) -> str | None:
         """Poll with short activities and wait on a durable timer in between, so a
-        waiting track holds no worker slot; a verified webhook ends the wait early."""
+        waiting track holds no worker slot; a verified webhook ends the wait early.
+        Returns the audio's URL when the look that saw the job finish named it."""
         deadline = workflow.now() + timedelta(seconds=plan.generation_timeout_s)
         interval = plan.poll_interval_s
         delay = min(FIRST_POLL_S, interval)
@@ -504,7 +516,7 @@ class TrackWorkflow:
             if event and event.state == "succeeded" and plan.webhook_poll_interval_s:
                 # A verified delivery is the provider's own word: collect without asking
                 # again. (Plans from before this field confirmed it with a poll.)
-                return
+                return None
             status = await self._outlasting_workers(
                 lambda: workflow.execute_activity_method(
                     GenerationActivities.poll_generation,
@@ -515,7 +527,7 @@ class TrackWorkflow:
                 deadline,
             )
             if status.done:
-                return
+                return status.audio_url
             if status.progress is not None:
                 self._set(Step.GENERATING, 0.1 + 0.5 * min(max(status.progress, 0.0), 1.0))
             delay = min(delay * 2, interval)

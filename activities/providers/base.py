@@ -76,6 +76,7 @@ class PollResult:
     state: JobState
     progress: float | None = None
     error: str | None = None
+    audio_url: str | None = None  # a finished job's audio, when the answer names it
 
 
 @dataclass(frozen=True)
@@ -137,9 +138,14 @@ class MusicProvider(ABC):
 
     @abstractmethod
     async def download(
-        self, submission: Submission, dest: Path, heartbeat: Heartbeat
+        self,
+        submission: Submission,
+        dest: Path,
+        heartbeat: Heartbeat,
+        audio_url: str | None = None,
     ) -> DownloadedAudio:
-        """Write the finished audio to `dest`. Only called after poll says SUCCEEDED."""
+        """Write the finished audio to `dest`. Only called after poll says SUCCEEDED;
+        `audio_url` is that poll's `PollResult.audio_url`, when it had one."""
 
     @abstractmethod
     async def cancel(self, submission: Submission) -> None: ...

@@ -249,12 +249,18 @@ class HostedProvider(MusicProvider, Generic[C]):
             ) from None
 
     async def download(
-        self, submission: Submission, dest: Path, heartbeat: Heartbeat
+        self,
+        submission: Submission,
+        dest: Path,
+        heartbeat: Heartbeat,
+        audio_url: str | None = None,
     ) -> DownloadedAudio:
-        # Beat around the result call: it is not heartbeated while it runs.
-        heartbeat(0.0)
-        url, hinted_type = await self._audio_url(submission)
-        heartbeat(0.0)
+        url, hinted_type = audio_url, None
+        if url is None:
+            # Beat around the result call: it is not heartbeated while it runs.
+            heartbeat(0.0)
+            url, hinted_type = await self._audio_url(submission)
+            heartbeat(0.0)
         if url is None:
             raise ProviderError(
                 ErrorCode.JOB_FAILED,

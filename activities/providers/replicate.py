@@ -203,10 +203,12 @@ class ReplicateProvider(HostedProvider[replicate.Client]):
         progress = prediction.progress.percentage if prediction.progress else None
         if state is JobState.SUCCEEDED:
             progress = 1.0
-        error = None
+        error = audio_url = None
         if state is JobState.FAILED:
             error = self._redact(shorten(prediction.error or "prediction failed"))
-        return PollResult(state, progress=progress, error=error)
+        if state is JobState.SUCCEEDED:
+            audio_url = _find_audio(prediction.output)
+        return PollResult(state, progress=progress, error=error, audio_url=audio_url)
 
     async def _audio_url(self, submission: Submission) -> tuple[str | None, str | None]:
         prediction = await self._get(submission.run_id)

@@ -83,7 +83,11 @@ class SynthProvider(MusicProvider):
         return PollResult(JobState.SUCCEEDED, progress=1.0)
 
     async def download(
-        self, submission: Submission, dest: Path, heartbeat: Heartbeat
+        self,
+        submission: Submission,
+        dest: Path,
+        heartbeat: Heartbeat,
+        audio_url: str | None = None,
     ) -> DownloadedAudio:
         """Render the track to a 44.1 kHz stereo 16-bit WAV at dest, chunk by chunk."""
         request = submission.request

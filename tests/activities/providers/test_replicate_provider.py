@@ -58,6 +58,23 @@ async def test_list_output_is_downloaded(
     assert sf.info(tmp_path / "song.wav").duration == pytest.approx(3.0, abs=0.01)
 
 
+async def test_the_poll_that_sees_the_end_names_the_audio_and_the_download_goes_there(
+    provider: ReplicateProvider, fake: ReplicateFake, tmp_path: Path
+) -> None:
+    fake.script(jobs=[Job(duration_s=3, running_polls=1)])
+    sub = await submit(provider, INSTRUMENTAL)
+    result, seen = await poll_to_end(provider, sub)
+    assert result.audio_url is not None
+    assert all(r.audio_url is None for r in seen[:-1])  # only a finished job names it
+    reads = fake.polls
+    await provider.download(sub, tmp_path / "song.wav", lambda _: None, result.audio_url)
+    assert fake.polls == reads  # no second read of the prediction
+    assert sf.info(tmp_path / "song.wav").duration == pytest.approx(3.0, abs=0.01)
+    # Without it (a webhook said the job ended), the download asks the provider once.
+    await provider.download(sub, tmp_path / "again.wav", lambda _: None)
+    assert fake.polls == reads + 1
+
+
 async def test_pinned_version_creates_through_predictions(fake: ReplicateFake) -> None:
     provider = ReplicateProvider(
         api_token=TOKEN, base_url=fake.url, instrumental_model="meta/musicgen:abc123"
