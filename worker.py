@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from datetime import timedelta
 from typing import Any
@@ -67,12 +67,18 @@ class Workers:
     """The worker process's Temporal workers, run together: the track queue's, and the
     mastering queue's (CPU-heavy, at most WORKER_MAX_CONCURRENT_MASTERING at a time)."""
 
-    def __init__(self, *workers: Worker) -> None:
+    def __init__(
+        self, *workers: Worker, after_stop: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self.workers = workers
+        self._after_stop = after_stop
         self._running = AsyncExitStack()
 
     async def __aenter__(self) -> Workers:
         async with AsyncExitStack() as starting:
+            if self._after_stop is not None:
+                # Runs last: the workers' activities are done or cancelled by then.
+                starting.push_async_callback(self._after_stop)
             for worker in self.workers:
                 await starting.enter_async_context(worker)
             self._running = starting.pop_all()
@@ -141,7 +147,7 @@ def build_worker(
         # resumed by another worker from their heartbeat, so nothing waits on a deploy.
         graceful_shutdown_timeout=shutdown,
     )
-    return Workers(tracks, mastering)
+    return Workers(tracks, mastering, after_stop=assets.mastering.aclose)
 
 
 def _slots(settings: Settings) -> dict[str, Any]:

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
-import os
 import tempfile
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,6 +10,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import heartbeating
+from activities.mastering_processes import MasteringProcesses
 from activities.recording import recorded_attempt
 from core.contracts import (
     CoverInput,
@@ -32,26 +26,13 @@ from core.settings import Settings
 from core.storage import Storage, audio_key, rendition_key
 from domain.covers import draw_track_cover, store_generated_cover
 from domain.tracks.jobs import JobStore
-from engines import mastering
-from engines.audio import AudioDecodeError, estimate_tempo
+from engines.audio import AudioDecodeError
 from engines.render_sandbox import sandbox_for
 
 # Stored rendition names, by format: `tracks/<user>/<track>.<name>.<format>`.
 RENDITION_NAMES = {"flac": "master", "mp3": "stream"}
 
 T = TypeVar("T")
-
-# Mastering is off the critical path: its threads run at the lowest CPU priority, so a
-# burst of finished tracks never slows the submits, polls and checks of the tracks still
-# on their way to COMPLETE (the scheduler gives it every cycle they leave idle).
-MASTERING_NICE = 19
-
-
-def _lower_priority() -> None:
-    # On Linux a thread's nice value is its own: this leaves the event loop's alone.
-    # Elsewhere the call may not exist or apply; mastering then runs at normal priority.
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MASTERING_NICE)
 
 
 def _megabytes(size: int) -> str:
@@ -88,12 +69,9 @@ class AssetActivities:
         self.style_seed_enabled = settings.style_seed_enabled if settings else False
         # Even our own SVGs render under the operator's COVER_RENDER_* limits.
         self.sandbox = sandbox_for(settings)
-        # Twice the slots: a cancelled attempt's thread may still be finishing its file.
-        self._mastering_threads = ThreadPoolExecutor(
-            max_workers=2 * self.settings.worker_max_concurrent_mastering,
-            thread_name_prefix="mastering",
-            initializer=_lower_priority,
-        )
+        # Off the critical path: processes of their own at the lowest CPU priority, so a
+        # burst of finished tracks never slows the tracks still on their way to COMPLETE.
+        self.mastering = MasteringProcesses(self.settings.worker_max_concurrent_mastering)
 
     @activity.defn(name="store_audio")
     async def store_audio(self, job: StoreAudioInput) -> str:
@@ -172,26 +150,17 @@ class AssetActivities:
             attempt.data = mastered.model_dump(mode="json", exclude={"renditions"})
             return mastered
 
-    async def _in_background(self, work: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._mastering_threads, work)
-
     async def _master(self, job: MasterInput, tmp: Path) -> MasteredAudio:
         track, s = job.track, self.settings
         source = tmp / f"source.{job.source_key.rsplit('.', 1)[-1]}"
         await self.storage.download(job.source_key, source)
         try:
-            report = await self._in_background(
-                functools.partial(
-                    mastering.master_audio,
-                    source,
-                    tmp,
-                    target_lufs=s.master_target_lufs,
-                    ceiling_dbtp=s.master_ceiling_dbtp,
-                    mp3_bitrate_kbps=s.mp3_bitrate_kbps,
-                )
-            )
-            bpm = await self._in_background(
-                functools.partial(estimate_tempo, report.renditions[0].path)
+            report, bpm = await self.mastering.master(
+                source=source,
+                workdir=tmp,
+                target_lufs=s.master_target_lufs,
+                ceiling_dbtp=s.master_ceiling_dbtp,
+                mp3_bitrate_kbps=s.mp3_bitrate_kbps,
             )
         except (AudioDecodeError, RuntimeError) as exc:
             # The check decoded this file; failing now is not worth retrying.
