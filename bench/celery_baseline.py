@@ -40,7 +40,8 @@ from celery import Celery
 from celery import __version__ as celery_version
 
 from bench.procs import tree_status
-from engines.audio import AudioInfo, analyze, quality_problem
+from core.contracts import AudioInfo
+from engines.audio import analyze, quality_problem
 from engines.cover_art import render_cover_svg
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
