@@ -18,27 +18,11 @@ from activities.mastering_processes import MasteringProcesses, MasteringProcessL
 from engines.audio import AudioDecodeError
 from engines.mastering_process import NICE
 from tests.conftest import PROJECT_ROOT, eventually
+from tests.procfs import alive, children_of, niceness
 
 
 def _children() -> set[int]:
-    me = os.getpid()
-    return {
-        int(pid)
-        for task in Path(f"/proc/{me}/task").iterdir()
-        for pid in (task / "children").read_text().split()
-    }
-
-
-def _nice(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    return set(children_of(os.getpid()))
 
 
 @pytest.fixture
@@ -58,8 +42,8 @@ async def test_masters_in_a_low_priority_process_of_its_own(song: Path, tmp_path
         mastering = _children() - before
         assert len(mastering) == 1
         (pid,) = mastering
-        assert _nice(pid) == NICE
-        assert _nice(os.getpid()) != NICE  # the worker keeps its priority
+        assert niceness(pid) == NICE
+        assert niceness(os.getpid()) != NICE  # the worker keeps its priority
         assert [r.format for r in report.renditions] == ["flac", "mp3"]
         assert all(r.path.is_file() for r in report.renditions)
         # The same process serves the next request.
@@ -71,7 +55,7 @@ async def test_masters_in_a_low_priority_process_of_its_own(song: Path, tmp_path
             await pool.master(source=tmp_path / "junk.wav", workdir=tmp_path / "junk")
     finally:
         await pool.aclose()
-    assert not _alive(pid)
+    assert not alive(pid)
 
 
 async def test_a_killed_mastering_process_fails_the_request_for_a_retry(
@@ -102,7 +86,7 @@ async def test_a_cancelled_request_stops_its_process(song: Path, tmp_path: Path)
         mastering.cancel()
         with pytest.raises(asyncio.CancelledError):
             await mastering
-        await eventually(lambda: not _alive(pid), timeout_s=5, what="the process to end")
+        await eventually(lambda: not alive(pid), timeout_s=5, what="the process to end")
     finally:
         await pool.aclose()
 
@@ -140,5 +124,5 @@ async def test_a_killed_worker_takes_its_mastering_process_with_it(
     assert await asyncio.wait_for(worker.wait(), timeout=30) == -signal.SIGKILL
     mastering_pid = int(line)
     await eventually(
-        lambda: not _alive(mastering_pid), timeout_s=5, what="the mastering process to end"
+        lambda: not alive(mastering_pid), timeout_s=5, what="the mastering process to end"
     )

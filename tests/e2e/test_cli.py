@@ -13,6 +13,7 @@ import httpx
 import pytest
 import soundfile as sf
 
+from tests.procfs import alive, children_of
 from tests.services import start_dev_stack
 
 BIN = Path(sys.executable).parent
@@ -108,27 +109,6 @@ def _answers(url: str) -> bool:
     return True
 
 
-def _children_of(pid: int) -> list[int]:
-    """Every process whose parent is `pid` (from /proc)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # ended meanwhile
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGHUP], ids=["killed", "hangup"])
 def test_dev_stack_is_ready_when_it_says_so_and_leaves_nothing_behind(
     tmp_path: Path, how: signal.Signals
@@ -147,7 +127,7 @@ def test_dev_stack_is_ready_when_it_says_so_and_leaves_nothing_behind(
             None,
         )
         assert token, "soundfoundry dev never said it was running"
-        children = _children_of(dev.pid)
+        children = children_of(dev.pid)
         assert len(children) == 3, children  # Temporal, the worker, the API
         # Ready means ready: a track created the moment it says so is picked up at once.
         auth = {"Authorization": f"Bearer {token}"}
@@ -165,13 +145,13 @@ def test_dev_stack_is_ready_when_it_says_so_and_leaves_nothing_behind(
         dev.send_signal(how)
         dev.wait(timeout=60)
         deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not [pid for pid in children if _alive(pid)], "children outlived soundfoundry dev"
+        assert not [pid for pid in children if alive(pid)], "children outlived soundfoundry dev"
         for port in (api, frontend, ui):
             assert not _answers(f"http://127.0.0.1:{port}/"), f"port {port} still open"
     finally:
         for pid in [dev.pid, *children]:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
         dev.wait(timeout=10)
