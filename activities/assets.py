@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -31,8 +30,6 @@ from engines.render_sandbox import sandbox_for
 
 # Stored rendition names, by format: `tracks/<user>/<track>.<name>.<format>`.
 RENDITION_NAMES = {"flac": "master", "mp3": "stream"}
-
-T = TypeVar("T")
 
 
 def _megabytes(size: int) -> str:
