@@ -255,17 +255,27 @@ class HostedProvider(MusicProvider, Generic[C]):
         heartbeat: Heartbeat,
         audio_url: str | None = None,
     ) -> DownloadedAudio:
-        url, hinted_type = audio_url, None
-        if url is None:
-            # Beat around the result call: it is not heartbeated while it runs.
-            heartbeat(0.0)
-            url, hinted_type = await self._audio_url(submission)
-            heartbeat(0.0)
+        if audio_url is not None:
+            try:
+                return await self._stream(audio_url, dest, heartbeat, None)
+            except ProviderError as error:
+                # A poll's URL can expire before a late attempt uses it: ask for a fresh one.
+                if error.status is None or not 400 <= error.status < 500:
+                    raise
+        # Beat around the result call: it is not heartbeated while it runs.
+        heartbeat(0.0)
+        url, hinted_type = await self._audio_url(submission)
+        heartbeat(0.0)
         if url is None:
             raise ProviderError(
                 ErrorCode.JOB_FAILED,
                 f"{self.name}: {submission.run_id} has no audio URL in its result",
             )
+        return await self._stream(url, dest, heartbeat, hinted_type)
+
+    async def _stream(
+        self, url: str, dest: Path, heartbeat: Heartbeat, hinted_type: str | None
+    ) -> DownloadedAudio:
         return await stream_audio(
             url,
             dest,

@@ -16,6 +16,7 @@ import soundfile as sf
 
 from activities.mastering_processes import MasteringProcesses, MasteringProcessLost
 from engines.audio import AudioDecodeError
+from engines.mastering import MasterReport
 from engines.mastering_process import NICE
 from tests.conftest import PROJECT_ROOT, eventually
 from tests.procfs import alive, children_of, niceness
@@ -25,13 +26,24 @@ def _children() -> set[int]:
     return set(children_of(os.getpid()))
 
 
-@pytest.fixture
-def song(tmp_path: Path) -> Path:
-    t = np.arange(3 * 44_100) / 44_100
+def _song(path: Path, seconds: float = 3) -> Path:
+    t = np.arange(int(seconds * 44_100)) / 44_100
     tone = 0.3 * np.sin(2 * np.pi * 440 * t)
-    path = tmp_path / "song.wav"
     sf.write(path, np.stack([tone, tone], axis=1), 44_100)
     return path
+
+
+async def _master_once(song: Path, workdir: Path) -> tuple[MasterReport, float | None]:
+    pool = MasteringProcesses(size=1)
+    try:
+        return await pool.master(source=song, workdir=workdir)
+    finally:
+        await pool.aclose()
+
+
+@pytest.fixture
+def song(tmp_path: Path) -> Path:
+    return _song(tmp_path / "song.wav")
 
 
 async def test_masters_in_a_low_priority_process_of_its_own(song: Path, tmp_path: Path) -> None:
@@ -58,20 +70,32 @@ async def test_masters_in_a_low_priority_process_of_its_own(song: Path, tmp_path
     assert not alive(pid)
 
 
-async def test_a_killed_mastering_process_fails_the_request_for_a_retry(
-    song: Path, tmp_path: Path
+async def test_a_mastering_process_killed_mid_master_fails_the_request_for_a_retry(
+    tmp_path: Path,
 ) -> None:
+    long_song = _song(tmp_path / "long.wav", seconds=60)
+    reference, _ = await _master_once(long_song, tmp_path / "reference")
     pool = MasteringProcesses(size=1)
+    workdir = tmp_path / "killed"
+    before = _children()
     try:
-        await pool.master(source=song, workdir=tmp_path / "first")
-        (pid,) = _children()
+        mastering = asyncio.ensure_future(pool.master(source=long_song, workdir=workdir))
+        # The worst moment: it is writing its files and has not answered.
+        await eventually(
+            lambda: (workdir / ".mastering-scratch.f32").exists(), what="mastering under way"
+        )
+        (pid,) = _children() - before
         os.kill(pid, signal.SIGKILL)
-        await asyncio.sleep(0.2)
         with pytest.raises(MasteringProcessLost):
-            await pool.master(source=song, workdir=tmp_path / "second")
-        # The next request gets a new process.
-        report, _ = await pool.master(source=song, workdir=tmp_path / "third")
-        assert report.renditions
+            await mastering
+        # Nothing half-written under a final name; the retry (a new process, the same
+        # work directory) makes the same files as a run that was never interrupted.
+        for rendition in reference.renditions:
+            left = workdir / rendition.path.name
+            assert not left.exists() or left.read_bytes() == rendition.path.read_bytes()
+        retried, _ = await pool.master(source=long_song, workdir=workdir)
+        for made, expected in zip(retried.renditions, reference.renditions, strict=True):
+            assert made.path.read_bytes() == expected.path.read_bytes()
     finally:
         await pool.aclose()
 

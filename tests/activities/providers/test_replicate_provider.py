@@ -73,6 +73,11 @@ async def test_the_poll_that_sees_the_end_names_the_audio_and_the_download_goes_
     # Without it (a webhook said the job ended), the download asks the provider once.
     await provider.download(sub, tmp_path / "again.wav", lambda _: None)
     assert fake.polls == reads + 1
+    # A URL that no longer answers (expired before a late retry) is asked for afresh.
+    stale = result.audio_url.rsplit("/", 1)[0] + "/expired.wav"
+    await provider.download(sub, tmp_path / "late.wav", lambda _: None, stale)
+    assert fake.polls == reads + 2
+    assert sf.info(tmp_path / "late.wav").duration == pytest.approx(3.0, abs=0.01)
 
 
 async def test_pinned_version_creates_through_predictions(fake: ReplicateFake) -> None:
