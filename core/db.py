@@ -15,9 +15,19 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 def create_engine(database_url: str, *, pool_size: int = 5, max_overflow: int = 10) -> AsyncEngine:
     if database_url.startswith("sqlite"):
         _ensure_sqlite_dir(database_url)
-        engine = create_async_engine(database_url, connect_args={"timeout": 30})
-        # API and worker are separate processes on the embedded default: WAL lets them
+        # One connection per process: SQLite writes one transaction at a time anyway, and
+        # connections of one process that collide wait in SQLite's busy handler, which
+        # sleeps up to 100 ms at a go while the lock is long free (hundreds of such naps
+        # a second in a 200-track burst). Queued on the pool, the next session starts the
+        # moment the last one ends. API and worker are separate processes: WAL lets them
         # read while the other writes, and busy_timeout waits instead of failing.
+        engine = create_async_engine(
+            database_url,
+            connect_args={"timeout": 30},
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=60,
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(
