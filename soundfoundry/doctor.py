@@ -14,8 +14,9 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from activities.providers.registry import ProviderRegistry
 from core.db import create_engine
 from core.migrate import alembic_config
+from core.s3_storage import S3Storage
 from core.settings import Settings
-from core.storage import LocalStorage, S3Storage, build_storage
+from core.storage import LocalStorage, build_storage
 from core.temporal import client_for, missing_search_attributes
 
 

@@ -21,8 +21,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from core.s3_storage import S3Storage
 from core.settings import Settings
-from core.storage import S3Storage, build_storage
+from core.storage import build_storage
 from core.temporal import SEARCH_ATTRIBUTE_NAMES
 from soundfoundry.devstack import DEV_SERVER_TUNING
 

@@ -20,8 +20,9 @@ from botocore.exceptions import BotoCoreError
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.metrics import S3_OPERATIONS, WORKER_REGISTRY, init_worker_series
+from core.s3_storage import S3Storage
 from core.settings import KNOWN_PROVIDERS
-from core.storage import ObjectNotFound, S3Storage
+from core.storage import ObjectNotFound
 from tests.conftest import PROJECT_ROOT, Stack, eventually
 from tests.fakes import Fail
 from tests.fakes.fal_server import FalFake
