@@ -48,7 +48,7 @@ from core.metrics import (
     set_in_flight,
 )
 from core.settings import Settings
-from core.storage import Storage, staging_key
+from core.storage import Storage, audio_key, staging_key
 from domain.tracks.jobs import JobStore
 from domain.tracks.submissions import SubmissionLedger
 from engines.audio import AudioDecodeError, analyze, quality_problem
@@ -178,9 +178,46 @@ class GenerationActivities:
                 track, provider.name, submission.run_id, in_step=True
             ) as attempt:
                 info = await self._analyze(path, track, measure_tempo=collect.measure_tempo)
-                staged = await self._put_staging(provider, submission, path, audio, size)
+                if not collect.store:
+                    staged = await self._put_staging(provider, submission, path, audio, size)
                 attempt.message = _audio_ok(info)
+            if not collect.store:
                 return CheckedAudio(staged=staged, info=info)
+            return await self._store_checked(track, provider, submission, path, audio, size, info)
+
+    async def _store_checked(
+        self,
+        track: TrackInput,
+        provider: MusicProvider,
+        submission: Submission,
+        path: Path,
+        audio: DownloadedAudio,
+        size: int,
+        info: AudioInfo,
+    ) -> CheckedAudio:
+        """Checked audio straight to `tracks/<user>/<track>.<ext>`: no staging copy to make
+        and clean up. A retry writes the same provider file to the same key again."""
+        async with recorded_attempt(
+            self.store,
+            track_id=track.track_id,
+            job_id=track.job_id,
+            event="audio_stored",
+            provider=provider.name,
+            provider_run_id=submission.run_id,
+        ) as attempt:
+            key = audio_key(track.user_id, track.track_id, audio.extension)
+            await self.storage.put_file(key, path, audio.content_type)
+            attempt.message = f"Audio stored at {key}"
+            attempt.next_step = (Step.COVER, 0.9)
+        stored = StagedAudio(
+            provider=provider.name,
+            run_id=submission.run_id,
+            key=key,
+            extension=audio.extension,
+            content_type=audio.content_type,
+            size_bytes=size,
+        )
+        return CheckedAudio(staged=stored, info=info, stored_key=key)
 
     @activity.defn(name="cancel_submissions")
     async def cancel_submissions(self, cancel: CancelInput) -> list[str]:

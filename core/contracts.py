@@ -234,6 +234,9 @@ class AudioInfo(BaseModel):
 class CheckedAudio(BaseModel):
     staged: StagedAudio
     info: AudioInfo
+    # Set when the check stored the audio at its final key itself (runs since
+    # one-pass-v2); `staged` then describes that object.
+    stored_key: str | None = None
 
 
 class RenditionsState(StrEnum):
@@ -399,12 +402,14 @@ class CheckInput(BaseModel):
 
 
 class CollectInput(BaseModel):
-    """Download a finished job's audio, check it and stage it, in one activity."""
+    """Download a finished job's audio, check it and stage it (or, with `store`, store it
+    at its final key), in one activity."""
 
     track: TrackInput
     submission: Submission
     measure_tempo: bool = True
     audio_url: str | None = None  # from the poll that saw the job finish, if it said
+    store: bool = False
 
 
 class StoreAudioInput(BaseModel):

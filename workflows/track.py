@@ -105,11 +105,15 @@ LOCAL_BOOKKEEPING_PATCH = "local-bookkeeping-v1"
 # target and gets a FLAC master and an MP3 stream; its tempo is measured then, not in the
 # check. Mastering never fails or cancels a finished track.
 RENDITIONS_PATCH = "renditions-v1"
-# Runs started from here on record this one patch instead of each one above (every patch
-# marker also costs an upsert of TemporalChangeVersion on the server), and take the
-# changes it brings: the submit looks at the provider's job once before answering, and
-# one activity downloads, checks and stages the audio (two round trips fewer per track).
-CURRENT_PATCH = "one-pass-v1"
+# Runs started since this patch record it instead of each one above (every patch marker
+# also costs an upsert of TemporalChangeVersion on the server), and take the changes it
+# brings: the submit looks at the provider's job once before answering, and one activity
+# downloads, checks and stages the audio (two round trips fewer per track).
+ONE_PASS_PATCH = "one-pass-v1"
+# Runs started from here on record this one patch instead, which implies ONE_PASS_PATCH:
+# the collecting activity stores checked audio at its final key itself, so the staging
+# copy and the local activity that made it are gone from every track's last steps.
+CURRENT_PATCH = "one-pass-v2"
 MASTER_TIMEOUT = timedelta(minutes=10)
 MASTER_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -180,6 +184,7 @@ class TrackWorkflow:
         self._progress = Progress(step=Step.QUEUED, progress=0.0)
         self._submission: Submission | None = None
         self._current = False
+        self._stores_in_collect = False
         self._publish_attributes = False
         self._ledger = False
         self._local_bookkeeping = False
@@ -233,7 +238,8 @@ class TrackWorkflow:
 
     async def _make_track(self, track: TrackInput) -> TrackResult:
         self._set(Step.PREPARING, 0.05)
-        self._current = workflow.patched(CURRENT_PATCH)
+        self._stores_in_collect = workflow.patched(CURRENT_PATCH)
+        self._current = self._stores_in_collect or workflow.patched(ONE_PASS_PATCH)
         self._local_bookkeeping = self._since(LOCAL_BOOKKEEPING_PATCH)
         self._renditions = self._since(RENDITIONS_PATCH)
         plan = await self._bookkeeping(JobActivities.plan_track, track)
@@ -246,10 +252,13 @@ class TrackWorkflow:
         else:
             checked, fallbacks = await self._generate_before_ledger(track, plan)
 
-        self._set(Step.STORING, 0.8)
-        audio_key = await self._bookkeeping(
-            AssetActivities.store_audio, StoreAudioInput(track=track, checked=checked)
-        )
+        if checked.stored_key is not None:
+            audio_key = checked.stored_key
+        else:
+            self._set(Step.STORING, 0.8)
+            audio_key = await self._bookkeeping(
+                AssetActivities.store_audio, StoreAudioInput(track=track, checked=checked)
+            )
         self._set(Step.COVER, 0.9)
         cover_key = await self._bookkeeping(AssetActivities.store_cover, CoverInput(track=track))
         stored = StoredTrack(
@@ -383,7 +392,7 @@ class TrackWorkflow:
     async def _fetch_then_check(
         self, track: TrackInput, plan: GenerationPlan, submission: Submission, deadline: datetime
     ) -> CheckedAudio:
-        """Runs started before CURRENT_PATCH: two activities, the audio staged between."""
+        """Runs started before ONE_PASS_PATCH: two activities, the audio staged between."""
         staged = await self._outlasting_workers(
             lambda: workflow.execute_activity_method(
                 GenerationActivities.fetch_generation,
@@ -411,6 +420,7 @@ class TrackWorkflow:
                 submission=submission,
                 measure_tempo=not self._renditions,
                 audio_url=audio_url,
+                store=self._stores_in_collect,
             ),
             start_to_close_timeout=timedelta(seconds=plan.generation_timeout_s),
             heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_s),

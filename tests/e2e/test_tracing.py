@@ -35,7 +35,8 @@ JOB_SPANS = (
     "RunWorkflow:TrackWorkflow",
     "RunActivity:plan_track",
     "RunActivity:submit_generation",
-    "RunActivity:store_audio",
+    "RunActivity:collect_audio",
+    "RunActivity:store_cover",
 )
 
 
@@ -127,10 +128,12 @@ async def test_a_track_is_one_trace_from_request_to_s3(
         s for s in s3_spans if any(a.name.startswith("RunActivity:") for a in trace.ancestors(s))
     ]
     assert in_activity, [s.name for s in s3_spans]
+    # The checked audio goes to its final key from the collecting activity.
     stored = next(
         s
         for s in in_activity
-        if any(a.name == "RunActivity:store_audio" for a in trace.ancestors(s))
+        if s.name == "s3.PutObject"
+        and any(a.name == "RunActivity:collect_audio" for a in trace.ancestors(s))
     )
     assert stored.kind is SpanKind.CLIENT
     assert stored.attributes is not None

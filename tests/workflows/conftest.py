@@ -237,11 +237,19 @@ class StandIns:
 
     @activity.defn(name="collect_audio")
     async def collect_audio(self, collect: CollectInput) -> CheckedAudio:
-        """The fetch and the check in one activity, each answering from its own script."""
+        """The fetch, the check and (asked to `store`) the store in one activity, each
+        answering from its own script; the store is recorded as "store_checked"."""
         staged = await self.fetch_generation(collect.submission)
-        return await self.check_audio(
+        checked = await self.check_audio(
             CheckInput(track=collect.track, staged=staged, measure_tempo=collect.measure_tempo)
         )
+        if not collect.store:
+            return checked
+        track = collect.track
+        final = f"tracks/{track.user_id}/{track.track_id}.{checked.staged.extension}"
+        key = await self._run("store_checked", collect, staged.provider, lambda: final)
+        stored = checked.staged.model_copy(update={"key": key})
+        return checked.model_copy(update={"staged": stored, "stored_key": key})
 
     @activity.defn(name="fetch_generation")
     async def fetch_generation(self, submission: Submission) -> StagedAudio:

@@ -110,9 +110,9 @@ async def test_happy_path_runs_each_step_once_in_order_and_reports_progress(
         "look",  # inside the submit: fast models are often done by then
         "poll_generation",
         "poll_generation",
-        "fetch_generation",  # these two are one activity, collect_audio
+        "fetch_generation",  # these three are one activity, collect_audio
         "check_audio",
-        "store_audio",
+        "store_checked",  # the checked audio, at its final key: no staging copy
         "store_cover",
         "complete_job",
         "master_audio",
@@ -144,7 +144,6 @@ async def test_happy_path_runs_each_step_once_in_order_and_reports_progress(
     local = {c.name for c in harness.acts.calls if c.is_local}
     assert local == {
         "plan_track",
-        "store_audio",
         "store_cover",
         "complete_job",
         "record_renditions",
@@ -156,7 +155,7 @@ async def test_happy_path_runs_each_step_once_in_order_and_reports_progress(
 
 
 async def test_a_job_done_when_the_submit_looks_is_collected_at_once(harness: Harness) -> None:
-    """A fast model: no poll, no timer, and one activity downloads, checks and stages."""
+    """A fast model: no poll, no timer, and one activity downloads, checks and stores."""
     harness.plan(["fal"])
     handle = await harness.start()
     result = await handle.result()
@@ -301,7 +300,7 @@ async def test_every_provider_failing_fails_the_job_and_refunds_once(harness: Ha
     assert finish.status == JobStatus.FAILED
     assert finish.error_code == ErrorCode.JOB_FAILED.value
     assert finish.message == "every provider failed; last: job_failed: model crashed"
-    for step in ("fetch_generation", "store_audio", "complete_job", "master_audio"):
+    for step in ("fetch_generation", "store_checked", "complete_job", "master_audio"):
         assert harness.acts.count(step) == 0, step
     assert [c.reason for c in harness.acts.args("cancel_submissions")] == [
         "replicate failed: job_failed"
@@ -557,7 +556,7 @@ async def test_cancel_while_waiting_on_the_provider_cleans_up_and_refunds(
     names = harness.acts.names()
     assert names.index("cancel_submissions") < names.index("finish_job")
     assert set(submitted_to(harness)) == {"fal"}, "a cancel is not a reason to fall back"
-    for step in ("fetch_generation", "store_audio", "complete_job"):
+    for step in ("fetch_generation", "store_checked", "complete_job"):
         assert harness.acts.count(step) == 0, step
     assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
 
