@@ -29,7 +29,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -372,6 +374,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.sequential < 1 or args.burst < 1 or args.workers < 1:
         parser.error("need --sequential, --burst and --workers >= 1")
+    # Said before the minutes SoundFoundry's own run takes, not after them.
+    if args.baseline and shutil.which("redis-server") is None:
+        parser.error("--baseline needs redis-server on PATH (apt-get install redis-server)")
+    if args.baseline and importlib.util.find_spec("celery") is None:
+        parser.error("--baseline needs Celery: uv sync ... --extra bench (see README)")
     sys.exit(asyncio.run(run(args)))
 
 
