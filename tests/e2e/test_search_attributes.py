@@ -4,6 +4,7 @@ of our search attributes; the first worker registers them, and `doctor` says so.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -36,17 +37,20 @@ async def test_a_worker_registers_the_search_attributes_on_a_plain_server(stack:
             assert worker.stdout is not None
             stdout = worker.stdout
 
-            def wait_ready() -> None:
+            def wait_ready() -> dict[str, object]:
                 for line in stdout:
                     if b"worker ready" in line:
-                        return
+                        record: dict[str, object] = json.loads(line)
+                        return record
                 raise AssertionError("the worker exited before it was ready")
 
-            await asyncio.wait_for(asyncio.to_thread(wait_ready), 60)
+            ready = await asyncio.wait_for(asyncio.to_thread(wait_ready), 60)
         finally:
             worker.terminate()
             worker.wait(timeout=30)
         assert await missing_search_attributes(bare.client, "default") == []
+        # The worker as operators start it runs on uvloop's event loop.
+        assert ready["event_loop"] == "uvloop"
 
 
 def _spawn_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
