@@ -197,26 +197,11 @@ class GenerationActivities:
     ) -> CheckedAudio:
         """Checked audio straight to `tracks/<user>/<track>.<ext>`: no staging copy to make
         and clean up. A retry writes the same provider file to the same key again."""
-        async with recorded_attempt(
-            self.store,
-            track_id=track.track_id,
-            job_id=track.job_id,
-            event="audio_stored",
-            provider=provider.name,
-            provider_run_id=submission.run_id,
-        ) as attempt:
+        async with self._attempt_on(submission, "audio_stored") as attempt:
             key = audio_key(track.user_id, track.track_id, audio.extension)
-            await self.storage.put_file(key, path, audio.content_type)
+            stored = await self._put(provider, submission, key, path, audio, size)
             attempt.message = f"Audio stored at {key}"
             attempt.next_step = (Step.COVER, 0.9)
-        stored = StagedAudio(
-            provider=provider.name,
-            run_id=submission.run_id,
-            key=key,
-            extension=audio.extension,
-            content_type=audio.content_type,
-            size_bytes=size,
-        )
         return CheckedAudio(staged=stored, info=info, stored_key=key)
 
     @activity.defn(name="cancel_submissions")
@@ -354,6 +339,17 @@ class GenerationActivities:
         size: int,
     ) -> StagedAudio:
         key = staging_key(submission.track_id, provider.name, submission.run_id, audio.extension)
+        return await self._put(provider, submission, key, path, audio, size)
+
+    async def _put(
+        self,
+        provider: MusicProvider,
+        submission: Submission,
+        key: str,
+        path: Path,
+        audio: DownloadedAudio,
+        size: int,
+    ) -> StagedAudio:
         await self.storage.put_file(key, path, audio.content_type)
         return StagedAudio(
             provider=provider.name,
