@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
@@ -503,3 +504,68 @@ async def test_a_paid_submission_that_failed_uses_up_the_cap(
     assert job["status"] == "FAILED" and job["error_code"] == "submission_cap", job
     assert fal.submissions == 1 and replicate.submit_attempts == 0
     assert await stack.credits(user_id) == 50
+
+
+# -- a worker dies between storing the audio and recording it ---------------------------
+
+HOLD_AT_COVER = 4242  # the advisory lock the trigger below waits on
+
+
+@pytest.mark.parametrize("extra_overrides", [{**REPLICATE_ONLY, "heartbeat_timeout_s": 2}])
+async def test_sigkill_after_the_audio_is_stored_and_before_it_is_recorded(
+    stack: Stack, replicate: ReplicateFake, workers: Workers, extra_overrides: Any
+) -> None:
+    """`collect_audio` stores the checked audio at its final key, then records it (the job
+    moves to the cover step in the same transaction). Postgres holds that transaction
+    until the worker is SIGKILLed: the file is in place, nothing says so, and the next
+    worker collects again. One prediction, one charge, one recorded store, whole audio."""
+    url = stack.settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
+    holder = await asyncpg.connect(url)
+    try:
+        await holder.execute(
+            f"""
+            CREATE FUNCTION hold_at_cover() RETURNS trigger AS $$
+            BEGIN
+              IF NEW.step = 'cover' AND OLD.step <> 'cover' THEN
+                PERFORM pg_advisory_xact_lock({HOLD_AT_COVER});
+              END IF;
+              RETURN NEW;
+            END $$ LANGUAGE plpgsql;
+            CREATE TRIGGER hold_at_cover BEFORE UPDATE ON jobs
+              FOR EACH ROW EXECUTE FUNCTION hold_at_cover();
+            SELECT pg_advisory_lock({HOLD_AT_COVER});
+            """
+        )
+        user_id, auth = await stack.user(credits=50)
+        worker = await workers.spawn_ready()
+        created = await stack.create_track(auth, duration_s=10)
+        key = f"tracks/{user_id}/{created['track_id']}.wav"
+
+        async def held() -> bool:
+            waiting = await holder.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
+            return bool(waiting)
+
+        await eventually(held, timeout_s=60, what="the store's record to wait on the lock")
+        assert await stack.storage.exists(key), "the audio was not stored before its record"
+        events = [e["event"] for e in await logs_of(stack, created["job_id"], auth)]
+        assert "audio_checked" in events and "audio_stored" not in events
+        workers.kill(worker)
+        # Unlocked first: the dead worker's transaction, still on the jobs row, must end
+        # (its client is gone, so it rolls back) before the trigger can be dropped.
+        await holder.execute(f"SELECT pg_advisory_unlock({HOLD_AT_COVER})")
+        await holder.execute("DROP TRIGGER hold_at_cover ON jobs; DROP FUNCTION hold_at_cover()")
+    finally:
+        await holder.close()
+
+    workers.spawn()
+    job = await stack.wait_for_job(created["job_id"], auth, timeout_s=90)
+    assert job["status"] == "COMPLETE", job
+    assert replicate.submissions == 1, "collecting again paid for a second prediction"
+    assert await ledger_states(stack, created["job_id"]) == [SubmissionState.FINISHED]
+    assert await stack.credits(user_id) == 50 - created["credits_required"]
+    events = [e["event"] for e in await logs_of(stack, created["job_id"], auth)]
+    assert events.count("audio_stored") == 1, events  # the killed attempt recorded nothing
+    track = (await stack.http.get(f"/api/tracks/{created['track_id']}", headers=auth)).json()
+    assert abs(track["audio"]["duration_s"] - 10) < 0.1
