@@ -70,6 +70,15 @@ async def ledger_states(stack: Stack, job_id: str) -> list[SubmissionState]:
     return [row.state for row in rows]
 
 
+async def assert_paid_once(
+    stack: Stack, replicate: ReplicateFake, created: dict[str, Any], user_id: Any, why: str
+) -> None:
+    """One prediction at Replicate, its ledger row FINISHED, and the user charged once."""
+    assert replicate.submissions == 1, why
+    assert await ledger_states(stack, created["job_id"]) == [SubmissionState.FINISHED]
+    assert await stack.credits(user_id) == 50 - created["credits_required"]
+
+
 @pytest.fixture
 def start_worker() -> bool:
     """Workers here are `soundfoundry worker` processes, so they can be killed."""
@@ -250,9 +259,9 @@ async def test_sigkill_while_the_submit_is_in_flight_pays_once(
     workers.spawn()
     job = await stack.wait_for_job(created["job_id"], auth, timeout_s=90)
     assert job["status"] == "COMPLETE", job
-    assert replicate.submissions == 1, "the retry paid for a second prediction"
-    assert await ledger_states(stack, created["job_id"]) == [SubmissionState.FINISHED]
-    assert await stack.credits(user_id) == 50 - created["credits_required"]
+    await assert_paid_once(
+        stack, replicate, created, user_id, "the retry paid for a second prediction"
+    )
 
 
 @pytest.mark.parametrize(
@@ -282,9 +291,9 @@ async def test_more_worker_deaths_than_retries_do_not_fail_the_track(
             )
     job = await stack.wait_for_job(created["job_id"], auth, timeout_s=90)
     assert job["status"] == "COMPLETE", job
-    assert replicate.submissions == 1, "a retry paid for a second prediction"
-    assert await ledger_states(stack, created["job_id"]) == [SubmissionState.FINISHED]
-    assert await stack.credits(user_id) == 50 - created["credits_required"]
+    await assert_paid_once(
+        stack, replicate, created, user_id, "a retry paid for a second prediction"
+    )
     # The step that ran again replays as it ran.
     await export_and_replay(stack, created["workflow_id"], "track_v4_worker_deaths", tmp_path)
 
@@ -562,9 +571,9 @@ async def test_sigkill_after_the_audio_is_stored_and_before_it_is_recorded(
     workers.spawn()
     job = await stack.wait_for_job(created["job_id"], auth, timeout_s=90)
     assert job["status"] == "COMPLETE", job
-    assert replicate.submissions == 1, "collecting again paid for a second prediction"
-    assert await ledger_states(stack, created["job_id"]) == [SubmissionState.FINISHED]
-    assert await stack.credits(user_id) == 50 - created["credits_required"]
+    await assert_paid_once(
+        stack, replicate, created, user_id, "collecting again paid for a second prediction"
+    )
     events = [e["event"] for e in await logs_of(stack, created["job_id"], auth)]
     assert events.count("audio_stored") == 1, events  # the killed attempt recorded nothing
     track = (await stack.http.get(f"/api/tracks/{created['track_id']}", headers=auth)).json()
