@@ -8,19 +8,21 @@ run, CI's full run included:
 - at collection, a unit test that asks for a service fixture (directly or through
   another fixture) stops the run, naming the test and the fixture;
 - while a unit test runs, setting up a service fixture (e.g. through
-  `request.getfixturevalue`), starting a service's program, or connecting to a socket
-  this process is not itself listening on fails the test, even if the code under test
-  swallows the error.
+  `request.getfixturevalue`), starting a service's program, or connecting to a server
+  outside this process (another host, or a loopback port or socket another process
+  listens on) fails the test, even if the code under test swallows the error.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shlex
 import socket
 import subprocess
 from collections.abc import Generator, Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,9 +72,6 @@ class UnitTierViolation(BaseException):
 
 _unit_item: pytest.Item | None = None
 _violations: dict[str, list[str]] = {}
-# Ports and socket paths this process listens on: a unit test may talk to a server it
-# started itself (a fake on loopback), never to one another process runs.
-_own_addresses: set[Any] = set()
 
 
 def is_unit(item: pytest.Item) -> bool:
@@ -138,22 +137,58 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
 def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, Any, None]:
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
-    seen = _violations.get(item.nodeid)
+    # each phase (setup, call, teardown) answers for what it did
+    seen = _violations.pop(item.nodeid, None)
     if seen and report.passed:
         report.outcome = "failed"
         report.longrepr = "unit tier violated (the error was swallowed):\n  " + "\n  ".join(seen)
 
 
-def _address(sock: socket.socket, address: Any) -> Any:
-    if sock.family == socket.AF_UNIX:
-        return os.fsdecode(address) if isinstance(address, str | bytes) else address
-    return address[1] if isinstance(address, tuple) else address
+def _own_socket_inodes() -> set[str]:
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:[") : -1])
+    return inodes
+
+
+def _listeners(family: int, address: Any) -> list[str]:
+    """The inodes of every socket on this machine listening at `address`."""
+    if family == socket.AF_UNIX:
+        path = os.fsdecode(address) if isinstance(address, str | bytes) else None
+        # Num RefCount Protocol Flags Type St Inode Path; flag 0x10000: accepting connections
+        rows = map(str.split, Path("/proc/self/net/unix").read_text().splitlines()[1:])
+        return [r[6] for r in rows if len(r) > 7 and int(r[3], 16) & 0x10000 and r[7] == path]
+    found = []
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        # sl local_address rem_address st ... inode (column 9); state 0A: LISTEN
+        for row in map(str.split, Path(table).read_text().splitlines()[1:]):
+            if row[3] == "0A" and int(row[1].rsplit(":", 1)[1], 16) == address[1]:
+                found.append(row[9])
+    return found
+
+
+def may_connect(family: int, address: Any) -> bool:
+    """A unit test may reach a server of its own process (a fake in a thread; read from
+    /proc, so servers that uvloop bound count too) or knock on a loopback port nobody
+    listens on (connection refused), never another process's server or another host."""
+    if family != socket.AF_UNIX:
+        try:
+            if not ipaddress.ip_address(address[0]).is_loopback:
+                return False
+        except ValueError:  # a name, not an address: nothing here connects that way
+            return False
+    listeners = _listeners(family, address)
+    return not listeners or bool(set(listeners) & _own_socket_inodes())
 
 
 def _install() -> None:
     real_connect = socket.socket.connect
     real_connect_ex = socket.socket.connect_ex
-    real_listen = socket.socket.listen
     real_popen_init = subprocess.Popen.__init__
 
     def check(sock: socket.socket, address: Any) -> None:
@@ -163,8 +198,8 @@ def _install() -> None:
             socket.AF_UNIX,
         ):
             return
-        if _address(sock, address) not in _own_addresses:
-            violate(f"connected to {address!r}, which this process does not serve")
+        if not may_connect(sock.family, address):
+            violate(f"connected to {address!r}, a server outside this process")
 
     def connect(self: socket.socket, address: Any) -> None:
         check(self, address)
@@ -173,11 +208,6 @@ def _install() -> None:
     def connect_ex(self: socket.socket, address: Any) -> int:
         check(self, address)
         return real_connect_ex(self, address)
-
-    def listen(self: socket.socket, *backlog: int) -> None:
-        real_listen(self, *backlog)
-        if self.family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
-            _own_addresses.add(_address(self, self.getsockname()))
 
     def popen_init(self: subprocess.Popen[Any], args: Any, *more: Any, **kwargs: Any) -> None:
         if _unit_item is not None:
@@ -190,7 +220,6 @@ def _install() -> None:
 
     socket.socket.connect = connect  # type: ignore[method-assign, assignment]
     socket.socket.connect_ex = connect_ex  # type: ignore[method-assign, assignment]
-    socket.socket.listen = listen  # type: ignore[method-assign, assignment]
     subprocess.Popen.__init__ = popen_init  # type: ignore[method-assign, assignment]
 
 

@@ -12,6 +12,8 @@ from domain.covers import BACKDROP, PNG_SIZE, CoverRenderError, _square, cover_s
 from engines.cover_art import render_cover_svg
 from engines.svg_sanitize import sanitize_svg
 
+pytestmark = pytest.mark.unit
+
 CORPUS = Path(__file__).resolve().parents[1] / "engines" / "svg_corpus"
 BENIGN = sorted((CORPUS / "benign").glob("*.svg"))
 

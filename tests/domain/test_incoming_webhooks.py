@@ -31,6 +31,8 @@ from domain.webhooks.incoming import (
     webhook_url,
 )
 
+pytestmark = pytest.mark.unit
+
 TOLERANCE_S = 300
 BODY = json.dumps({"id": "p-1", "status": "succeeded", "error": None}).encode()
 

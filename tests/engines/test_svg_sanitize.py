@@ -19,6 +19,8 @@ from engines.svg_sanitize import (
     sanitize_svg,
 )
 
+pytestmark = pytest.mark.unit
+
 CORPUS = Path(__file__).parent / "svg_corpus"
 HOSTILE = sorted((CORPUS / "hostile").glob("*.svg"))
 BENIGN = sorted((CORPUS / "benign").glob("*.svg"))

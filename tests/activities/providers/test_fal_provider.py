@@ -14,6 +14,8 @@ from core.contracts import Submission
 from tests.activities.providers.support import INSTRUMENTAL, VOCALS, poll_to_end, submit
 from tests.fakes.fal_server import FalFake
 
+pytestmark = pytest.mark.unit
+
 KEY = "fal-key-id:fal-key-secret-7f3a9c"
 
 

@@ -35,6 +35,8 @@ from tests.fakes import Audio, Fail, FakeServer, Job, Stall
 from tests.fakes.fal_server import FalFake
 from tests.fakes.replicate_server import ReplicateFake
 
+pytestmark = pytest.mark.unit
+
 FAL_KEY = "fal-key-id:fal-key-secret-7f3a9c"
 REPLICATE_TOKEN = "r8_Secret0123456789abcdef"
 # Never contacted: for tests that only build a provider.

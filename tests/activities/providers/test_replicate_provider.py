@@ -16,6 +16,8 @@ from tests.activities.providers.support import INSTRUMENTAL, VOCALS, poll_to_end
 from tests.fakes import Job
 from tests.fakes.replicate_server import ReplicateFake
 
+pytestmark = pytest.mark.unit
+
 TOKEN = "r8_Secret0123456789abcdef"
 
 
