@@ -44,7 +44,7 @@ def settings_for_tests(pg_database_url):
 INI = """[pytest]
 markers =
   unit: unit tier
-addopts = --strict-markers -p no:cacheprovider -p no:asyncio
+addopts = --strict-markers -p no:cacheprovider
 """
 
 
@@ -73,6 +73,8 @@ def run(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, **files: str
 ) -> pytest.RunResult:
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    # the inner suites need only the fence: no plugin of this environment (a faster start)
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(**files)
     pytester.makeini(INI)
