@@ -238,8 +238,17 @@ class Proc:
     cwd: Path
     port: int | None = None  # where it serves, if it does
     process: subprocess.Popen[bytes] | None = None
+    log_offset: int = 0  # where this run's output starts in the log
+
+    def output(self) -> str:
+        """What the current run has logged so far."""
+        with contextlib.suppress(OSError), self.log.open("rb") as log:
+            log.seek(self.log_offset)
+            return log.read().decode(errors="replace")
+        return ""
 
     def start(self) -> Proc:
+        self.log_offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 self.command, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
@@ -281,7 +290,11 @@ class Proc:
                 os.killpg(self.process.pid, signum)
 
     def tail(self, chars: int = 3000) -> str:
-        return _tail(self.log, chars)
+        """The end of the log; for a temporal-server, its fatal message first (a Go stack
+        trace follows it and would fill the tail)."""
+        text = _tail(self.log, chars)
+        fatal = [line[:600] for line in self.output().splitlines() if '"level":"fatal"' in line]
+        return "\n".join([*fatal[-2:], text])
 
 
 def wait_until(
@@ -564,7 +577,7 @@ class TemporalCluster:
     def backend_starting(self) -> bool:
         """Until the system worker (in the backend process) has started its workers."""
         assert self.backend is not None
-        return "Started Worker" not in self.backend.tail(10_000_000)
+        return "Started Worker" not in self.backend.output()
 
     def wait_serving(self, timeout_s: float = 90) -> None:
         assert self.frontend is not None and self.backend is not None
@@ -723,8 +736,16 @@ class Topology:
             wait_until(lambda url=url: httpx.get(f"{url}/api/health/ready", timeout=5)
                        .status_code == 200, f"{proc.name} ready", timeout_s, [proc])  # fmt: skip
         for proc in self.workers:
-            wait_until(lambda proc=proc: "worker ready" in proc.tail(200_000),
+            wait_until(lambda proc=proc: "worker ready" in proc.output(),
                        f"{proc.name} ready", timeout_s, [proc])  # fmt: skip
+
+    def restore(self) -> None:
+        """Start again every API and worker that is not running (same port, same
+        settings), then wait until all are ready."""
+        for proc in [*self.apis, *self.workers]:
+            if not proc.alive():
+                proc.start()
+        self.wait_ready()
 
     def kill_worker(self, index: int) -> None:
         self.workers[index].kill()
