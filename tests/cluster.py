@@ -765,3 +765,72 @@ class Topology:
         for proc in self.workers:
             yield f"worker          pid {proc.pid}  metrics http://{LOOPBACK}:{proc.env['WORKER_METRICS_PORT']}/metrics"
         yield f"logs, certs     {self.dir}"
+
+
+# ------------------------------------------------------------------------------------
+# scripts/production-local: the same topology, for a person
+# ------------------------------------------------------------------------------------
+# Provider settings a person may bring; the tests set their own.
+PERSON_PASS_THROUGH = ("MUSIC_PROVIDERS", "MUSIC_PROVIDER", "FAL_KEY", "REPLICATE_API_TOKEN")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="scripts/production-local",
+        description="Start SoundFoundry's production topology on this machine; Ctrl-C stops "
+        "it and removes everything it made.",
+    )
+    parser.add_argument("--apis", type=int, default=2, help="API processes (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    args = parser.parse_args(argv)
+    if args.apis < 1 or args.workers < 1:
+        parser.error("need at least one API and one worker")
+    env = {name: os.environ[name] for name in PERSON_PASS_THROUGH if os.environ.get(name)}
+    env.setdefault("MUSIC_PROVIDERS", "synth")  # no key, no cost: the local synthesizer
+    stopping: list[int] = []
+
+    def stop_on(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop_on)
+    print("starting: PostgreSQL, versitygw, temporal-server (frontend; history+matching+worker), "
+          f"{args.apis} API and {args.workers} worker processes ...", flush=True)  # fmt: skip
+    topology = Topology(apis=args.apis, workers=args.workers, env=env)
+    try:
+        topology.start()
+        token = _run([str(SOUNDFOUNDRY), "users", "create", "--name", "you", "--plan", "pro",
+                      "--credits", "1000"], what="soundfoundry users create",
+                     env=topology.env).strip().splitlines()[-1]  # fmt: skip
+        assert topology.temporal is not None
+        print("\nrunning:\n" + "\n".join(f"  {line}" for line in topology.describe()))
+        print("\nyour API token (user 'you', 1000 credits):\n  " + token)
+        print(f"\ntry:\n  curl -s -X POST {topology.api_urls[0]}/api/tracks "
+              f"-H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' "
+              "-d '{\"prompt\": \"warm ambient pad\", \"duration_s\": 10}'")  # fmt: skip
+        print("\nthe temporal CLI, as an operator (client certificate included):")
+        for name, value in topology.temporal.client_env(topology.temporal.operator).items():
+            print(f"  export {name}={shlex.quote(value)}")
+        print("  .venv/bin/temporal workflow list")
+        print("\nCtrl-C stops everything.", flush=True)
+        while True:
+            for proc in [topology.temporal.frontend, topology.temporal.backend,
+                         *topology.apis, *topology.workers]:  # fmt: skip
+                if proc is not None and not proc.alive():
+                    print(f"\n{proc.name} exited; its log:\n{proc.tail()}", file=sys.stderr)
+                    return 1
+            time.sleep(1)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        print("\nstopping ...", flush=True)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup
+        topology.stop()
+        print("stopped; nothing left behind.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
