@@ -17,7 +17,7 @@ TEMPORAL_NAMESPACE, TEMPORAL_TLS_*), never through settings of our own.
     with Topology(env={"MUSIC_PROVIDERS": "synth"}) as topology:
         topology.api_urls            # two APIs: spread requests as a load balancer would
         topology.kill_worker(0)      # SIGKILL
-        topology.temporal.restart_frontend()
+        topology.cluster.restart_frontend()
 
 tests/e2e/test_cluster_*.py, bench/pipeline.py --topology and scripts/production-local
 use it. It lives here, outside the shipped packages, because it runs throwaway services
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import ipaddress
 import os
 import random
@@ -116,13 +117,27 @@ def temporal_schema_dir() -> Path:
 
 def _run(cmd: Sequence[str], *, what: str, env: Mapping[str, str] | None = None) -> str:
     done = subprocess.run(
-        list(cmd), env=dict(env) if env is not None else None,
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        list(cmd),
+        env=dict(env) if env is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     if done.returncode != 0:
-        raise ServiceError(f"{what} failed (exit {done.returncode}): {shlex.join(cmd)}\n"
-                           f"{done.stdout}{done.stderr}".rstrip())  # fmt: skip
+        raise ServiceError(
+            f"{what} failed (exit {done.returncode}): {shlex.join(cmd)}\n"
+            f"{done.stdout}{done.stderr}".rstrip()
+        )
     return done.stdout
+
+
+def _answers_ready(url: str) -> bool:
+    return httpx.get(url, timeout=5).status_code == 200
+
+
+def _logged(proc: Proc, text: str) -> bool:
+    return text in proc.output()
 
 
 def _listening(port: int) -> bool:
@@ -161,19 +176,27 @@ class CertificateAuthority:
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, key_cert_sign=True, crl_sign=True,
-                    content_commitment=False, key_encipherment=False, data_encipherment=False,
-                    key_agreement=False, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
-            )  # fmt: skip
+            )
             .sign(self._key, hashes.SHA256())
         )
         self.cert = directory / f"{name}-ca.pem"
         self.cert.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
     @staticmethod
-    def _builder(subject: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
+    def _builder(
+        subject: x509.Name, public_key: ec.EllipticCurvePublicKey
+    ) -> x509.CertificateBuilder:
         now = dt.datetime.now(dt.UTC)
         return (
             x509.CertificateBuilder()
@@ -191,15 +214,16 @@ class CertificateAuthority:
         key = ec.generate_private_key(ec.SECP256R1())
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
         builder = (
-            self._builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]),
-                          key.public_key())
+            self._builder(
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), key.public_key()
+            )
             .issuer_name(self._cert.subject)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
                 critical=False,
             )
-        )  # fmt: skip
+        )
         if server:
             usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
             builder = builder.add_extension(
@@ -251,9 +275,14 @@ class Proc:
         self.log_offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                self.command, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                self.command,
+                env=self.env,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     @property
@@ -413,58 +442,103 @@ class TemporalCluster:
             "SQL_PASSWORD": self.db_password,
         }
         for store, database in STORES.items():
-            _run([tool, "--db", database, "setup-schema", "-v", "0.0"],
-                 what=f"setup-schema {database}", env=env)  # fmt: skip
-            _run([tool, "--db", database, "update-schema", "-d", str(schema / store / "versioned")],
-                 what=f"update-schema {database}", env=env)  # fmt: skip
+            _run(
+                [tool, "--db", database, "setup-schema", "-v", "0.0"],
+                what=f"setup-schema {database}",
+                env=env,
+            )
+            _run(
+                [tool, "--db", database, "update-schema", "-d", str(schema / store / "versioned")],
+                what=f"update-schema {database}",
+                env=env,
+            )
 
-    def cli(self, *args: str, pair: KeyPair | None = None, check: bool = True
-            ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    def cli(
+        self, *args: str, pair: KeyPair | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """The real `temporal` CLI, configured only by the standard variables."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
         env.update(self.client_env(pair or self.operator))
         done = subprocess.run(
-            [str(temporal_cli_path()), *args], env=env,
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+            [str(temporal_cli_path()), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         if check and done.returncode != 0:
             raise ServiceError(f"temporal {shlex.join(args)} failed:\n{done.stderr}")
         return done
 
     def create_namespace(self) -> None:
-        if self.cli("operator", "namespace", "describe", "--namespace", self.namespace,
-                    check=False).returncode == 0:  # fmt: skip
+        if (
+            self.cli(
+                "operator", "namespace", "describe", "--namespace", self.namespace, check=False
+            ).returncode
+            == 0
+        ):
             return
-        self.cli("operator", "namespace", "create", "--namespace", self.namespace,
-                 "--retention", self.retention)  # fmt: skip
+        self.cli(
+            "operator",
+            "namespace",
+            "create",
+            "--namespace",
+            self.namespace,
+            "--retention",
+            self.retention,
+        )
 
     def register_search_attributes(self, timeout_s: float = 60) -> None:
         """Retried while the new namespace is not yet in the frontend's namespace cache
         ("Namespace default is not found" for a second or two after `create`)."""
-        pairs = [arg for name in SEARCH_ATTRIBUTE_NAMES for arg in ("--name", name, "--type", "Keyword")]
+        pairs = [
+            arg for name in SEARCH_ATTRIBUTE_NAMES for arg in ("--name", name, "--type", "Keyword")
+        ]
 
         def registered() -> bool:
-            done = self.cli("operator", "search-attribute", "create", "--namespace",
-                            self.namespace, *pairs, check=False)  # fmt: skip
+            done = self.cli(
+                "operator",
+                "search-attribute",
+                "create",
+                "--namespace",
+                self.namespace,
+                *pairs,
+                check=False,
+            )
             if done.returncode != 0 and "not found" not in done.stderr:
                 raise ServiceError(f"search-attribute create failed:\n{done.stderr}")
             return done.returncode == 0
 
         assert self.frontend is not None and self.backend is not None
-        wait_until(registered, "search attributes registered", timeout_s,
-                   [self.frontend, self.backend])  # fmt: skip
+        wait_until(
+            registered, "search attributes registered", timeout_s, [self.frontend, self.backend]
+        )
 
     def wait_search_attributes_usable(self, timeout_s: float = 60) -> None:
         """Until a start that sets every attribute is accepted: SQL visibility maps custom
         attributes per namespace, and each service's namespace cache learns of them on
         its next refresh, seconds after `search-attribute create` returned."""
-        attrs = [arg for name in SEARCH_ATTRIBUTE_NAMES
-                 for arg in ("--search-attribute", f'{name}="probe"')]  # fmt: skip
+        attrs = [
+            arg
+            for name in SEARCH_ATTRIBUTE_NAMES
+            for arg in ("--search-attribute", f'{name}="probe"')
+        ]
         probe = f"sf-attributes-probe-{secrets.token_hex(4)}"
 
         def accepted() -> bool:
-            done = self.cli("workflow", "start", "--type", "Probe", "--task-queue", probe,
-                            "--workflow-id", probe, *attrs, check=False)  # fmt: skip
+            done = self.cli(
+                "workflow",
+                "start",
+                "--type",
+                "Probe",
+                "--task-queue",
+                probe,
+                "--workflow-id",
+                probe,
+                *attrs,
+                check=False,
+            )
             return done.returncode == 0
 
         assert self.frontend is not None and self.backend is not None
@@ -474,17 +548,30 @@ class TemporalCluster:
     # -- services -------------------------------------------------------------------
     def _config(self) -> dict[str, object]:
         def store(database: str, conns: int) -> dict[str, object]:
-            return {"sql": {
-                "pluginName": "postgres12", "databaseName": database,
-                "connectAddr": f"{self.postgres.host}:{self.postgres.port}",
-                "connectProtocol": "tcp", "user": TEMPORAL_ROLE, "password": self.db_password,
-                # Per service and store: the connection budget of docs/deployment.md.
-                "maxConns": conns, "maxIdleConns": conns, "maxConnLifetime": "1h",
-            }}  # fmt: skip
+            return {
+                "sql": {
+                    "pluginName": "postgres12",
+                    "databaseName": database,
+                    "connectAddr": f"{self.postgres.host}:{self.postgres.port}",
+                    "connectProtocol": "tcp",
+                    "user": TEMPORAL_ROLE,
+                    "password": self.db_password,
+                    # Per service and store: the connection budget of docs/deployment.md.
+                    "maxConns": conns,
+                    "maxIdleConns": conns,
+                    "maxConnLifetime": "1h",
+                }
+            }
 
         def rpc(grpc: int, membership: int, **extra: int) -> dict[str, object]:
-            return {"rpc": {"grpcPort": grpc, "membershipPort": membership,
-                            "bindOnLocalHost": True, **extra}}  # fmt: skip
+            return {
+                "rpc": {
+                    "grpcPort": grpc,
+                    "membershipPort": membership,
+                    "bindOnLocalHost": True,
+                    **extra,
+                }
+            }
 
         p = self.ports
         client_tls = {"serverName": SERVER_NAME, "rootCaFiles": [str(self.ca.cert)]}
@@ -495,9 +582,11 @@ class TemporalCluster:
                 "numHistoryShards": self.history_shards,
                 "defaultStore": "default",
                 "visibilityStore": "visibility",
-                "datastores": {"default": store("temporal", 10),
-                               "visibility": store("temporal_visibility", 4)},
-            },  # fmt: skip
+                "datastores": {
+                    "default": store("temporal", 10),
+                    "visibility": store("temporal_visibility", 4),
+                },
+            },
             "global": {
                 "membership": {"maxJoinDuration": "30s", "broadcastAddress": LOOPBACK},
                 "tls": {
@@ -529,19 +618,32 @@ class TemporalCluster:
                 "failoverVersionIncrement": 10,
                 "masterClusterName": "active",
                 "currentClusterName": "active",
-                "clusterInformation": {"active": {
-                    "enabled": True, "initialFailoverVersion": 1,
-                    "rpcName": "frontend", "rpcAddress": self.address,
-                }},
-            },  # fmt: skip
+                "clusterInformation": {
+                    "active": {
+                        "enabled": True,
+                        "initialFailoverVersion": 1,
+                        "rpcName": "frontend",
+                        "rpcAddress": self.address,
+                    }
+                },
+            },
             "dcRedirectionPolicy": {"policy": "noop"},
             # The staging compose file mounts the same file.
             "dynamicConfigClient": {"filepath": str(DYNAMIC_CONFIG), "pollInterval": "10s"},
         }
 
     def _proc(self, name: str, services: Sequence[str]) -> Proc:
-        command = [str(temporal_server_path()), "--root", str(self.dir), "--config", "config",
-                   "--env", "topology", "--allow-no-auth", "start"]  # fmt: skip
+        command = [
+            str(temporal_server_path()),
+            "--root",
+            str(self.dir),
+            "--config",
+            "config",
+            "--env",
+            "topology",
+            "--allow-no-auth",
+            "start",
+        ]
         for service in services:
             command += ["--service", service]
         return Proc(name, command, dict(os.environ), self.dir / f"{name}.log", self.dir)
@@ -557,14 +659,19 @@ class TemporalCluster:
         # it at start-up and exits if it cannot within seconds. On a loaded machine it may
         # still lose that race: restarted as a service manager would (Restart=on-failure).
         self.frontend.start()
-        wait_until(lambda: _listening(self.ports.frontend), "the frontend's port", 60,
-                   [self.frontend])  # fmt: skip
+        wait_until(
+            lambda: _listening(self.ports.frontend), "the frontend's port", 60, [self.frontend]
+        )
         self.backend.start()
         for attempt in range(3):
             try:
                 self.wait_serving()
-                wait_until(lambda: not self.backend_starting(), "the system worker", 60,
-                           [self.frontend, self.backend])  # fmt: skip
+                wait_until(
+                    lambda: not self.backend_starting(),
+                    "the system worker",
+                    60,
+                    [self.frontend, self.backend],
+                )
                 break
             except ServiceError:
                 if self.backend.alive() or attempt == 2:
@@ -603,6 +710,50 @@ class TemporalCluster:
                 proc.stop(timeout=20)
 
 
+class DevTemporal:
+    """`temporal server start-dev` (SQLite file, no TLS) in place of the cluster, tuned and
+    with the search attributes as `soundfoundry dev` runs it: the same SoundFoundry
+    processes on the development server, for comparisons (bench/pipeline.py --topology)."""
+
+    def __init__(self, directory: Path, *, namespace: str = "default") -> None:
+        self.dir = directory
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.namespace = namespace
+        self.port = free_port()
+        self.frontend: Proc | None = None
+        self.backend: Proc | None = None  # one process does it all
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def client_env(self) -> dict[str, str]:
+        return {"TEMPORAL_ADDRESS": self.address, "TEMPORAL_NAMESPACE": self.namespace}
+
+    def start(self) -> None:
+        from soundfoundry.devstack import temporal_dev_command
+
+        command = temporal_dev_command(
+            temporal_cli_path(),
+            port=self.port,
+            ui_port=free_port(),
+            db_file=self.dir / "temporal.db",
+            namespace=self.namespace,
+        )
+        self.frontend = Proc(
+            "temporal-dev-server",
+            [*command, "--headless"],
+            dict(os.environ),
+            self.dir / "temporal-dev.log",
+            self.dir,
+        ).start()
+        wait_until(lambda: _listening(self.port), "the dev server", 60, [self.frontend])
+
+    def stop(self) -> None:
+        if self.frontend is not None:
+            self.frontend.stop(timeout=20)
+
+
 # ------------------------------------------------------------------------------------
 # The whole topology
 # ------------------------------------------------------------------------------------
@@ -611,10 +762,16 @@ class Topology:
     workers. `env` adds settings for the SoundFoundry processes (providers, timings)."""
 
     def __init__(
-        self, *, apis: int = 2, workers: int = 2, env: Mapping[str, str] | None = None,
+        self,
+        *,
+        apis: int = 2,
+        workers: int = 2,
+        env: Mapping[str, str] | None = None,
         directory: Path | None = None,
-    ) -> None:  # fmt: skip
+        dev_server: bool = False,
+    ) -> None:
         self.api_count, self.worker_count = apis, workers
+        self.dev_server = dev_server  # Temporal's dev server instead of the cluster
         self.extra_env = dict(env or {})
         self._own_dir = directory is None
         self.dir = directory or Path(tempfile.mkdtemp(prefix="sf-topology-"))
@@ -623,7 +780,7 @@ class Topology:
         self.temporal_db_password = secrets.token_hex(16)
         self.postgres: PostgresCluster | None = None
         self.s3: VersityGateway | None = None
-        self.temporal: TemporalCluster | None = None
+        self.temporal: TemporalCluster | DevTemporal | None = None
         self.apis: list[Proc] = []
         self.workers: list[Proc] = []
         self.env: dict[str, str] = {}
@@ -648,7 +805,12 @@ class Topology:
         self._init_databases()
         self.s3 = VersityGateway().start()
         bucket = self.s3.create_bucket("soundfoundry")
-        self.temporal = TemporalCluster(self.postgres, self.temporal_db_password, self.dir / "temporal")
+        if self.dev_server:
+            self.temporal = DevTemporal(self.dir / "temporal")
+        else:
+            self.temporal = TemporalCluster(
+                self.postgres, self.temporal_db_password, self.dir / "temporal"
+            )
         self.temporal.start()
         self.env = self._app_env(bucket)
         _run([str(SOUNDFOUNDRY), "migrate"], what="soundfoundry migrate", env=self.env)
@@ -674,38 +836,77 @@ class Topology:
     def _init_databases(self) -> None:
         """deploy/postgres/init.sql, the staging first boot: roles and databases."""
         assert self.postgres is not None
-        env = {**os.environ, "APP_DB_PASSWORD": self.app_db_password,
-               "TEMPORAL_DB_PASSWORD": self.temporal_db_password}  # fmt: skip
+        env = {
+            **os.environ,
+            "APP_DB_PASSWORD": self.app_db_password,
+            "TEMPORAL_DB_PASSWORD": self.temporal_db_password,
+        }
         psql = str(postgres_bindir() / "psql")
-        _run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.postgres.dsn("postgres"),
-              "-f", str(INIT_SQL)], what="init.sql", env=env)  # fmt: skip
+        _run(
+            [
+                psql,
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                self.postgres.dsn("postgres"),
+                "-f",
+                str(INIT_SQL),
+            ],
+            what="init.sql",
+            env=env,
+        )
+
+    @property
+    def cluster(self) -> TemporalCluster:
+        """The Temporal cluster (not the dev server)."""
+        assert isinstance(self.temporal, TemporalCluster), "started with dev_server=True"
+        return self.temporal
 
     @property
     def database_url(self) -> str:
         assert self.postgres is not None
-        return (f"postgresql+asyncpg://soundfoundry:{self.app_db_password}@"
-                f"{self.postgres.host}:{self.postgres.port}/soundfoundry")  # fmt: skip
+        return (
+            f"postgresql+asyncpg://soundfoundry:{self.app_db_password}@"
+            f"{self.postgres.host}:{self.postgres.port}/soundfoundry"
+        )
 
     def _app_env(self, bucket: str) -> dict[str, str]:
         assert self.s3 is not None and self.temporal is not None
         # Nothing inherited about Temporal, databases or storage: the topology decides.
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("TEMPORAL_", "DATABASE_", "STORAGE_", "S3_", "MUSIC_",
-                                    "SYNTH_", "FAL_", "REPLICATE_"))}  # fmt: skip
-        env.update({
-            "ENVIRONMENT": "test",
-            "LOG_LEVEL": "INFO",
-            "DATABASE_URL": self.database_url,
-            "STORAGE_BACKEND": "s3",
-            "S3_ENDPOINT": self.s3.endpoint,
-            "S3_ACCESS_KEY": self.s3.access_key,
-            "S3_SECRET_KEY": self.s3.secret_key,
-            "S3_BUCKET": bucket,
-            "S3_REGION": self.s3.region,
-            "SECRET_KEY": secrets.token_hex(24),
-            "SEARCH_ATTRIBUTES_ENABLED": "true",
-            **self.temporal.client_env(),
-        })  # fmt: skip
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(
+                (
+                    "TEMPORAL_",
+                    "DATABASE_",
+                    "STORAGE_",
+                    "S3_",
+                    "MUSIC_",
+                    "SYNTH_",
+                    "FAL_",
+                    "REPLICATE_",
+                )
+            )
+        }
+        env.update(
+            {
+                "ENVIRONMENT": "test",
+                "LOG_LEVEL": "INFO",
+                "DATABASE_URL": self.database_url,
+                "STORAGE_BACKEND": "s3",
+                "S3_ENDPOINT": self.s3.endpoint,
+                "S3_ACCESS_KEY": self.s3.access_key,
+                "S3_SECRET_KEY": self.s3.secret_key,
+                "S3_BUCKET": bucket,
+                "S3_REGION": self.s3.region,
+                "SECRET_KEY": secrets.token_hex(24),
+                "SEARCH_ATTRIBUTES_ENABLED": "true",
+                **self.temporal.client_env(),
+            }
+        )
         env.update(self.extra_env)
         return env
 
@@ -713,16 +914,27 @@ class Topology:
     def spawn_worker(self) -> Proc:
         index = len(self.workers)
         env = {**self.env, "WORKER_METRICS_PORT": str(free_port())}
-        proc = Proc(f"worker-{index}", [str(SOUNDFOUNDRY), "worker"], env,
-                    self.dir / f"worker-{index}.log", self.dir).start()  # fmt: skip
+        proc = Proc(
+            f"worker-{index}",
+            [str(SOUNDFOUNDRY), "worker"],
+            env,
+            self.dir / f"worker-{index}.log",
+            self.dir,
+        ).start()
         self.workers.append(proc)
         return proc
 
     def spawn_api(self) -> Proc:
         index, port = len(self.apis), free_port()
         env = {**self.env, "PUBLIC_BASE_URL": f"http://{LOOPBACK}:{port}"}
-        proc = Proc(f"api-{index}", [str(SOUNDFOUNDRY), "api", "--port", str(port)], env,
-                    self.dir / f"api-{index}.log", self.dir, port=port)  # fmt: skip
+        proc = Proc(
+            f"api-{index}",
+            [str(SOUNDFOUNDRY), "api", "--port", str(port)],
+            env,
+            self.dir / f"api-{index}.log",
+            self.dir,
+            port=port,
+        )
         self.apis.append(proc.start())
         return proc
 
@@ -733,11 +945,11 @@ class Topology:
     def wait_ready(self, timeout_s: float = 120) -> None:
         """Every API ready and every worker polling."""
         for proc, url in zip(self.apis, self.api_urls, strict=True):
-            wait_until(lambda url=url: httpx.get(f"{url}/api/health/ready", timeout=5)
-                       .status_code == 200, f"{proc.name} ready", timeout_s, [proc])  # fmt: skip
+            ready = functools.partial(_answers_ready, f"{url}/api/health/ready")
+            wait_until(ready, f"{proc.name} ready", timeout_s, [proc])
         for proc in self.workers:
-            wait_until(lambda proc=proc: "worker ready" in proc.output(),
-                       f"{proc.name} ready", timeout_s, [proc])  # fmt: skip
+            polling = functools.partial(_logged, proc, "worker ready")
+            wait_until(polling, f"{proc.name} ready", timeout_s, [proc])
 
     def restore(self) -> None:
         """Start again every API and worker that is not running (same port, same
@@ -757,9 +969,16 @@ class Topology:
         """Where everything is, for a person."""
         assert self.postgres is not None and self.s3 is not None and self.temporal is not None
         t = self.temporal
-        yield f"PostgreSQL      {self.postgres.host}:{self.postgres.port}  (databases soundfoundry, temporal, temporal_visibility)"
+        pg = f"{self.postgres.host}:{self.postgres.port}"
+        yield f"PostgreSQL      {pg}  (databases soundfoundry, temporal, temporal_visibility)"
         yield f"S3 (versitygw)  {self.s3.endpoint}  bucket {self.env['S3_BUCKET']}"
-        yield f"Temporal        frontend {t.address} (mTLS), pids frontend {t.frontend.pid if t.frontend else '-'}, history+matching+worker {t.backend.pid if t.backend else '-'}"
+        front = t.frontend.pid if t.frontend else "-"
+        if isinstance(t, DevTemporal):
+            yield f"Temporal        dev server {t.address} (pid {front})"
+        else:
+            back = t.backend.pid if t.backend else "-"
+            yield f"Temporal        frontend {t.address} (mTLS, pid {front})"
+            yield f"                history+matching+worker (pid {back})"
         for proc, url in zip(self.apis, self.api_urls, strict=True):
             yield f"API             {url}  (pid {proc.pid})"
         for proc in self.workers:
@@ -797,28 +1016,52 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, stop_on)
-    print("starting: PostgreSQL, versitygw, temporal-server (frontend; history+matching+worker), "
-          f"{args.apis} API and {args.workers} worker processes ...", flush=True)  # fmt: skip
+    print(
+        "starting: PostgreSQL, versitygw, temporal-server (frontend; history+matching+worker), "
+        f"{args.apis} API and {args.workers} worker processes ...",
+        flush=True,
+    )
     topology = Topology(apis=args.apis, workers=args.workers, env=env)
     try:
         topology.start()
-        token = _run([str(SOUNDFOUNDRY), "users", "create", "--name", "you", "--plan", "pro",
-                      "--credits", "1000"], what="soundfoundry users create",
-                     env=topology.env).strip().splitlines()[-1]  # fmt: skip
-        assert topology.temporal is not None
+        token = (
+            _run(
+                [
+                    str(SOUNDFOUNDRY),
+                    "users",
+                    "create",
+                    "--name",
+                    "you",
+                    "--plan",
+                    "pro",
+                    "--credits",
+                    "1000",
+                ],
+                what="soundfoundry users create",
+                env=topology.env,
+            )
+            .strip()
+            .splitlines()[-1]
+        )
         print("\nrunning:\n" + "\n".join(f"  {line}" for line in topology.describe()))
         print("\nyour API token (user 'you', 1000 credits):\n  " + token)
-        print(f"\ntry:\n  curl -s -X POST {topology.api_urls[0]}/api/tracks "
-              f"-H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' "
-              "-d '{\"prompt\": \"warm ambient pad\", \"duration_s\": 10}'")  # fmt: skip
+        print(
+            f"\ntry:\n  curl -s -X POST {topology.api_urls[0]}/api/tracks "
+            f"-H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' "
+            '-d \'{"prompt": "warm ambient pad", "duration_s": 10}\''
+        )
         print("\nthe temporal CLI, as an operator (client certificate included):")
-        for name, value in topology.temporal.client_env(topology.temporal.operator).items():
+        for name, value in topology.cluster.client_env(topology.cluster.operator).items():
             print(f"  export {name}={shlex.quote(value)}")
         print("  .venv/bin/temporal workflow list")
         print("\nCtrl-C stops everything.", flush=True)
         while True:
-            for proc in [topology.temporal.frontend, topology.temporal.backend,
-                         *topology.apis, *topology.workers]:  # fmt: skip
+            for proc in [
+                topology.cluster.frontend,
+                topology.cluster.backend,
+                *topology.apis,
+                *topology.workers,
+            ]:
                 if proc is not None and not proc.alive():
                     print(f"\n{proc.name} exited; its log:\n{proc.tail()}", file=sys.stderr)
                     return 1

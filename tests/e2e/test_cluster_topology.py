@@ -130,10 +130,11 @@ class Client:
 
     async def create(self, n: int) -> dict[str, Any]:
         response = await self.request(
-            "POST", "/api/tracks",
+            "POST",
+            "/api/tracks",
             json={"prompt": f"cluster burst {n}", "duration_s": 10},
             headers={"Idempotency-Key": f"burst-{uuid.uuid4().hex}"},
-        )  # fmt: skip
+        )
         assert response.status_code in (201, 202), response.text
         created: dict[str, Any] = response.json()
         return created
@@ -142,7 +143,9 @@ class Client:
         job: dict[str, Any] = (await self.request("GET", f"/api/jobs/{job_id}")).json()
         return job
 
-    async def wait_all(self, job_ids: list[str], until: set[str], timeout_s: float) -> dict[str, dict[str, Any]]:
+    async def wait_all(
+        self, job_ids: list[str], until: set[str], timeout_s: float
+    ) -> dict[str, dict[str, Any]]:
         deadline = time.monotonic() + timeout_s
         seen: dict[str, dict[str, Any]] = {}
         while True:
@@ -158,7 +161,9 @@ class Client:
 
 
 @pytest_asyncio.fixture
-async def user(topology: Topology, sessions: SessionFactory) -> AsyncIterator[tuple[uuid.UUID, Client]]:
+async def user(
+    topology: Topology, sessions: SessionFactory
+) -> AsyncIterator[tuple[uuid.UUID, Client]]:
     created, token = await create_user(sessions, f"u-{uuid.uuid4().hex[:6]}", 1000, Plan.PRO)
     client = Client(topology.api_urls, token)
     try:
@@ -238,8 +243,7 @@ async def test_every_track_completes_across_a_frontend_restart(
     fal.script(jobs=[FakeJob(running_s=4)] * n)
     created = [await client.create(i) for i in range(n)]
     await eventually(lambda: fal.submissions >= n // 2, timeout_s=30, what="submissions")
-    assert topology.temporal is not None
-    await asyncio.to_thread(topology.temporal.restart_frontend, 2.0)
+    await asyncio.to_thread(topology.cluster.restart_frontend, 2.0)
     job_ids = [c["job_id"] for c in created]
     jobs = await client.wait_all(job_ids, {"COMPLETE", "FAILED", "CANCELLED", "TERMINATED"}, 180)
     assert {job["status"] for job in jobs.values()} == {"COMPLETE"}
@@ -265,9 +269,8 @@ async def test_cli_ends_a_run_and_the_database_and_provider_follow(
     created = await client.create(0)
     await eventually(lambda: fal.polls > 0, timeout_s=30, what="fal polling")
     (fal_job,) = [job for job in fal.jobs.values() if not job.done]
-    assert topology.temporal is not None
     await asyncio.to_thread(
-        topology.temporal.cli, "workflow", action, "--workflow-id", created["workflow_id"]
+        topology.cluster.cli, "workflow", action, "--workflow-id", created["workflow_id"]
     )
     ended = time.monotonic()
     want = "TERMINATED" if action == "terminate" else "CANCELLED"
@@ -291,9 +294,13 @@ def doctor(topology: Topology, **overrides: str | None) -> subprocess.CompletedP
         else:
             env[name] = value
     return subprocess.run(
-        [str(SOUNDFOUNDRY), "doctor"], env=env,
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [str(SOUNDFOUNDRY), "doctor"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def temporal_line(output: str) -> str:
