@@ -33,6 +33,8 @@ from tests.services import LOOPBACK, ServiceError, _stop_process, _SyncService, 
 
 TEMPORAL_SERVER_VERSION = "1.29.1"
 ADMIN = ["temporal-system:admin"]
+# The internal frontend serves the server's own system worker without authorization.
+SERVICES = ("frontend", "internal-frontend", "history", "matching", "worker")
 
 
 def temporal_server_path() -> Path:
@@ -222,11 +224,13 @@ class SecureTemporal(_SyncService):
             )
 
         def store(name: str) -> str:
+            # In memory, as the server's own development config: file databases shared by
+            # the services' separate pools lock each other out.
             return (
                 f"    {name}:\n      sql:\n        pluginName: sqlite\n"
-                f"        databaseName: {self.folder / (name + '.db')}\n"
+                "        databaseName: default\n"
                 "        connectAddr: localhost\n        connectProtocol: tcp\n"
-                "        connectAttributes:\n          cache: private\n          setup: true\n"
+                "        connectAttributes:\n          mode: memory\n          cache: private\n"
                 "        maxConns: 1\n        maxIdleConns: 1\n"
             )
 
@@ -251,10 +255,7 @@ class SecureTemporal(_SyncService):
             f"        requireClientAuth: true\n        clientCaFiles: [{self.ca.cert}]\n"
             + authorization
             + "services:\n"
-            + "".join(
-                service(n)
-                for n in ("frontend", "internal-frontend", "history", "matching", "worker")
-            )
+            + "".join(service(name) for name in SERVICES)
             + "clusterMetadata:\n  enableGlobalNamespace: false\n  failoverVersionIncrement: 10\n"
             "  masterClusterName: active\n  currentClusterName: active\n  clusterInformation:\n"
             "    active:\n      enabled: true\n      initialFailoverVersion: 1\n"
@@ -263,8 +264,7 @@ class SecureTemporal(_SyncService):
         )
 
     def _start(self) -> None:
-        names = ["frontend", "internal-frontend", "history", "matching", "worker"]
-        ports = {n + s: free_port() for n in names for s in ("", "-m")}
+        ports = {n + s: free_port() for n in SERVICES for s in ("", "-m")}
         ports.update({"frontend-h": free_port(), "internal-frontend-h": free_port()})
         self.port = ports["frontend"]
         config_dir = self.folder / "config"
@@ -274,7 +274,8 @@ class SecureTemporal(_SyncService):
         with log.open("wb") as out:
             self._proc = subprocess.Popen(
                 [str(temporal_server_path()), "--root", "/", "--config", str(config_dir),
-                 "--env", "secure", "--allow-no-auth", "start"],
+                 "--env", "secure", "--allow-no-auth", "start",
+                 *(arg for name in SERVICES for arg in ("--service", name))],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         self._wait_ready(log)
