@@ -233,9 +233,8 @@ def report(results: list[Result], load_at_start: tuple[float, float, float]) -> 
             for r in results
         ]
         print(f"  {name:<{width - 2}}" + "".join(f"{v:<34}" for v in values))
-    for r in results:
-        total = sum(r.cpu_ms_per_track.values())
-        print(f"  total, {r.label:<{width - 9}}{total:.0f} ms")
+    totals = [f"{sum(r.cpu_ms_per_track.values()):.0f} ms" for r in results]
+    print(f"  {'all processes':<{width - 2}}" + "".join(f"{v:<34}" for v in totals))
 
 
 async def run(args: argparse.Namespace) -> int:
