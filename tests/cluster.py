@@ -829,7 +829,8 @@ class Topology:
             if service is not None:
                 with contextlib.suppress(Exception):
                     service.stop()
-        if self._own_dir:
+        # SF_TOPOLOGY_KEEP=1 keeps the logs (and certificates) for a post-mortem.
+        if self._own_dir and not os.environ.get("SF_TOPOLOGY_KEEP"):
             shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- set-up steps ---------------------------------------------------------------

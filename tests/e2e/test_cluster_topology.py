@@ -112,20 +112,24 @@ class Client:
         self.auth = {"Authorization": f"Bearer {token}"}
         self.http = httpx.AsyncClient(timeout=30)
         self._next = 0
+        self.retried = 0  # requests an API could not answer, sent to the next one
 
     async def request(
         self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any
     ) -> httpx.Response:
         last: Exception | None = None
-        for _ in range(2 * len(self.urls)):
-            url = self.urls[self._next % len(self.urls)]
-            self._next += 1
+        first = self._next
+        self._next += 1
+        # Round robin over requests; a request's retries go to the next API and around.
+        for attempt in range(2 * len(self.urls)):
+            url = self.urls[(first + attempt) % len(self.urls)]
             try:
                 return await self.http.request(
                     method, url + path, headers={**self.auth, **(headers or {})}, **kwargs
                 )
             except httpx.TransportError as exc:
                 last = exc
+                self.retried += 1
         raise AssertionError(f"no API answered {method} {path}: {last}")
 
     async def create(self, n: int) -> dict[str, Any]:
@@ -218,7 +222,7 @@ async def test_burst_survives_a_killed_worker_and_a_killed_api(
         return created
 
     created = await asyncio.gather(*(create(n) for n in range(BURST)))
-    assert killed.is_set()
+    assert killed.is_set() and client.retried > 0, "no create met the killed API"
     job_ids = [c["job_id"] for c in created]
     assert len(set(job_ids)) == BURST
     jobs = await client.wait_all(job_ids, {"COMPLETE", "FAILED", "CANCELLED", "TERMINATED"}, 240)
@@ -243,7 +247,12 @@ async def test_every_track_completes_across_a_frontend_restart(
     fal.script(jobs=[FakeJob(running_s=4)] * n)
     created = [await client.create(i) for i in range(n)]
     await eventually(lambda: fal.submissions >= n // 2, timeout_s=30, what="submissions")
+    backend = topology.cluster.backend
+    assert backend is not None
+    backend_pid = backend.pid
     await asyncio.to_thread(topology.cluster.restart_frontend, 2.0)
+    # Only the frontend went down: history and matching ran on in their own process.
+    assert backend.alive() and backend.pid == backend_pid
     job_ids = [c["job_id"] for c in created]
     jobs = await client.wait_all(job_ids, {"COMPLETE", "FAILED", "CANCELLED", "TERMINATED"}, 180)
     assert {job["status"] for job in jobs.values()} == {"COMPLETE"}
