@@ -62,6 +62,7 @@ from tests.services import (
     PostgresCluster,
     ServiceError,
     VersityGateway,
+    _SyncService,
     free_port,
     postgres_bindir,
     temporal_cli_path,
@@ -757,7 +758,7 @@ class DevTemporal:
 # ------------------------------------------------------------------------------------
 # The whole topology
 # ------------------------------------------------------------------------------------
-class Topology:
+class Topology(_SyncService):
     """Postgres, S3, a Temporal cluster and SoundFoundry as `apis` APIs and `workers`
     workers. `env` adds settings for the SoundFoundry processes (providers, timings)."""
 
@@ -785,21 +786,7 @@ class Topology:
         self.workers: list[Proc] = []
         self.env: dict[str, str] = {}
 
-    # -- lifecycle ------------------------------------------------------------------
-    def __enter__(self) -> Topology:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> Topology:
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
+    # -- lifecycle (start(), stop() and `with` from _SyncService) ---------------------
     def _start(self) -> None:
         self.postgres = PostgresCluster(database="postgres").start()
         self._init_databases()
