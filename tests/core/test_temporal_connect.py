@@ -34,7 +34,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureTemporal]
 
 def settings_for(env: dict[str, str]) -> Settings:
     """Settings from exactly these variables (as fields: no .env, no process environment)."""
-    return Settings(_env_file=None, **{key.lower(): value for key, value in env.items()})
+    return Settings.model_validate({key.lower(): value for key, value in env.items()})
 
 
 async def temporal_line(settings: Settings) -> str:
@@ -96,7 +96,7 @@ async def test_a_temporal_toml_profile_serves_like_the_cli(
     assert settings.temporal_address == secure.address
     await describe_namespace(await client_for(settings), temporal_connection(settings))
     # The key read from the profile's file is scrubbed from logs like any secret.
-    key_text = Path(env["TEMPORAL_TLS_CLIENT_KEY_PATH"]).read_text().strip()
+    key_text = (await asyncio.to_thread(secure.client_pem.key.read_text)).strip()
     scrub = SecretScrubber(settings.secret_values()).scrub_text
     assert scrub(f"x {env['TEMPORAL_API_KEY']} {key_text} y") == "x [redacted] [redacted] y"
 
