@@ -117,14 +117,6 @@ async def describe_namespace(
         raise TemporalUnavailable(explain(exc, connection)) from None
 
 
-def client_connection(client: Client) -> TemporalConnection:
-    """What a connected client reaches, for its messages (no secrets)."""
-    config = client.service_client.config
-    return TemporalConnection(
-        config.target_host, client.namespace, api_key=config.api_key, tls=config.tls or False
-    )
-
-
 class SearchAttributesMissing(Exception):
     """The attributes are not registered and this identity may not register them; str() says
     what to run."""

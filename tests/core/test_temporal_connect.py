@@ -19,7 +19,9 @@ from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
 from core.logging import SecretScrubber
 from core.settings import Settings
 from core.temporal import client_for, describe_namespace, temporal_connection
+from core.temporal_config import load_connection
 from core.temporal_errors import TemporalUnavailable
+from soundfoundry.devstack import dev_environment
 from soundfoundry.doctor import check_temporal
 from tests.tls_server import SecureTemporal
 
@@ -185,3 +187,39 @@ async def test_worker_start_up_with_a_bad_api_key_never_prints_it(
     assert "rejected our API key" in worker.stderr, worker.stderr
     assert key not in worker.stderr + worker.stdout
     assert "Traceback" not in worker.stderr
+
+
+def test_precedence_settings_then_environment_then_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("TEMPORAL_"):
+            monkeypatch.delenv(name)
+    (tmp_path / "temporal.toml").write_text(
+        '[profile.default]\naddress = "profile-host:7233"\nnamespace = "from-profile"\n'
+    )
+    monkeypatch.setenv("TEMPORAL_CONFIG_FILE", str(tmp_path / "temporal.toml"))
+    assert temporal_connection(Settings(_env_file=None)).describe() == (
+        "profile-host:7233, namespace from-profile (plaintext)"
+    )
+    monkeypatch.setenv("TEMPORAL_ADDRESS", "env-host:7233")
+    settings = Settings(_env_file=None)
+    assert (settings.temporal_address, settings.temporal_namespace) == (
+        "env-host:7233",
+        "from-profile",
+    )
+    explicit = Settings(_env_file=None, temporal_namespace="given")
+    assert temporal_connection(explicit).namespace == "given"
+
+
+def test_the_dev_stack_keeps_a_shells_cloud_settings_away_from_its_own_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TEMPORAL_ADDRESS", raising=False)
+    monkeypatch.setenv("TEMPORAL_API_KEY", "cloud-key-" + "x" * 20)
+    monkeypatch.setenv("TEMPORAL_TLS_CLIENT_CERT_PATH", "/somewhere/cert.pem")
+    monkeypatch.setenv("TEMPORAL_PROFILE", "cloud")
+    env = dev_environment(8000, 17233, 8233)
+    connection = load_connection({k: v for k, v in env.items() if k.startswith("TEMPORAL_")})
+    assert connection.describe() == "127.0.0.1:17233, namespace default (plaintext)"
