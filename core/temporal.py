@@ -226,3 +226,27 @@ async def wait_until_usable(client: Client, timeout_s: float = USABLE_WAIT_S) ->
                 f"Temporal still refuses our search attributes after {timeout_s:.0f} s: {reason}"
             )
         await asyncio.sleep(0.5)
+
+
+@dataclass(frozen=True)
+class NamespaceReadiness:
+    namespace: DescribeNamespaceResponse
+    attributes: SearchAttributeState
+    # How long Temporal took to accept the attributes on new workflows.
+    waited_s: float
+
+
+async def make_namespace_ready(
+    client: Client, settings: Settings, *, attributes: bool = True
+) -> NamespaceReadiness:
+    """What a track start needs: the namespace exists and is ours to use, and (with
+    `attributes`) our search attributes are registered (by us where we may) and accepted on
+    new workflows. Raises TemporalUnavailable or SearchAttributesMissing, one sentence."""
+    described = await describe_namespace(client, temporal_connection(settings))
+    if not attributes:
+        return NamespaceReadiness(described, SearchAttributeState([]), 0.0)
+    state = await ensure_search_attributes(client, settings.temporal_namespace)
+    started = time.monotonic()
+    # Just added, they are refused for a while (the server's namespace cache).
+    await wait_until_usable(client)
+    return NamespaceReadiness(described, state, time.monotonic() - started)
