@@ -19,26 +19,33 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from temporalio.api.enums.v1 import IndexedValueType
+from google.protobuf.duration_pb2 import Duration
+from temporalio.api.common.v1 import WorkflowType
+from temporalio.api.enums.v1 import (
+    IndexedValueType,
+    WorkflowIdConflictPolicy,
+    WorkflowIdReusePolicy,
+)
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
     ListSearchAttributesRequest,
 )
-from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, DescribeNamespaceResponse
-from temporalio.client import Client, Interceptor, WorkflowHandle
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import (
+    DescribeNamespaceRequest,
+    DescribeNamespaceResponse,
+    StartWorkflowExecutionRequest,
 )
+from temporalio.client import Client, Interceptor
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.converter import encode_search_attributes
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -190,28 +197,34 @@ async def ensure_search_attributes(client: Client, namespace: str) -> SearchAttr
 
 async def search_attributes_usable(client: Client) -> str | None:
     """None when a workflow start carrying every attribute would pass Temporal's check,
-    else the server's reason (an attribute unknown, or not yet in the namespace cache)."""
+    else the server's reason (an attribute unknown, or not yet in the namespace cache).
+
+    A bare service call, so client interceptors (tracing, tests' faults) never see it as
+    one of our starts."""
+    request = StartWorkflowExecutionRequest(
+        namespace=client.namespace,
+        workflow_id=PROBE_WORKFLOW_ID,
+        workflow_type=WorkflowType(name=PROBE_WORKFLOW_TYPE),
+        task_queue=TaskQueue(name=PROBE_TASK_QUEUE),
+        # Created the first time only; closed by this timeout, nobody polls its queue.
+        workflow_execution_timeout=Duration(seconds=1),
+        request_id=str(uuid.uuid4()),
+        identity=client.identity,
+        workflow_id_reuse_policy=WorkflowIdReusePolicy.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+        workflow_id_conflict_policy=WorkflowIdConflictPolicy.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
+    )
     probe = TypedSearchAttributes(
         [SearchAttributePair(key, "probe") for key in SEARCH_ATTRIBUTES]  # type: ignore[misc]
     )
+    encode_search_attributes(probe, request.search_attributes)
     try:
-        handle: WorkflowHandle[object, object] = await client.start_workflow(
-            PROBE_WORKFLOW_TYPE,
-            id=PROBE_WORKFLOW_ID,
-            task_queue=PROBE_TASK_QUEUE,
-            search_attributes=probe,
-            execution_timeout=timedelta(seconds=1),
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            rpc_timeout=CHECK_TIMEOUT,
-        )
-    except WorkflowAlreadyStartedError:
-        return None
+        await client.workflow_service.start_workflow_execution(request, timeout=CHECK_TIMEOUT)
     except RPCError as exc:
+        if exc.status is RPCStatusCode.ALREADY_EXISTS:
+            return None  # checked the attributes, then found the probe: usable
         if exc.status is RPCStatusCode.INVALID_ARGUMENT:
             return exc.message
         raise
-    del handle  # created now; it times out by itself
     return None
 
 
