@@ -189,6 +189,7 @@ async def test_worker_start_up_with_a_bad_api_key_never_prints_it(
     assert "Traceback" not in worker.stderr
 
 
+@pytest.mark.unit
 def test_precedence_settings_then_environment_then_profile(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -212,6 +213,7 @@ def test_precedence_settings_then_environment_then_profile(
     assert temporal_connection(explicit).namespace == "given"
 
 
+@pytest.mark.unit
 def test_the_dev_stack_keeps_a_shells_cloud_settings_away_from_its_own_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
