@@ -5,6 +5,7 @@ temporal-server with mTLS on its frontend and JWT authorization (tests/tls_serve
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from core.temporal_config import load_connection
 from core.temporal_errors import TemporalUnavailable
 from soundfoundry.devstack import dev_environment
 from soundfoundry.doctor import check_temporal
+from tests.services import free_port
 from tests.tls_server import SecureTemporal
 
 SOUNDFOUNDRY = Path(sys.executable).parent / "soundfoundry"
@@ -174,6 +176,39 @@ async def test_doctor_and_worker_say_a_tls_only_server_needs_tls_in_one_line(
     assert worker.returncode != 0
     assert "Traceback" not in worker.stderr, worker.stderr
     assert worker.stderr.strip().splitlines()[-1].startswith("refusing to start: Temporal at")
+
+
+def _spawn_api(temporal: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
+    env.update(temporal, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [str(SOUNDFOUNDRY), "api", "--port", str(free_port())],
+        env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+async def test_the_api_says_at_start_up_in_one_line_why_tracks_cannot_start(
+    secure: SecureTemporal, tmp_path: Path
+) -> None:
+    """The API serves anyway (readiness keeps it out of rotation); its log says why."""
+    api = _spawn_api({"TEMPORAL_ADDRESS": secure.address}, tmp_path)
+    assert api.stdout is not None
+    stdout = api.stdout
+
+    def not_ready_line() -> dict[str, str]:
+        for line in stdout:
+            if b"temporal not ready" in line:
+                record: dict[str, str] = json.loads(line)
+                return record
+        raise AssertionError("the API exited without saying")
+
+    try:
+        record = await asyncio.wait_for(asyncio.to_thread(not_ready_line), 60)
+    finally:
+        api.terminate()
+        api.wait(timeout=30)
+    assert "most likely requires TLS" in record["reason"], record
+    assert "\n" not in record["reason"] and "exception" not in record
 
 
 async def test_worker_start_up_with_a_bad_api_key_never_prints_it(
