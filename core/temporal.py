@@ -50,9 +50,12 @@ from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.contracts import SEARCH_ATTRIBUTES
+from core.logging import get_logger
 from core.settings import Settings
 from core.temporal_config import TemporalConfigError, TemporalConnection, load_connection
 from core.temporal_errors import TemporalUnavailable, explain
+
+log = get_logger("soundfoundry.temporal")
 
 SEARCH_ATTRIBUTE_NAMES = tuple(key.name for key in SEARCH_ATTRIBUTES)
 KEYWORD = IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
@@ -107,8 +110,7 @@ async def client_for(
             runtime=runtime,
         )
     except Exception as exc:
-        # The SDK's error can be a page of transport detail; the sentence is what helps.
-        raise TemporalUnavailable(explain(exc, connection)) from None
+        raise _unavailable(exc, connection) from None
 
 
 async def describe_namespace(
@@ -121,7 +123,14 @@ async def describe_namespace(
             DescribeNamespaceRequest(namespace=connection.namespace), timeout=CHECK_TIMEOUT
         )
     except Exception as exc:
-        raise TemporalUnavailable(explain(exc, connection)) from None
+        raise _unavailable(exc, connection) from None
+
+
+def _unavailable(error: Exception, connection: TemporalConnection) -> TemporalUnavailable:
+    # The SDK's error can be a page of transport detail: the sentence is what operators
+    # read; the detail stays at debug level (scrubbed like every log line).
+    log.debug("temporal call failed", error=f"{type(error).__name__}: {error}")
+    return TemporalUnavailable(explain(error, connection))
 
 
 class SearchAttributesMissing(Exception):
