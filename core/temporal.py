@@ -73,6 +73,9 @@ PROBE_TASK_QUEUE = "soundfoundry-search-attribute-probe"
 # Temporal refreshes its namespace cache every 10 s by default; attributes just added are
 # usable once every service has refreshed.
 USABLE_WAIT_S = 60.0
+# How a server says this identity may not list or add search attributes: an authorizer's
+# refusal, or an operator service that is not offered to it at all.
+NOT_OURS = frozenset({RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNIMPLEMENTED})
 
 
 def temporal_connection(settings: Settings) -> TemporalConnection:
@@ -157,7 +160,7 @@ def create_command(namespace: str, names: Sequence[str]) -> str:
 
 async def missing_search_attributes(client: Client, namespace: str) -> list[str]:
     """Our attributes `namespace` lacks (or has with another type). Needs the right to
-    list them (raises RPCError PERMISSION_DENIED otherwise)."""
+    list them (raises RPCError otherwise: see NOT_OURS)."""
     registered = await client.operator_service.list_search_attributes(
         ListSearchAttributesRequest(namespace=namespace), timeout=CHECK_TIMEOUT
     )
@@ -181,7 +184,7 @@ async def ensure_search_attributes(client: Client, namespace: str) -> SearchAttr
     try:
         missing = await missing_search_attributes(client, namespace)
     except RPCError as exc:
-        if exc.status is not RPCStatusCode.PERMISSION_DENIED:
+        if exc.status not in NOT_OURS:
             raise
         if await search_attributes_usable(client) is None:
             return SearchAttributeState([], listed=False)
@@ -196,7 +199,7 @@ async def ensure_search_attributes(client: Client, namespace: str) -> SearchAttr
             timeout=CHECK_TIMEOUT,
         )
     except RPCError as exc:
-        if exc.status is RPCStatusCode.PERMISSION_DENIED:
+        if exc.status in NOT_OURS:
             raise SearchAttributesMissing(namespace, missing) from None
         # Another worker registered them first.
         if exc.status is not RPCStatusCode.ALREADY_EXISTS:
@@ -264,11 +267,15 @@ async def make_namespace_ready(
     """What a track start needs: the namespace exists and is ours to use, and (with
     `attributes`) our search attributes are registered (by us where we may) and accepted on
     new workflows. Raises TemporalUnavailable or SearchAttributesMissing, one sentence."""
-    described = await describe_namespace(client, temporal_connection(settings))
+    connection = temporal_connection(settings)
+    described = await describe_namespace(client, connection)
     if not attributes:
         return NamespaceReadiness(described, SearchAttributeState([]), 0.0)
-    state = await ensure_search_attributes(client, settings.temporal_namespace)
-    started = time.monotonic()
-    # Just added, they are refused for a while (the server's namespace cache).
-    await wait_until_usable(client)
+    try:
+        state = await ensure_search_attributes(client, settings.temporal_namespace)
+        started = time.monotonic()
+        # Just added, they are refused for a while (the server's namespace cache).
+        await wait_until_usable(client)
+    except RPCError as exc:
+        raise _unavailable(exc, connection) from None
     return NamespaceReadiness(described, state, time.monotonic() - started)
