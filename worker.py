@@ -46,10 +46,8 @@ from core.telemetry import configure_tracing, init_sentry
 from core.temporal import (
     SearchAttributesMissing,
     client_for,
-    describe_namespace,
-    ensure_search_attributes,
+    make_namespace_ready,
     temporal_connection,
-    wait_until_usable,
 )
 from core.temporal_errors import TemporalUnavailable
 from domain.tracks.jobs import JobStore
@@ -235,14 +233,12 @@ async def connect_ready(settings: Settings, runtime: Runtime | None) -> Client:
     server. Anything else ends start-up with one sentence saying what is wrong."""
     try:
         client = await client_for(settings, runtime=runtime)
-        await describe_namespace(client, temporal_connection(settings))
-        if settings.search_attributes_enabled:
-            state = await ensure_search_attributes(client, settings.temporal_namespace)
-            if state.added:
-                log.info("search attributes registered", names=state.added)
-            # Just added, they are refused for a while (the server's namespace cache):
-            # 'worker ready' must mean a create would succeed.
-            await wait_until_usable(client)
+        # 'worker ready' must mean a create would succeed.
+        ready = await make_namespace_ready(
+            client, settings, attributes=settings.search_attributes_enabled
+        )
+        if ready.attributes.added:
+            log.info("search attributes registered", names=ready.attributes.added)
     except (TemporalUnavailable, SearchAttributesMissing) as exc:
         raise SystemExit(f"refusing to start: {exc}") from None
     return client

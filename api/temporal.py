@@ -81,6 +81,15 @@ class TemporalGateway:
             f" {create_command(namespace, SEARCH_ATTRIBUTE_NAMES)}"
         )
 
+    async def report(self) -> None:
+        """One log line at start-up: whether tracks can start, else why. The API serves
+        either way; /api/health/ready keeps it out of rotation until they can."""
+        problem = await self.problem()
+        if problem is not None:
+            log.warning("temporal not ready", reason=problem)
+        else:
+            log.info("temporal ready", temporal=temporal_connection(self._settings).describe())
+
     async def healthy(self) -> bool:
         return await self.problem() is None
 

@@ -19,33 +19,43 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from temporalio.api.enums.v1 import IndexedValueType
+from google.protobuf.duration_pb2 import Duration
+from temporalio.api.common.v1 import WorkflowType
+from temporalio.api.enums.v1 import (
+    IndexedValueType,
+    WorkflowIdConflictPolicy,
+    WorkflowIdReusePolicy,
+)
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
     ListSearchAttributesRequest,
 )
-from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, DescribeNamespaceResponse
-from temporalio.client import Client, Interceptor, WorkflowHandle
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import (
+    DescribeNamespaceRequest,
+    DescribeNamespaceResponse,
+    StartWorkflowExecutionRequest,
 )
+from temporalio.client import Client, Interceptor
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.converter import encode_search_attributes
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.contracts import SEARCH_ATTRIBUTES
+from core.logging import get_logger
 from core.settings import Settings
 from core.temporal_config import TemporalConfigError, TemporalConnection, load_connection
 from core.temporal_errors import TemporalUnavailable, explain
+
+log = get_logger("soundfoundry.temporal")
 
 SEARCH_ATTRIBUTE_NAMES = tuple(key.name for key in SEARCH_ATTRIBUTES)
 KEYWORD = IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
@@ -63,6 +73,9 @@ PROBE_TASK_QUEUE = "soundfoundry-search-attribute-probe"
 # Temporal refreshes its namespace cache every 10 s by default; attributes just added are
 # usable once every service has refreshed.
 USABLE_WAIT_S = 60.0
+# How a server says this identity may not list or add search attributes: an authorizer's
+# refusal, or an operator service that is not offered to it at all.
+NOT_OURS = frozenset({RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNIMPLEMENTED})
 
 
 def temporal_connection(settings: Settings) -> TemporalConnection:
@@ -100,8 +113,7 @@ async def client_for(
             runtime=runtime,
         )
     except Exception as exc:
-        # The SDK's error can be a page of transport detail; the sentence is what helps.
-        raise TemporalUnavailable(explain(exc, connection)) from None
+        raise _unavailable(exc, connection) from None
 
 
 async def describe_namespace(
@@ -114,15 +126,14 @@ async def describe_namespace(
             DescribeNamespaceRequest(namespace=connection.namespace), timeout=CHECK_TIMEOUT
         )
     except Exception as exc:
-        raise TemporalUnavailable(explain(exc, connection)) from None
+        raise _unavailable(exc, connection) from None
 
 
-def client_connection(client: Client) -> TemporalConnection:
-    """What a connected client reaches, for its messages (no secrets)."""
-    config = client.service_client.config
-    return TemporalConnection(
-        config.target_host, client.namespace, api_key=config.api_key, tls=config.tls or False
-    )
+def _unavailable(error: Exception, connection: TemporalConnection) -> TemporalUnavailable:
+    # The SDK's error can be a page of transport detail: the sentence is what operators
+    # read; the detail stays at debug level (scrubbed like every log line).
+    log.debug("temporal call failed", error=f"{type(error).__name__}: {error}")
+    return TemporalUnavailable(explain(error, connection))
 
 
 class SearchAttributesMissing(Exception):
@@ -149,7 +160,7 @@ def create_command(namespace: str, names: Sequence[str]) -> str:
 
 async def missing_search_attributes(client: Client, namespace: str) -> list[str]:
     """Our attributes `namespace` lacks (or has with another type). Needs the right to
-    list them (raises RPCError PERMISSION_DENIED otherwise)."""
+    list them (raises RPCError otherwise: see NOT_OURS)."""
     registered = await client.operator_service.list_search_attributes(
         ListSearchAttributesRequest(namespace=namespace), timeout=CHECK_TIMEOUT
     )
@@ -173,7 +184,7 @@ async def ensure_search_attributes(client: Client, namespace: str) -> SearchAttr
     try:
         missing = await missing_search_attributes(client, namespace)
     except RPCError as exc:
-        if exc.status is not RPCStatusCode.PERMISSION_DENIED:
+        if exc.status not in NOT_OURS:
             raise
         if await search_attributes_usable(client) is None:
             return SearchAttributeState([], listed=False)
@@ -188,7 +199,7 @@ async def ensure_search_attributes(client: Client, namespace: str) -> SearchAttr
             timeout=CHECK_TIMEOUT,
         )
     except RPCError as exc:
-        if exc.status is RPCStatusCode.PERMISSION_DENIED:
+        if exc.status in NOT_OURS:
             raise SearchAttributesMissing(namespace, missing) from None
         # Another worker registered them first.
         if exc.status is not RPCStatusCode.ALREADY_EXISTS:
@@ -198,28 +209,34 @@ async def ensure_search_attributes(client: Client, namespace: str) -> SearchAttr
 
 async def search_attributes_usable(client: Client) -> str | None:
     """None when a workflow start carrying every attribute would pass Temporal's check,
-    else the server's reason (an attribute unknown, or not yet in the namespace cache)."""
+    else the server's reason (an attribute unknown, or not yet in the namespace cache).
+
+    A bare service call, so client interceptors (tracing, tests' faults) never see it as
+    one of our starts."""
+    request = StartWorkflowExecutionRequest(
+        namespace=client.namespace,
+        workflow_id=PROBE_WORKFLOW_ID,
+        workflow_type=WorkflowType(name=PROBE_WORKFLOW_TYPE),
+        task_queue=TaskQueue(name=PROBE_TASK_QUEUE),
+        # Created the first time only; closed by this timeout, nobody polls its queue.
+        workflow_execution_timeout=Duration(seconds=1),
+        request_id=str(uuid.uuid4()),
+        identity=client.identity,
+        workflow_id_reuse_policy=WorkflowIdReusePolicy.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+        workflow_id_conflict_policy=WorkflowIdConflictPolicy.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
+    )
     probe = TypedSearchAttributes(
         [SearchAttributePair(key, "probe") for key in SEARCH_ATTRIBUTES]  # type: ignore[misc]
     )
+    encode_search_attributes(probe, request.search_attributes)
     try:
-        handle: WorkflowHandle[object, object] = await client.start_workflow(
-            PROBE_WORKFLOW_TYPE,
-            id=PROBE_WORKFLOW_ID,
-            task_queue=PROBE_TASK_QUEUE,
-            search_attributes=probe,
-            execution_timeout=timedelta(seconds=1),
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            rpc_timeout=CHECK_TIMEOUT,
-        )
-    except WorkflowAlreadyStartedError:
-        return None
+        await client.workflow_service.start_workflow_execution(request, timeout=CHECK_TIMEOUT)
     except RPCError as exc:
+        if exc.status is RPCStatusCode.ALREADY_EXISTS:
+            return None  # checked the attributes, then found the probe: usable
         if exc.status is RPCStatusCode.INVALID_ARGUMENT:
             return exc.message
         raise
-    del handle  # created now; it times out by itself
     return None
 
 
@@ -234,3 +251,31 @@ async def wait_until_usable(client: Client, timeout_s: float = USABLE_WAIT_S) ->
                 f"Temporal still refuses our search attributes after {timeout_s:.0f} s: {reason}"
             )
         await asyncio.sleep(0.5)
+
+
+@dataclass(frozen=True)
+class NamespaceReadiness:
+    namespace: DescribeNamespaceResponse
+    attributes: SearchAttributeState
+    # How long Temporal took to accept the attributes on new workflows.
+    waited_s: float
+
+
+async def make_namespace_ready(
+    client: Client, settings: Settings, *, attributes: bool = True
+) -> NamespaceReadiness:
+    """What a track start needs: the namespace exists and is ours to use, and (with
+    `attributes`) our search attributes are registered (by us where we may) and accepted on
+    new workflows. Raises TemporalUnavailable or SearchAttributesMissing, one sentence."""
+    connection = temporal_connection(settings)
+    described = await describe_namespace(client, connection)
+    if not attributes:
+        return NamespaceReadiness(described, SearchAttributeState([]), 0.0)
+    try:
+        state = await ensure_search_attributes(client, settings.temporal_namespace)
+        started = time.monotonic()
+        # Just added, they are refused for a while (the server's namespace cache).
+        await wait_until_usable(client)
+    except RPCError as exc:
+        raise _unavailable(exc, connection) from None
+    return NamespaceReadiness(described, state, time.monotonic() - started)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from activities.providers.registry import ProviderRegistry
 from core.db import create_engine
@@ -18,6 +18,7 @@ from core.s3_storage import S3Storage
 from core.settings import Settings
 from core.storage import LocalStorage, build_storage
 from core.temporal import (
+    NOT_OURS,
     client_for,
     create_command,
     describe_namespace,
@@ -65,7 +66,7 @@ async def check_temporal(settings: Settings) -> Check:
     try:
         missing = await missing_search_attributes(client, namespace)
     except RPCError as exc:
-        if exc.status is not RPCStatusCode.PERMISSION_DENIED:
+        if exc.status not in NOT_OURS:
             raise
         missing = []  # not ours to list: the probe below tells whether they work
     if missing:

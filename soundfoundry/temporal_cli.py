@@ -8,7 +8,6 @@ them, and reports the namespace's retention against the minimum SoundFoundry nee
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -22,10 +21,8 @@ from core.temporal import (
     SEARCH_ATTRIBUTE_NAMES,
     SearchAttributesMissing,
     client_for,
-    describe_namespace,
-    ensure_search_attributes,
+    make_namespace_ready,
     temporal_connection,
-    wait_until_usable,
 )
 from core.temporal_errors import TemporalUnavailable
 
@@ -51,20 +48,20 @@ class SetupReport:
 
 async def setup_namespace() -> SetupReport:
     settings = get_settings()
-    connection = temporal_connection(settings)
-    client = await client_for(settings)
-    described = await describe_namespace(client, connection)
-    ttl = described.config.workflow_execution_retention_ttl
+    ready = await make_namespace_ready(await client_for(settings), settings)
+    config = ready.namespace.config
     retention = (
-        ttl.ToTimedelta() if described.config.HasField("workflow_execution_retention_ttl") else None
+        config.workflow_execution_retention_ttl.ToTimedelta()
+        if config.HasField("workflow_execution_retention_ttl")
+        else None
     )
-    report = SetupReport(connection.describe(), retention)
-    state = await ensure_search_attributes(client, connection.namespace)
-    report.added, report.listed = state.added, state.listed
-    started = time.monotonic()
-    await wait_until_usable(client)
-    report.usable_after_s = time.monotonic() - started
-    return report
+    return SetupReport(
+        temporal_connection(settings).describe(),
+        retention,
+        ready.attributes.added,
+        ready.attributes.listed,
+        ready.waited_s,
+    )
 
 
 def _show(report: SetupReport, out: Console) -> int:

@@ -3,8 +3,8 @@ its frontend (a throwaway CA), optionally JWT authorization (the server's defaul
 authorizer and claim mapper, keys served from a loopback JWKS), SQLite persistence with
 SQL visibility and no dynamic config (so the namespace cache lags as in production).
 
-Small on purpose: tests/cluster.py (the production topology, Postgres) is where this
-belongs once it lands; the CA and the token minting are the parts worth keeping.
+The production topology (Postgres, separate processes) is tests/cluster.py, whose CA and
+server binary this shares; this one adds the JWT authorizer and starts in seconds.
 
     with SecureTemporal(tmp_path, authorization=True) as server:
         env = server.client_env(permissions=["default:write"])   # TEMPORAL_* variables
@@ -13,119 +13,26 @@ belongs once it lands; the CA and the token minting are the parts worth keeping.
 from __future__ import annotations
 
 import base64
-import datetime
 import http.server
 import json
-import os
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID
 
+from tests.cluster import CertificateAuthority, temporal_server_path
 from tests.services import LOOPBACK, ServiceError, _stop_process, _SyncService, _tail, free_port
 
-TEMPORAL_SERVER_VERSION = "1.29.1"
 ADMIN = ["temporal-system:admin"]
 # The internal frontend serves the server's own system worker without authorization.
 SERVICES = ("frontend", "internal-frontend", "history", "matching", "worker")
 
 
-def temporal_server_path() -> Path:
-    """$TEMPORAL_SERVER, the setup.sh cache, or the topology helper's build."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    candidates = [
-        Path(os.environ.get("TEMPORAL_SERVER", "/nonexistent")),
-        base / "soundfoundry" / "bin" / f"temporal-server-{TEMPORAL_SERVER_VERSION}",
-        Path("/tmp/tsbuild/bin/server"),
-    ]
-    for path in candidates:
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
-    raise ServiceError(
-        f"temporal-server {TEMPORAL_SERVER_VERSION} not found; run scripts/setup.sh --test"
-    )
-
-
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-@dataclass(frozen=True)
-class Pem:
-    cert: Path
-    key: Path
-
-
-class CertificateAuthority:
-    """A throwaway CA that issues server and client certificates into `folder`."""
-
-    def __init__(self, folder: Path, name: str) -> None:
-        self.folder = folder
-        self.name = name
-        folder.mkdir(parents=True, exist_ok=True)
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        self._cert = (
-            self._builder(subject, self._key.public_key())
-            .issuer_name(subject)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                critical=True,
-            )
-            .sign(self._key, hashes.SHA256())
-        )
-        self.cert = folder / f"{name}.pem"
-        self.cert.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
-
-    @staticmethod
-    def _builder(subject: x509.Name, public_key: Any) -> x509.CertificateBuilder:
-        now = datetime.datetime.now(datetime.UTC)
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-        )
-
-    def issue(self, name: str, *, server: bool = False) -> Pem:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        usage = (
-            x509.ExtendedKeyUsageOID.SERVER_AUTH if server else x509.ExtendedKeyUsageOID.CLIENT_AUTH
-        )
-        builder = (
-            self._builder(subject, key.public_key())
-            .issuer_name(self._cert.subject)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        )
-        if server:
-            san = [
-                x509.DNSName("localhost"),
-                x509.IPAddress(__import__("ipaddress").ip_address(LOOPBACK)),
-            ]
-            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        cert = builder.sign(self._key, hashes.SHA256())
-        pem = Pem(self.folder / f"{self.name}-{name}.pem", self.folder / f"{self.name}-{name}.key")
-        pem.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        pem.key.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        pem.key.chmod(0o600)
-        return pem
 
 
 class JwtIssuer:
@@ -187,6 +94,7 @@ class SecureTemporal(_SyncService):
         self.folder = folder
         self.authorization = authorization
         self.start_timeout = start_timeout
+        (folder / "pki").mkdir(parents=True, exist_ok=True)
         self.ca = CertificateAuthority(folder / "pki", "test-ca")
         self.other_ca = CertificateAuthority(folder / "pki", "other-ca")
         self.server_pem = self.ca.issue("frontend", server=True)

@@ -5,6 +5,7 @@ temporal-server with mTLS on its frontend and JWT authorization (tests/tls_serve
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -19,8 +20,11 @@ from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
 from core.logging import SecretScrubber
 from core.settings import Settings
 from core.temporal import client_for, describe_namespace, temporal_connection
+from core.temporal_config import load_connection
 from core.temporal_errors import TemporalUnavailable
+from soundfoundry.devstack import dev_environment
 from soundfoundry.doctor import check_temporal
+from tests.services import free_port
 from tests.tls_server import SecureTemporal
 
 SOUNDFOUNDRY = Path(sys.executable).parent / "soundfoundry"
@@ -34,7 +38,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureTemporal]
 
 def settings_for(env: dict[str, str]) -> Settings:
     """Settings from exactly these variables (as fields: no .env, no process environment)."""
-    return Settings(_env_file=None, **{key.lower(): value for key, value in env.items()})
+    return Settings.model_validate({key.lower(): value for key, value in env.items()})
 
 
 async def temporal_line(settings: Settings) -> str:
@@ -96,7 +100,7 @@ async def test_a_temporal_toml_profile_serves_like_the_cli(
     assert settings.temporal_address == secure.address
     await describe_namespace(await client_for(settings), temporal_connection(settings))
     # The key read from the profile's file is scrubbed from logs like any secret.
-    key_text = Path(env["TEMPORAL_TLS_CLIENT_KEY_PATH"]).read_text().strip()
+    key_text = (await asyncio.to_thread(secure.client_pem.key.read_text)).strip()
     scrub = SecretScrubber(settings.secret_values()).scrub_text
     assert scrub(f"x {env['TEMPORAL_API_KEY']} {key_text} y") == "x [redacted] [redacted] y"
 
@@ -174,6 +178,39 @@ async def test_doctor_and_worker_say_a_tls_only_server_needs_tls_in_one_line(
     assert worker.stderr.strip().splitlines()[-1].startswith("refusing to start: Temporal at")
 
 
+def _spawn_api(temporal: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
+    env.update(temporal, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [str(SOUNDFOUNDRY), "api", "--port", str(free_port())],
+        env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+async def test_the_api_says_at_start_up_in_one_line_why_tracks_cannot_start(
+    secure: SecureTemporal, tmp_path: Path
+) -> None:
+    """The API serves anyway (readiness keeps it out of rotation); its log says why."""
+    api = _spawn_api({"TEMPORAL_ADDRESS": secure.address}, tmp_path)
+    assert api.stdout is not None
+    stdout = api.stdout
+
+    def not_ready_line() -> dict[str, str]:
+        for line in stdout:
+            if b"temporal not ready" in line:
+                record: dict[str, str] = json.loads(line)
+                return record
+        raise AssertionError("the API exited without saying")
+
+    try:
+        record = await asyncio.wait_for(asyncio.to_thread(not_ready_line), 60)
+    finally:
+        api.terminate()
+        api.wait(timeout=30)
+    assert "most likely requires TLS" in record["reason"], record
+    assert "\n" not in record["reason"] and "exception" not in record
+
+
 async def test_worker_start_up_with_a_bad_api_key_never_prints_it(
     secure: SecureTemporal, tmp_path: Path
 ) -> None:
@@ -185,3 +222,41 @@ async def test_worker_start_up_with_a_bad_api_key_never_prints_it(
     assert "rejected our API key" in worker.stderr, worker.stderr
     assert key not in worker.stderr + worker.stdout
     assert "Traceback" not in worker.stderr
+
+
+@pytest.mark.unit
+def test_precedence_settings_then_environment_then_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("TEMPORAL_"):
+            monkeypatch.delenv(name)
+    (tmp_path / "temporal.toml").write_text(
+        '[profile.default]\naddress = "profile-host:7233"\nnamespace = "from-profile"\n'
+    )
+    monkeypatch.setenv("TEMPORAL_CONFIG_FILE", str(tmp_path / "temporal.toml"))
+    assert temporal_connection(Settings(_env_file=None)).describe() == (
+        "profile-host:7233, namespace from-profile (plaintext)"
+    )
+    monkeypatch.setenv("TEMPORAL_ADDRESS", "env-host:7233")
+    settings = Settings(_env_file=None)
+    assert (settings.temporal_address, settings.temporal_namespace) == (
+        "env-host:7233",
+        "from-profile",
+    )
+    explicit = Settings(_env_file=None, temporal_namespace="given")
+    assert temporal_connection(explicit).namespace == "given"
+
+
+@pytest.mark.unit
+def test_the_dev_stack_keeps_a_shells_cloud_settings_away_from_its_own_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TEMPORAL_ADDRESS", raising=False)
+    monkeypatch.setenv("TEMPORAL_API_KEY", "cloud-key-" + "x" * 20)
+    monkeypatch.setenv("TEMPORAL_TLS_CLIENT_CERT_PATH", "/somewhere/cert.pem")
+    monkeypatch.setenv("TEMPORAL_PROFILE", "cloud")
+    env = dev_environment(8000, 17233, 8233)
+    connection = load_connection({k: v for k, v in env.items() if k.startswith("TEMPORAL_")})
+    assert connection.describe() == "127.0.0.1:17233, namespace default (plaintext)"
