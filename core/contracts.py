@@ -26,7 +26,7 @@ PROVIDER_EVENT_SIGNAL = "provider_event"
 # Keyword search attributes on every track workflow, so operators find a job by them in
 # the Web UI and `temporal workflow list --query`. The API sets the first three at start;
 # the workflow keeps JobStatus and Provider current. Registered on the namespace by every
-# worker at start-up (`core.temporal.register_search_attributes`).
+# worker at start-up (`core.temporal.ensure_search_attributes`).
 TRACK_ID_ATTRIBUTE = SearchAttributeKey.for_keyword("TrackId")
 USER_ID_ATTRIBUTE = SearchAttributeKey.for_keyword("UserId")
 PROVIDER_ATTRIBUTE = SearchAttributeKey.for_keyword("Provider")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
+
+from core.temporal_config import TemporalConfigError, load_profile, temporal_secrets
 
 KNOWN_PROVIDERS = ("fal", "replicate", "synth")
 # `api` and `worker` refuse this SECRET_KEY, or a shorter one, outside development.
@@ -40,8 +43,25 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=10, ge=1)
     database_max_overflow: int = Field(default=10, ge=0)
 
+    # How to reach Temporal: the Temporal SDK's environment configuration, the variables and
+    # `temporal.toml` profiles the `temporal` CLI reads too (core/temporal_config.py).
+    # Precedence, highest first: a value passed to Settings(...), the process environment,
+    # `.env`, the profile in the TOML file, then these defaults.
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
+    temporal_profile: str | None = None
+    temporal_config_file: Path | None = None
+    # Temporal Cloud API key; turns TLS on unless TEMPORAL_TLS=false.
+    temporal_api_key: SecretStr | None = None
+    # None: TLS when a TLS setting or an API key is given, else plaintext.
+    temporal_tls: bool | None = None
+    temporal_tls_client_cert_path: Path | None = None
+    temporal_tls_client_cert_data: str | None = None
+    temporal_tls_client_key_path: Path | None = None
+    temporal_tls_client_key_data: SecretStr | None = None
+    temporal_tls_server_ca_cert_path: Path | None = None
+    temporal_tls_server_ca_cert_data: str | None = None
+    temporal_tls_server_name: str | None = None
     task_queue: str = "soundfoundry-tracks"
     temporal_ui_url: str = "http://localhost:8233"
     # TrackId/UserId/Provider/JobStatus must be registered on the namespace first.
@@ -228,6 +248,25 @@ class Settings(BaseSettings):
             raise ValueError(f"MP3 bitrate {value} kbps: choose one of {MP3_BITRATES_KBPS}")
         return value
 
+    @model_validator(mode="after")
+    def _temporal_target_from_profile(self) -> Self:
+        """TEMPORAL_ADDRESS/TEMPORAL_NAMESPACE not given: the TOML profile's, so every reader
+        of these two fields (links to the Temporal UI, the dev stack) sees where the client
+        connects. A profile that cannot be read leaves the defaults; the client factory
+        reports the problem when something connects."""
+        wanted = {"temporal_address", "temporal_namespace"} - self.model_fields_set
+        if not wanted:
+            return self
+        try:
+            profile = load_profile(self.temporal_environment())
+        except TemporalConfigError:
+            return self
+        if "temporal_address" in wanted and profile.address:
+            self.temporal_address = profile.address
+        if "temporal_namespace" in wanted and profile.namespace:
+            self.temporal_namespace = profile.namespace
+        return self
+
     @property
     def mastering_task_queue(self) -> str:
         return f"{self.task_queue}-mastering"
@@ -262,12 +301,32 @@ class Settings(BaseSettings):
             self.dev_login_secret,
             self.metrics_token,
             self.webhook_egress_proxy,
+            self.temporal_api_key,
+            self.temporal_tls_client_key_data,
         ]
         secrets = [v.get_secret_value() for v in values if v is not None]
+        secrets += temporal_secrets(self.temporal_environment())
         database_password = make_url(self.database_url).password
         if database_password:
             secrets.append(str(database_password))
         return secrets
+
+    def temporal_environment(self) -> dict[str, str]:
+        """The TEMPORAL_* variables the SDK's environment configuration reads: the process
+        environment's (TEMPORAL_GRPC_META_* and others SoundFoundry does not declare) and,
+        over them, the fields above that were given (from the environment, `.env` or
+        Settings(...)); defaults are left out so a TOML profile can supply them."""
+        env = {k: v for k, v in os.environ.items() if k.upper().startswith("TEMPORAL_")}
+        for name in self.model_fields_set:
+            value = getattr(self, name)
+            if not name.startswith("temporal_") or name == "temporal_ui_url" or value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[name.upper()] = str(value)
+        return env
 
     def secret_key_problem(self) -> str | None:
         """Why SECRET_KEY must not sign links here, or None; only development may use the

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from core.settings import get_settings
 from soundfoundry.backfill import backfill_app
+from soundfoundry.temporal_cli import run_with_temporal, temporal_app
 
 app = typer.Typer(help="SoundFoundry: prompt in, finished track out.", no_args_is_help=True)
 users_app = typer.Typer(help="Manage users and their tokens.", no_args_is_help=True)
@@ -26,6 +27,7 @@ app.add_typer(admin_app, name="admin")
 tokens_app = typer.Typer(help="A user's API tokens: create, list, revoke.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(backfill_app, name="backfill")
+app.add_typer(temporal_app, name="temporal")
 err = Console(stderr=True)
 
 
@@ -416,7 +418,7 @@ def admin_cancel(
     async def run() -> list[str]:
         return await cancel_matching(await client_for(get_settings()), criteria)
 
-    cancelled = asyncio.run(run())
+    cancelled = run_with_temporal(run())
     for workflow_id in cancelled:
         print(workflow_id)
     err.print(f"cancelled {len(cancelled)} workflow(s)")
@@ -525,6 +527,7 @@ def replay(
     limit: Annotated[int, typer.Option(min=1)] = 50,
 ) -> None:
     """Replay histories against the current workflow code to catch non-determinism."""
+    from core.temporal import client_for
     from soundfoundry import replay as replaying
 
     if not files and not query:
@@ -535,7 +538,7 @@ def replay(
         outcomes = await replaying.replay_files(list(files or []))
         if query:
             settings = get_settings()
-            client = await replaying.connect(settings.temporal_address, settings.temporal_namespace)
+            client = await client_for(settings)
             outcomes += [o async for o in replaying.replay_query(client, query, limit)]
         for outcome in outcomes:
             if outcome.error:
@@ -546,5 +549,5 @@ def replay(
         err.print(f"{len(outcomes) - failures} replayed cleanly, {failures} failed")
         return 1 if failures else 0
 
-    code = asyncio.run(run())
+    code = run_with_temporal(run())
     sys.exit(code)
