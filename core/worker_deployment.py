@@ -42,7 +42,7 @@ class VersionState:
     # drained (none left; the server re-checks every few minutes).
     status: str
     created: datetime | None
-    # Open workflows on this version; None when the server cannot count them.
+    # Open runs pinned to this version (None: not counted); a version drains to 0.
     running: int | None = None
 
 
@@ -92,11 +92,11 @@ async def describe(client: Client, name: str) -> DeploymentState | None:
 
 
 def running_query(version: WorkerDeploymentVersion) -> str:
-    """Visibility query for the open workflows on `version` (a pinned run stays on it)."""
-    return (
-        f"TemporalWorkerDeploymentVersion = '{version.to_canonical_string()}'"
-        " AND ExecutionStatus = 'Running'"
-    )
+    """Visibility query for the open runs pinned to `version`: the server's own test of
+    whether a version has drained (server 1.29 tags a pinned run's BuildIds with
+    `pinned:<deployment>:<build id>`)."""
+    tag = f"pinned:{version.deployment_name}:{version.build_id}"
+    return f"BuildIds = '{tag}' AND ExecutionStatus = 'Running'"
 
 
 async def running_on(client: Client, version: WorkerDeploymentVersion) -> int:
