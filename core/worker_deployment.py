@@ -8,6 +8,7 @@ calls of the WorkflowService RPCs (`temporal worker deployment ...` calls the sa
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,6 +17,7 @@ from temporalio.api.enums.v1 import WorkerDeploymentVersionStatus
 from temporalio.api.workflowservice.v1 import (
     DescribeWorkerDeploymentRequest,
     ListWorkerDeploymentsRequest,
+    ListWorkerDeploymentsResponse,
     SetWorkerDeploymentCurrentVersionRequest,
     SetWorkerDeploymentRampingVersionRequest,
 )
@@ -28,6 +30,7 @@ from core.logging import get_logger
 from core.settings import Settings
 
 IDENTITY = "soundfoundry"
+WorkerDeploymentSummary = ListWorkerDeploymentsResponse.WorkerDeploymentSummary
 log = get_logger("soundfoundry.deployment")
 
 
@@ -63,6 +66,8 @@ def _status(summary: WorkerDeploymentInfo.WorkerDeploymentVersionSummary) -> str
 
 async def describe(client: Client, name: str) -> DeploymentState | None:
     """The deployment as the server sees it, or None before any of its workers polled."""
+    if not await exists(client, name):
+        return None
     try:
         answer = await client.workflow_service.describe_worker_deployment(
             DescribeWorkerDeploymentRequest(namespace=client.namespace, deployment_name=name)
@@ -187,26 +192,38 @@ async def promote_if_first(
         await asyncio.sleep(0.2)
 
 
-async def versioning_in_use(client: Client) -> str | None:
-    """Why an unversioned worker must not start on this namespace, or None: a deployment
-    routes new work to a version, so an unversioned worker would get none of it."""
+async def _deployments(client: Client) -> AsyncIterator[WorkerDeploymentSummary]:
     page = b""
     while True:
         answer = await client.workflow_service.list_worker_deployments(
             ListWorkerDeploymentsRequest(namespace=client.namespace, next_page_token=page)
         )
         for summary in answer.worker_deployments:
-            routing = summary.routing_config
-            current = routing.current_deployment_version.build_id
-            if current or routing.ramping_deployment_version.build_id:
-                return (
-                    f"WORKER_VERSIONING is off, but namespace '{client.namespace}' routes new"
-                    f" work to worker deployment '{summary.name}' (current version:"
-                    f" {current or 'none'}); run versioned workers (WORKER_VERSIONING=on)"
-                )
+            yield summary
         page = answer.next_page_token
         if not page:
-            return None
+            return
+
+
+async def exists(client: Client, name: str) -> bool:
+    """Whether a worker of deployment `name` has polled yet (asked by listing: a describe
+    of a missing deployment makes the server log an error)."""
+    return any([summary.name == name async for summary in _deployments(client)])
+
+
+async def versioning_in_use(client: Client) -> str | None:
+    """Why an unversioned worker must not start on this namespace, or None: a deployment
+    routes new work to a version, so an unversioned worker would get none of it."""
+    async for summary in _deployments(client):
+        routing = summary.routing_config
+        current = routing.current_deployment_version.build_id
+        if current or routing.ramping_deployment_version.build_id:
+            return (
+                f"WORKER_VERSIONING is off, but namespace '{client.namespace}' routes new"
+                f" work to worker deployment '{summary.name}' (current version:"
+                f" {current or 'none'}); run versioned workers (WORKER_VERSIONING=on)"
+            )
+    return None
 
 
 class WorkerVersioning:

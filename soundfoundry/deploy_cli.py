@@ -8,8 +8,10 @@ pinned runs finish on its workers until it shows 0 open, then those workers stop
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -48,7 +50,16 @@ def _run(action: Callable[[Client, Settings], Awaitable[T]]) -> T:
         return asyncio.run(run())
     except RPCError as exc:
         err.print(f"[red]the server refused: {exc.message}[/]")
-        raise typer.Exit(1) from None
+        _exit(1)
+
+
+def _exit(code: int = 0) -> NoReturn:
+    """End the process without the interpreter's teardown: the Temporal client's Rust
+    threads can outlive it and abort a short-lived process at exit (temporalio/sdk-python
+    issue 300), which would turn a command that did its work into exit code -6."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _table(state: DeploymentState, mine: str) -> Table:
@@ -77,12 +88,13 @@ def status() -> None:
     name, namespace = settings.worker_deployment_name, settings.temporal_namespace
     if state is None:
         err.print(f"no worker of deployment '{name}' has polled namespace '{namespace}' yet")
-        raise typer.Exit(1)
+        _exit(1)
     out.print(f"worker deployment '{name}' on namespace '{namespace}'")
     out.print(f"current: {state.current or 'none (unversioned workers)'}")
     if state.ramping:
         out.print(f"ramping: {state.ramping} at {state.ramp_percentage:g}%")
     out.print(_table(state, build_id(settings)))
+    _exit()
 
 
 @deploy_app.command("set-current")
@@ -113,6 +125,7 @@ def set_current_version(
         out.print(f"{new_build_id} is current: new tracks start on it")
     else:
         out.print(f"{new_build_id} is ramping: {ramp:g}% of new tracks start on it")
+    _exit()
 
 
 @deploy_app.command("build-id")
