@@ -248,13 +248,13 @@ async def test_a_rollout_at_the_bad_moment_moves_no_run_and_pays_each_once(
     fresh = [await stack.create_track(auth, duration_s=6) for _ in range(2)]
     for created in fresh:
         job = await stack.wait_for_job(created["job_id"], auth, timeout_s=90)
-        assert job["status"] == JobStatus.COMPLETE, job
+        assert job["status"] == JobStatus.COMPLETE, (job.get("error_message"), job)
 
     # The provider finishes A's held jobs: A's worker collects, completes and masters.
     release(replicate, held)
     for created in [*waiting, mastering]:
         job = await stack.wait_for_job(created["job_id"], auth, timeout_s=180)
-        assert job["status"] == JobStatus.COMPLETE, job
+        assert job["status"] == JobStatus.COMPLETE, (job.get("error_message"), job)
 
     # A has drained (the server agrees); its worker stops cleanly.
     async def a_drained() -> bool:
