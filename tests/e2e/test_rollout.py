@@ -14,6 +14,7 @@ import dataclasses
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,11 +30,14 @@ from core.models import Plan
 from core.worker_deployment import describe
 from tests.conftest import PROJECT_ROOT, Stack, eventually
 from tests.e2e.rollout_variant import EXTRA_STEP
+from tests.e2e.test_cli import _answers as answers
+from tests.e2e.test_cli import run_cli
 from tests.e2e.test_operators import reconciler, temporal
 from tests.e2e.test_pay_once import ledger_states
 from tests.fakes import Job
 from tests.fakes.fixtures import fal, replicate, stack_overrides
 from tests.fakes.replicate_server import ReplicateFake
+from tests.services import start_dev_stack
 
 __all__ = ["fal", "reconciler", "replicate", "stack_overrides"]
 
@@ -310,3 +314,34 @@ async def test_an_unversioned_worker_refuses_where_versioning_is_in_use(
     reason = refused.stderr.strip().splitlines()[-1]
     assert reason.startswith("refusing to start: WORKER_VERSIONING is off"), refused.stderr
     assert stack.settings.worker_deployment_name in reason or "routes new work" in reason
+
+
+def test_the_dev_stack_makes_the_code_it_runs_current(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`soundfoundry dev` needs no rollout: each start makes its worker's version current,
+    also over a Temporal database an earlier version of the code left behind."""
+    for build_id, versions_seen in (("dev-1", {"dev-1"}), ("dev-2", {"dev-1", "dev-2"})):
+        monkeypatch.setenv("WORKER_BUILD_ID", build_id)
+        stack = start_dev_stack(tmp_path, SOUNDFOUNDRY)
+        env = {**stack.env, "TEMPORAL_ADDRESS": f"127.0.0.1:{stack.frontend}"}
+        try:
+            token_file = tmp_path / ".soundfoundry" / "dev-token"
+            deadline = time.monotonic() + 120
+            while not (token_file.exists() and answers(f"http://127.0.0.1:{stack.api}/api/health")):
+                assert stack.process.poll() is None, "soundfoundry dev exited early"
+                assert time.monotonic() < deadline, "the dev stack did not come up"
+                time.sleep(0.5)
+            out = run_cli(
+                "create", "Warm ambient pad", "--duration", "6", "--wait",
+                "--out", str(tmp_path / "out"), "--api-url", f"http://127.0.0.1:{stack.api}",
+                cwd=tmp_path, env={**env, "SOUNDFOUNDRY_TOKEN": token_file.read_text().strip()},
+            )  # fmt: skip
+            assert Path(out.strip().splitlines()[-1]).exists()
+            status = run_cli("deploy", "status", cwd=tmp_path, env=env)
+            assert f"current: {build_id}" in status, status
+            listed = {cells[0] for line in status.splitlines() if (cells := line.split())}
+            assert versions_seen <= listed, status
+        finally:
+            stack.process.send_signal(signal.SIGINT)
+            assert stack.process.wait(timeout=60) == 0
