@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypedDict
 
 from temporalio.api.deployment.v1 import WorkerDeploymentInfo
 from temporalio.api.enums.v1 import WorkerDeploymentVersionStatus
@@ -125,6 +126,24 @@ async def with_running_counts(client: Client, state: DeploymentState) -> Deploym
     )
 
 
+class _Naming(TypedDict):
+    """The fields every routing change names: where, which version, who asked."""
+
+    namespace: str
+    deployment_name: str
+    build_id: str
+    identity: str
+
+
+def _naming(client: Client, version: WorkerDeploymentVersion) -> _Naming:
+    return _Naming(
+        namespace=client.namespace,
+        deployment_name=version.deployment_name,
+        build_id=version.build_id,
+        identity=IDENTITY,
+    )
+
+
 async def set_current(
     client: Client, version: WorkerDeploymentVersion, *, conflict_token: bytes = b""
 ) -> None:
@@ -132,11 +151,7 @@ async def set_current(
     Clears a ramp to the same version."""
     await client.workflow_service.set_worker_deployment_current_version(
         SetWorkerDeploymentCurrentVersionRequest(
-            namespace=client.namespace,
-            deployment_name=version.deployment_name,
-            build_id=version.build_id,
-            conflict_token=conflict_token,
-            identity=IDENTITY,
+            **_naming(client, version), conflict_token=conflict_token
         )
     )
 
@@ -144,13 +159,7 @@ async def set_current(
 async def set_ramping(client: Client, version: WorkerDeploymentVersion, percentage: float) -> None:
     """Send `percentage` of new workflows to `version`, the rest to the current one."""
     await client.workflow_service.set_worker_deployment_ramping_version(
-        SetWorkerDeploymentRampingVersionRequest(
-            namespace=client.namespace,
-            deployment_name=version.deployment_name,
-            build_id=version.build_id,
-            percentage=percentage,
-            identity=IDENTITY,
-        )
+        SetWorkerDeploymentRampingVersionRequest(**_naming(client, version), percentage=percentage)
     )
 
 
