@@ -38,6 +38,7 @@ from activities.sweep import SweepActivities
 from activities.webhooks import WebhookActivities
 from core.contracts import RECONCILE_WORKFLOW, reconcile_schedule_id
 from core.db import create_engine, session_factory
+from core.deployment import deployment_config
 from core.logging import configure_logging, get_logger
 from core.metrics import WORKER_REGISTRY, MetricsServer, RemoteTextCollector, init_worker_series
 from core.settings import Settings, get_settings
@@ -50,6 +51,7 @@ from core.temporal import (
     temporal_connection,
 )
 from core.temporal_errors import TemporalUnavailable
+from core.worker_deployment import VersioningRefused, WorkerVersioning
 from domain.tracks.jobs import JobStore
 from workflows.provider_health import ProviderHealthWorkflow
 from workflows.reconcile import ReconcileWorkflow
@@ -71,22 +73,33 @@ def sdk_metrics_runtime() -> tuple[Runtime, str]:
 
 class Workers:
     """The worker process's Temporal workers, run together: the track queue's, and the
-    mastering queue's (CPU-heavy, at most WORKER_MAX_CONCURRENT_MASTERING at a time)."""
+    mastering queue's (CPU-heavy, at most WORKER_MAX_CONCURRENT_MASTERING at a time).
+    `before_start` may refuse the start; `after_start` runs once they poll."""
 
     def __init__(
-        self, *workers: Worker, after_stop: Callable[[], Awaitable[None]] | None = None
+        self,
+        *workers: Worker,
+        after_stop: Callable[[], Awaitable[None]] | None = None,
+        before_start: Callable[[], Awaitable[None]] | None = None,
+        after_start: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.workers = workers
         self._after_stop = after_stop
+        self._before_start = before_start
+        self._after_start = after_start
         self._running = AsyncExitStack()
 
     async def __aenter__(self) -> Workers:
+        if self._before_start is not None:
+            await self._before_start()
         async with AsyncExitStack() as starting:
             if self._after_stop is not None:
                 # Runs last: the workers' activities are done or cancelled by then.
                 starting.push_async_callback(self._after_stop)
             for worker in self.workers:
                 await starting.enter_async_context(worker)
+            if self._after_start is not None:
+                await self._after_start()
             self._running = starting.pop_all()
         return self
 
@@ -114,6 +127,7 @@ def build_worker(
     traced = any(isinstance(i, TracingInterceptor) for i in client.config()["interceptors"])
     interceptors = [] if traced else [TracingInterceptor()]
     shutdown = timedelta(seconds=settings.worker_graceful_shutdown_s)
+    deployment = deployment_config(settings)
     mastering = Worker(
         client,
         task_queue=settings.mastering_task_queue,
@@ -121,6 +135,7 @@ def build_worker(
         activities=[assets.master_audio],
         max_concurrent_activities=settings.worker_max_concurrent_mastering,
         graceful_shutdown_timeout=shutdown,
+        deployment_config=deployment,
     )
     tracks = Worker(
         client,
@@ -152,8 +167,16 @@ def build_worker(
         # Running activities get this long to finish after SIGTERM; long generations are
         # resumed by another worker from their heartbeat, so nothing waits on a deploy.
         graceful_shutdown_timeout=shutdown,
+        deployment_config=deployment,
     )
-    return Workers(tracks, mastering, after_stop=assets.mastering.aclose)
+    versioning = WorkerVersioning(client, settings)
+    return Workers(
+        tracks,
+        mastering,
+        after_stop=assets.mastering.aclose,
+        before_start=versioning.refuse_unversioned,
+        after_start=versioning.make_current,
+    )
 
 
 def _slots(settings: Settings) -> dict[str, Any]:
@@ -283,7 +306,10 @@ def main() -> None:
         # The same refusal as `soundfoundry worker`, for `python worker.py`.
         raise SystemExit(f"refusing to start: {problem}")
     configure_logging(settings.log_level, settings.secret_values())
-    _run_on_event_loop(run_worker(settings))
+    try:
+        _run_on_event_loop(run_worker(settings))
+    except VersioningRefused as exc:
+        raise SystemExit(f"refusing to start: {exc}") from None
 
 
 if __name__ == "__main__":

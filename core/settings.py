@@ -163,6 +163,16 @@ class Settings(BaseSettings):
     worker_graceful_shutdown_s: float = Field(default=30.0, ge=0)
     # Prometheus /metrics of the worker (its own series and the Temporal SDK's); 0 disables.
     worker_metrics_port: int = Field(default=9464, ge=0, le=65535)
+    # Worker Versioning (core/deployment.py): every worker is a version of this deployment;
+    # WORKER_BUILD_ID overrides the build id computed from the source. WORKER_VERSIONING=off
+    # runs unversioned, which `soundfoundry worker` refuses where versioning is in use.
+    worker_deployment_name: str = Field(default="soundfoundry", min_length=1, pattern=r"^[^.]+$")
+    worker_build_id: str | None = Field(default=None, min_length=1, max_length=255)
+    worker_versioning: bool = True
+    # "first": a worker makes its version current only when the deployment has none (a
+    # first deployment); later versions wait for `soundfoundry deploy set-current`.
+    # "always": the worker's version becomes current at start (`soundfoundry dev`).
+    worker_make_current: Literal["first", "always"] = "first"
 
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Webhook targets must resolve to public addresses; hosts listed here are exempt

@@ -5,14 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, VersioningBehavior
 
 with workflow.unsafe.imports_passed_through():
     from activities.health import HealthActivities
     from core.contracts import PROVIDER_HEALTH_WORKFLOW, ProviderHealthReport
 
 
-@workflow.defn(name=PROVIDER_HEALTH_WORKFLOW)
+# AUTO_UPGRADE: a probe lasts seconds and carries nothing from an earlier run; once its
+# version's workers are stopped it should finish on the current version, not wait for them.
+@workflow.defn(name=PROVIDER_HEALTH_WORKFLOW, versioning_behavior=VersioningBehavior.AUTO_UPGRADE)
 class ProviderHealthWorkflow:
     @workflow.run
     async def run(self) -> ProviderHealthReport:

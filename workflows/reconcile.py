@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, VersioningBehavior
 
 with workflow.unsafe.imports_passed_through():
     from activities.reconcile import ReconcileActivities
@@ -16,7 +16,11 @@ with workflow.unsafe.imports_passed_through():
 SWEEP_PATCH = "sweep-submissions-v1"
 
 
-@workflow.defn(name=RECONCILE_WORKFLOW)
+# AUTO_UPGRADE: a pass lasts seconds and starts afresh each time. Pinned, a pass open on a
+# version whose workers were stopped would wait out its execution timeout, and the schedule
+# (overlap SKIP) would start no pass meanwhile. A pass that spans a switch replays on the new
+# code, so a change that breaks replay of this workflow still takes a `workflow.patched`.
+@workflow.defn(name=RECONCILE_WORKFLOW, versioning_behavior=VersioningBehavior.AUTO_UPGRADE)
 class ReconcileWorkflow:
     @workflow.run
     async def run(self) -> ReconcileReport:

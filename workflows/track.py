@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, VersioningBehavior
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -178,7 +178,7 @@ def _error_message(exc: BaseException) -> str:
     return str(cause) or type(cause).__name__
 
 
-@workflow.defn(name=TRACK_WORKFLOW)
+@workflow.defn(name=TRACK_WORKFLOW, versioning_behavior=VersioningBehavior.PINNED)
 class TrackWorkflow:
     def __init__(self) -> None:
         self._progress = Progress(step=Step.QUEUED, progress=0.0)
