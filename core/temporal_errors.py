@@ -61,9 +61,12 @@ _TRANSPORT_CAUSES: tuple[tuple[tuple[str, ...], str], ...] = (
         "the host of {address} does not resolve (TEMPORAL_ADDRESS)",
     ),
 )
-# A plaintext client talking to a TLS listener: the server drops the connection or
-# answers with a TLS record the HTTP/2 framing cannot parse.
-_PLAINTEXT_TO_TLS = (
+# The server dropped the connection. To a plaintext client that means a TLS listener (or a
+# TLS record the HTTP/2 framing cannot parse). Over TLS 1.3 a server refuses a client
+# certificate after the handshake, so the client often sees a dropped or cancelled stream
+# instead of the alert naming why.
+_DROPPED = (
+    "operation was canceled",
     "connection reset",
     "broken pipe",
     "h2 protocol error",
@@ -93,11 +96,22 @@ def explain(error: BaseException, connection: TemporalConnection) -> str:
     for needles, sentence in _TRANSPORT_CAUSES:
         if any(needle in text for needle in needles):
             return sentence.format(address=address, namespace=namespace)
-    if any(needle in text for needle in _PLAINTEXT_TO_TLS) and not connection.tls:
+    dropped = any(needle in text for needle in _DROPPED)
+    if dropped and not connection.tls:
         return (
             f"Temporal at {address} closed the connection: it most likely requires TLS; set"
             f" TEMPORAL_TLS=true and TEMPORAL_TLS_SERVER_CA_CERT_PATH (and, for mTLS,"
             f" {CLIENT_CERT_VARS})"
+        )
+    if dropped and not connection.mutual_tls:
+        return (
+            f"Temporal at {address} requires a client certificate: set {CLIENT_CERT_VARS}"
+            " (it closed the connection after the TLS handshake)"
+        )
+    if dropped:
+        return (
+            f"Temporal at {address} rejected our client certificate: check {CLIENT_CERT_VARS}"
+            " and the CA that issued it (it closed the connection after the TLS handshake)"
         )
     if "timeout" in text or "deadline" in text or "timed out" in text:
         return f"Temporal at {address} did not answer in time (TEMPORAL_ADDRESS)"

@@ -317,6 +317,8 @@ def doctor() -> None:
     from soundfoundry.doctor import run_checks
 
     settings = get_settings()
+    # Configured logging honours LOG_LEVEL (unconfigured, every debug line would print).
+    _setup_logging()
     scrub = SecretScrubber(settings.secret_values()).scrub
     checks = asyncio.run(run_checks(settings))
     out = Console(soft_wrap=True)

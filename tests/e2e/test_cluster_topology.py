@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import subprocess
 import time
 import uuid
@@ -313,7 +314,10 @@ def doctor(topology: Topology, **overrides: str | None) -> subprocess.CompletedP
 
 
 def temporal_line(output: str) -> str:
-    (line,) = [line for line in output.splitlines() if "temporal" in line.lower()][:1]
+    """Doctor's verdict on Temporal (its table row, not a log line that names Temporal)."""
+    (line,) = [
+        line for line in output.splitlines() if re.match(r"\s*(PASS|FAIL)\s+temporal\b", line)
+    ]
     return line
 
 
