@@ -23,7 +23,6 @@ from activities.heartbeat import heartbeating
 from activities.providers.base import DownloadedAudio, JobState, MusicProvider, ProviderError
 from activities.providers.registry import ProviderRegistry
 from activities.recording import Attempt, recorded_attempt
-from activities.submissions import ProviderJobs
 from core.contracts import (
     AudioInfo,
     CancelInput,
@@ -49,6 +48,7 @@ from core.metrics import (
 )
 from core.settings import Settings
 from core.storage import Storage, audio_key, staging_key
+from domain.providers.pay_once import ProviderJobs
 from domain.tracks.jobs import JobStore
 from domain.tracks.submissions import SubmissionLedger
 from engines.audio import AudioDecodeError, analyze, quality_problem

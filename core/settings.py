@@ -91,6 +91,14 @@ class Settings(BaseSettings):
     # A signed delivery whose timestamp is further than this from our clock is refused
     # (a replay, or a clock badly off).
     provider_webhook_tolerance_s: int = Field(default=300, ge=1)
+    # Our fal account's user id: fal signs deliveries for every customer with the same
+    # keys, so one naming another user is refused. Unset: learned from the first delivery
+    # whose run fal confirms to our own key (FAL_KEY).
+    fal_webhook_user_id: str | None = None
+    # fal has no listing, so without provider webhooks a submit whose answer is lost can
+    # never be found: the track falls back while the fal job may run and be billed. The
+    # worker refuses to start with fal in the chain and webhooks off unless this is set.
+    fal_without_webhooks: bool = False
 
     # Bounds on spend and waiting, read by the worker when it plans a track.
     max_submissions_per_track: int = Field(default=4, ge=1)

@@ -13,54 +13,17 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
-from core.contracts import (
-    NON_RETRYABLE,
-    ErrorCode,
-    GenerationRequest,
-    ProviderHealth,
-    Submission,
-)
+from core.contracts import GenerationRequest, ProviderHealth, Submission
+from domain.providers.port import ProviderError
 
-
-class ProviderError(Exception):
-    def __init__(
-        self,
-        code: ErrorCode,
-        message: str,
-        *,
-        retry_after_s: float | None = None,
-        status: int | None = None,
-        sent: bool = False,
-        quiet: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retry_after_s = retry_after_s
-        self.status = status
-        # For a submit: the request left and the provider may have acted on it, so
-        # sending it again could pay twice.
-        self.sent = sent
-        # A routine refusal (still waiting for capacity) that the job log has already told.
-        self.quiet = quiet
-
-    @property
-    def retryable(self) -> bool:
-        return self.code not in NON_RETRYABLE
-
-    @classmethod
-    def from_status(
-        cls, status: int, message: str, retry_after_s: float | None = None
-    ) -> ProviderError:
-        code = {
-            401: ErrorCode.UNAUTHORIZED,
-            403: ErrorCode.FORBIDDEN,
-            422: ErrorCode.INVALID,
-            429: ErrorCode.RATE_LIMITED,
-        }.get(status)
-        if code is None:
-            code = ErrorCode.SERVER if status >= 500 else ErrorCode.OTHER
-        return cls(code, message, retry_after_s=retry_after_s, status=status)
+__all__ = [
+    "DownloadedAudio",
+    "Heartbeat",
+    "JobState",
+    "MusicProvider",
+    "PollResult",
+    "ProviderError",
+]
 
 
 class JobState(StrEnum):
