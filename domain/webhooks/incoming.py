@@ -314,7 +314,7 @@ def verify_fal(
     body: bytes,
     *,
     tolerance_s: int,
-    user_id: str | None,
+    user_id: str | None = None,
     now: float | None = None,
 ) -> tuple[str, str]:
     """(digest, user id) of a delivery one of `keys` signed; NotAuthentic if none did, and

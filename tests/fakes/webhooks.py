@@ -150,6 +150,13 @@ class FalSigner:
     def stranger(self) -> FalSigner:
         return FalSigner(user_id=self.user_id)
 
+    def for_user(self, user_id: str) -> FalSigner:
+        """fal signing another customer's deliveries: the same published keys, their user
+        id (what an attacker with their own fal account receives)."""
+        other = FalSigner(user_id=user_id)
+        other.key, other.kid, other.retired = self.key, self.kid, self.retired
+        return other
+
     def altered(self, headers: dict[str, str]) -> dict[str, str]:
         signature = headers["X-Fal-Webhook-Signature"]
         return {
