@@ -215,10 +215,20 @@ class ProviderStatus:
         self._transport = transport
 
     async def __call__(self, provider: str, run_id: str, model: str | None) -> bool:
-        request = self._request(provider, run_id, model)
-        if request is None:
-            return False
-        url, headers = request
+        # fal addresses a request through its app: the row's model, else any we use.
+        s = self.settings
+        models = [model] if model else [s.fal_vocals_model, s.fal_instrumental_model]
+        for candidate in dict.fromkeys(models):
+            request = self._request(provider, run_id, candidate)
+            if request is None:
+                return False
+            if await self._ours(provider, *request):
+                return True
+            if provider != FAL:
+                break
+        return False
+
+    async def _ours(self, provider: str, url: str, headers: dict[str, str]) -> bool:
         try:
             async with httpx.AsyncClient(
                 timeout=self.settings.provider_request_timeout_s, transport=self._transport
@@ -233,15 +243,13 @@ class ProviderStatus:
             return False
         raise RetryLater(f"{provider} answered {response.status_code} about the run")
 
-    def _request(
-        self, provider: str, run_id: str, model: str | None
-    ) -> tuple[str, dict[str, str]] | None:
+    def _request(self, provider: str, run_id: str, model: str) -> tuple[str, dict[str, str]] | None:
         s = self.settings
         quoted = quote(run_id, safe="")
         if provider == REPLICATE and s.replicate_api_token is not None:
             url = f"{s.replicate_base_url.rstrip('/')}/v1/predictions/{quoted}"
             return url, {"Authorization": f"Bearer {s.replicate_api_token.get_secret_value()}"}
-        if provider == FAL and s.fal_key is not None and model:
+        if provider == FAL and s.fal_key is not None:
             # fal's queue addresses a request by the app's owner/alias, without its path.
             app = "/".join(model.split("/")[:2])
             url = f"{s.fal_queue_url.rstrip('/')}/{app}/requests/{quoted}/status"

@@ -217,10 +217,16 @@ class WebhookSender:
             return len(self.log)
 
     def signed(
-        self, body: bytes, *, run_id: str, forgery: Forgery | None = None
+        self,
+        body: bytes,
+        *,
+        run_id: str,
+        forgery: Forgery | None = None,
+        later_by_s: int = 0,
     ) -> tuple[bytes, dict[str, str]]:
-        """The body and headers of a delivery, genuine or forged as asked."""
-        now = int(time.time())
+        """The body and headers of a delivery, genuine or forged as asked; `later_by_s`
+        signs it as a retry that many seconds on would be (a fresh signature)."""
+        now = int(time.time()) + later_by_s
         headers = {"Content-Type": "application/json", "User-Agent": "fake-provider-webhooks"}
         if forgery is Forgery.UNSIGNED:
             return body, headers
