@@ -110,11 +110,12 @@ class GenerationActivities:
             look = submit.look and provider.remote and not submission.webhook
             if look and await self._finished_at_once(submission):
                 submission = submission.model_copy(update={"done": True})
+            # Not the token: it addresses the submission's webhook, and users read this.
             attempt.message = (
                 f"Using provider: {provider.name} (model {submission.model}), "
-                f"run {submission.run_id}, token {submission.token}"
+                f"run {submission.run_id}"
             )
-            attempt.data = {"token": submission.token, "number": submit.submission_number}
+            attempt.data = {"number": submit.submission_number}
             if submit.waiting_since is not None:
                 observe_capacity_wait(provider.name, seconds_since(submit.waiting_since))
             set_in_flight(await self.ledger.in_flight())

@@ -144,6 +144,9 @@ class ProviderJobs:
         try:
             run_id, urls = await self._send_once(provider, track, row, heartbeat)
         except ProviderError as exc:
+            # A provider's error may quote the request, webhook URL and all.
+            exc.message = exc.message.replace(row.token, "[token]")
+            exc.args = (exc.message,)
             if not exc.sent:
                 # Refused before or on arrival: nothing was created, a retry may send.
                 await self.ledger.set_state(row.id, SubmissionState.REJECTED, exc.message)

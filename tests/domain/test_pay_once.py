@@ -57,7 +57,8 @@ class Provider:
     ) -> tuple[str, dict[str, str]]:
         step = self.script.pop(0) if self.script else "answer"
         if step == "refuse":
-            raise ProviderError(ErrorCode.RATE_LIMITED, "slow down", status=429)
+            # Quoting the request back, as some APIs do.
+            raise ProviderError(ErrorCode.INVALID, f"bad webhook {webhook_url}", status=422)
         run_id = f"run-{len(self.jobs) + 1}"
         self.jobs.append(run_id)
         self.webhook_urls.append(webhook_url)
@@ -160,12 +161,13 @@ async def test_a_lost_answer_nobody_can_find_is_ambiguous_and_never_resent(
 
 async def test_a_refused_submit_may_be_sent_again_with_a_new_token(ctx: DomainContext) -> None:
     provider = Provider(script=["refuse"])
-    jobs = policy(ctx, provider)
+    jobs = policy(ctx, provider, provider_webhooks_enabled=True)
     track = await new_track(ctx)
-    with pytest.raises(ProviderError):
+    with pytest.raises(ProviderError) as error:
         await submit(jobs, track, provider)
     (refused,) = await jobs.ledger.for_job(track.job_id)
     assert refused.state is SubmissionState.REJECTED
+    assert refused.token not in str(error.value) + error.value.message + (refused.error or "")
     sent = await submit(jobs, track, provider)
     assert provider.jobs == [sent.run_id]
     assert sent.token != refused.token
