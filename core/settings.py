@@ -22,8 +22,9 @@ def _split_csv(value: object) -> object:
     return value
 
 
-# Constant MP3 bitrates worth offering (libsndfile's encoder takes 40-320).
-MP3_BITRATES_KBPS = (96, 128, 160, 192, 224, 256, 320)
+# Constant MP3 bitrates a user may choose (the encoder takes more:
+# engines.mastering.ENCODABLE_MP3_BITRATES_KBPS).
+OFFERED_MP3_BITRATES_KBPS = (96, 128, 160, 192, 224, 256, 320)
 
 
 class Settings(BaseSettings):
@@ -232,8 +233,8 @@ class Settings(BaseSettings):
     @field_validator("mp3_bitrate_kbps")
     @classmethod
     def _mp3_bitrate(cls, value: int) -> int:
-        if value not in MP3_BITRATES_KBPS:
-            raise ValueError(f"MP3 bitrate {value} kbps: choose one of {MP3_BITRATES_KBPS}")
+        if value not in OFFERED_MP3_BITRATES_KBPS:
+            raise ValueError(f"MP3 bitrate {value} kbps: choose one of {OFFERED_MP3_BITRATES_KBPS}")
         return value
 
     @property
