@@ -26,7 +26,6 @@ from core.contracts import PROVIDER_EVENT_SIGNAL, ProviderEvent, track_workflow_
 from core.logging import get_logger
 from domain.webhooks.deliveries import (
     ProviderDeliveries,
-    ProviderStatus,
     Replayed,
     RetryLater,
     UnknownSubmission,
@@ -37,7 +36,6 @@ from domain.webhooks.incoming import (
     WEBHOOK_PATH,
     MalformedDelivery,
     NotAuthentic,
-    ProviderWebhookVerifier,
     VerifierUnavailable,
 )
 
@@ -63,13 +61,8 @@ def _deliveries(request: Request, services: Services) -> ProviderDeliveries:
     """One per app, so fetched keys, secrets and a learned fal user id are kept."""
     deliveries: ProviderDeliveries | None = getattr(request.app.state, "provider_deliveries", None)
     if deliveries is None:
-        settings = services.settings
-        deliveries = ProviderDeliveries(
-            sessions=services.sessions,
-            jobs=services.jobs,
-            verifier=ProviderWebhookVerifier.from_settings(settings),
-            confirm=ProviderStatus(settings),
-            tolerance_s=settings.provider_webhook_tolerance_s,
+        deliveries = ProviderDeliveries.from_settings(
+            services.sessions, services.jobs, services.settings
         )
         request.app.state.provider_deliveries = deliveries
     return deliveries

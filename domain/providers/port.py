@@ -7,6 +7,7 @@ Temporal, a worker or an HTTP client.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
@@ -60,15 +61,22 @@ Beat = Callable[[], None]
 
 
 class PaidProvider(Protocol):
-    """A provider whose jobs cost money: one request starts one job."""
+    """A provider whose jobs cost money: one request starts one job. The adapters'
+    base class (activities.providers.base.MusicProvider) extends this."""
 
     name: str
 
     @property
-    def remote(self) -> bool: ...
+    def remote(self) -> bool:
+        """True when jobs run at the provider and must be polled; False when the whole
+        render happens in `download` (the local synth)."""
+        return True
 
-    def model_for(self, request: GenerationRequest) -> str | None: ...
+    @abstractmethod
+    def model_for(self, request: GenerationRequest) -> str | None:
+        """The model that would serve this request."""
 
+    @abstractmethod
     async def submit(
         self,
         request: GenerationRequest,
@@ -77,16 +85,20 @@ class PaidProvider(Protocol):
         token: str | None = None,
         webhook_url: str | None = None,
     ) -> tuple[str, dict[str, str]]:
-        """Start a job with exactly one request; ProviderError(sent=True) if the request
-        left and its answer did not come back."""
-        ...
+        """Start a paid job with exactly one request; return its id and follow-up URLs.
+
+        Never re-sends: a failure after the request left raises ProviderError with
+        `sent=True`, and the caller resolves it instead of trying again.
+        """
 
     async def find_submission(
         self, request: GenerationRequest, *, since: datetime, exclude: set[str]
     ) -> str | None:
-        """The run id of our job for `request` from the provider's own listing, if any."""
-        ...
+        """The run id of a job we submitted for `request` at or after `since` whose
+        answer was lost, from the provider's own records; None if it cannot tell."""
+        return None
 
+    @abstractmethod
     async def cancel(self, submission: Submission) -> None: ...
 
 

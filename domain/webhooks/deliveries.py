@@ -93,6 +93,18 @@ class ProviderDeliveries:
     confirm: RunConfirmer
     tolerance_s: int
 
+    @classmethod
+    def from_settings(
+        cls, sessions: SessionFactory, jobs: JobStore, settings: Settings
+    ) -> ProviderDeliveries:
+        return cls(
+            sessions=sessions,
+            jobs=jobs,
+            verifier=ProviderWebhookVerifier.from_settings(settings),
+            confirm=ProviderStatus(settings),
+            tolerance_s=settings.provider_webhook_tolerance_s,
+        )
+
     async def receive(
         self,
         provider: str,

@@ -10,7 +10,6 @@ submission, or replay one of ours to another submission."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,33 +22,21 @@ from domain.tracks.submissions import SubmissionLedger
 from domain.users import create_user
 from domain.webhooks.deliveries import (
     ProviderDeliveries,
-    ProviderStatus,
     Replayed,
     RetryLater,
     UnknownSubmission,
 )
-from domain.webhooks.incoming import NotOurAccount, ProviderWebhookVerifier
+from domain.webhooks.incoming import NotOurAccount
 from tests.domain.conftest import DomainContext
 from tests.fakes.fal_server import FalFake
+from tests.fakes.fixtures import FAL_KEY, REPLICATE_TOKEN, fal, replicate
 from tests.fakes.replicate_server import ReplicateFake
 from tests.fakes.webhooks import WebhookSender, fal_completion, replicate_prediction
 
-FAL_KEY = "fal-test-key-0123456789abcdef"
-REPLICATE_TOKEN = "r8_test-token-0123456789abcdef"
+__all__ = ["fal", "replicate"]
+
 MODELS = {"fal": "fal-ai/stable-audio", "replicate": "meta/musicgen"}
 REQUEST = GenerationRequest(prompt="a bell in fog", duration_s=10)
-
-
-@pytest.fixture
-def fal() -> Iterator[FalFake]:
-    with FalFake(key=FAL_KEY) as fake:
-        yield fake
-
-
-@pytest.fixture
-def replicate() -> Iterator[ReplicateFake]:
-    with ReplicateFake(key=REPLICATE_TOKEN) as fake:
-        yield fake
 
 
 @dataclass
@@ -129,13 +116,7 @@ def world_for(ctx: DomainContext, fal: FalFake, replicate: ReplicateFake, **extr
             **extra,
         }
     )
-    deliveries = ProviderDeliveries(
-        sessions=ctx.sessions,
-        jobs=ctx.jobs,
-        verifier=ProviderWebhookVerifier.from_settings(settings),
-        confirm=ProviderStatus(settings),
-        tolerance_s=settings.provider_webhook_tolerance_s,
-    )
+    deliveries = ProviderDeliveries.from_settings(ctx.sessions, ctx.jobs, settings)
     return World(ctx, fal, replicate, deliveries, Workflow())
 
 
