@@ -651,7 +651,7 @@ async def test_a_job_that_moved_stops_the_run_without_paying_or_telling(
     assert isinstance(cause, ApplicationError)
     assert (cause.type, cause.non_retryable) == (ErrorCode.JOB_MOVED.value, True)
     assert harness.acts.count(step) == 1, "retried a step whose job has moved"
-    for after in ("finish_job", "deliver_webhook", "master_audio"):
-        assert harness.acts.count(after) == 0, after
+    for later in ("finish_job", "deliver_webhook", "master_audio"):
+        assert harness.acts.count(later) == 0, later
     if step == "plan_track":
         assert harness.acts.names() == ["plan_track"]
