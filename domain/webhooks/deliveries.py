@@ -137,6 +137,10 @@ class ProviderDeliveries:
         notify: WorkflowNotifier,
     ) -> DeliveryOutcome:
         event, provider = delivery.event, row.provider
+        if event.error:
+            # The provider's error text reaches the job's error message, which users read;
+            # it may quote the webhook URL the job was sent with.
+            event = event.model_copy(update={"error": event.error.replace(row.token, "[token]")})
         unseen = event.run_id != row.run_id
         if unseen and not await self.confirm(provider, event.run_id, row.model):
             raise NotOurAccount(f"{provider} does not know run {event.run_id} on our account")

@@ -254,3 +254,16 @@ async def test_a_token_nobody_issued_is_unknown(world: World) -> None:
             "replicate", (await world.pending("fal")).token, headers, body, world.workflow
         )
     assert (await world.row(row)).run_id is None
+
+
+async def test_a_providers_error_quoting_the_webhook_url_loses_the_token(world: World) -> None:
+    """The error a delivery carries becomes the job's error message, which users read."""
+    row = await world.pending("fal")
+    run_id = world.paid_job("fal")
+    error = f"could not reach https://api.example.com/api/provider-webhooks/fal?token={row.token}"
+    body = fal_completion(run_id, ok=False, error=error)
+    signed = world.fal.webhooks.signed(body, run_id=run_id)
+    await world.deliver(row, run_id, signed=signed)
+    [told] = world.workflow.told
+    assert told.state == "failed" and told.error is not None
+    assert row.token not in told.error and "[token]" in told.error
