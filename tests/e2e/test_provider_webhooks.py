@@ -308,14 +308,16 @@ async def test_a_running_workflow_gets_the_event_as_a_signal(
     assert late.json()["workflow_notified"] is False
 
 
-async def _submit_to_fake(provider: str, fake: FalFake | ReplicateFake, webhook: str) -> str:
+async def _submit_to_fake(
+    provider: str, fake: FalFake | ReplicateFake, webhook: str, fal_key: str = FAL_KEY
+) -> str:
     """A submission straight to the fake, as the worker makes it with webhooks on."""
     async with httpx.AsyncClient(timeout=10) as client:
         if provider == "fal":
             answer = await client.post(
                 f"{fake.url}/fal-ai/stable-audio?fal_webhook={quote(webhook, safe='')}",
                 json={"prompt": "p", "seconds_total": 5},
-                headers={"Authorization": f"Key {FAL_KEY}"},
+                headers={"Authorization": f"Key {fal_key}"},
             )
             run_id: str = answer.json()["request_id"]
         else:
@@ -355,6 +357,30 @@ async def test_the_fakes_deliver_when_the_job_ends(
     assert fake.webhooks.log[0].status == 200
     # What the webhook said, a poll now says too.
     assert fake.jobs[run_id].phase() == "succeeded"
+
+
+async def test_another_fal_customers_genuine_delivery_cannot_resolve_our_submission(
+    stack: Stack, live_api: str, fal: FalFake
+) -> None:
+    """The attack of issue 24: someone with their own fal account submits a job of theirs
+    naming our pending submission's webhook URL. fal delivers it, genuinely signed with
+    its shared keys and their user id. Recorded, it would orphan our paid job and make
+    the track pay again at the fallback; instead it is refused and nothing changes."""
+    row = await submission(stack, "fal")
+    fal.add_account("attacker-fal-key")
+    theirs = await _submit_to_fake(
+        "fal", fal, url_for(live_api, "fal", row.token), fal_key="attacker-fal-key"
+    )
+    sender = fal.senders[fal.owners[theirs]]
+    await eventually(lambda: sender.sent == 1, 10, "fal's delivery of their job")
+    assert sender.log[0].status == 401
+    fresh = await reread(stack, row)
+    assert (fresh.state, fresh.run_id) == (SubmissionState.SENDING, None)
+    assert await stack.store.events(row.job_id) == []
+    # Our own job's delivery to the same submission is still taken.
+    ours = await _submit_to_fake("fal", fal, url_for(live_api, "fal", row.token))
+    await eventually(lambda: fal.webhooks_sent == 1, 10, "fal's delivery of our job")
+    assert (await reread(stack, row)).run_id == ours
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
