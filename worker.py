@@ -52,6 +52,7 @@ from core.temporal import (
 )
 from core.temporal_errors import TemporalUnavailable
 from core.worker_deployment import VersioningRefused, WorkerVersioning
+from domain.providers.lost_answers import fal_without_webhooks_problem, lost_answer_costs
 from domain.tracks.jobs import JobStore
 from workflows.provider_health import ProviderHealthWorkflow
 from workflows.reconcile import ReconcileWorkflow
@@ -282,6 +283,9 @@ async def _serve(settings: Settings, runtime: Runtime | None) -> None:
             task_queue=settings.task_queue,
             providers=settings.provider_chain,
             temporal=temporal_connection(settings).describe(),
+            # What a submit whose answer is lost costs, per provider (an operator's
+            # reminder of FAL_WITHOUT_WEBHOOKS and PROVIDER_WEBHOOKS_ENABLED).
+            lost_submit_answer=lost_answer_costs(settings),
         )
         async with worker:
             await stop.wait()
@@ -300,11 +304,17 @@ def _run_on_event_loop(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
+def startup_problems(settings: Settings) -> list[str]:
+    """Why this worker must not start; `soundfoundry worker` says the same."""
+    problems = [settings.secret_key_problem(), fal_without_webhooks_problem(settings)]
+    return [problem for problem in problems if problem]
+
+
 def main() -> None:
     settings = get_settings()
-    if problem := settings.secret_key_problem():
+    if problems := startup_problems(settings):
         # The same refusal as `soundfoundry worker`, for `python worker.py`.
-        raise SystemExit(f"refusing to start: {problem}")
+        raise SystemExit("refusing to start: " + "; ".join(problems))
     configure_logging(settings.log_level, settings.secret_values())
     try:
         _run_on_event_loop(run_worker(settings))

@@ -346,6 +346,16 @@ class ErrorCode(StrEnum):
     UNCONFIGURED = "unconfigured"
     UNSUPPORTED = "unsupported"
     OTHER = "provider_error"
+    # Not the provider's: how a job ends when our own bookkeeping ends it.
+    INSUFFICIENT_CREDITS = "insufficient_credits"
+    # The job row moved away from this run (cancelled, refunded, finished by another):
+    # whatever the run was about to pay for or announce must not happen.
+    JOB_MOVED = "job_moved"
+    WORKFLOW_TERMINATED = "terminated"
+    WORKFLOW_TIMED_OUT = "timed_out"
+    WORKFLOW_FAILED = "workflow_failed"
+    WEBHOOK_TARGET_REJECTED = "webhook_target_rejected"
+    WEBHOOK_UNREACHABLE = "webhook_unreachable"
 
 
 # Errors that another attempt at the same provider cannot fix.
@@ -362,6 +372,7 @@ NON_RETRYABLE = frozenset(
         ErrorCode.AMBIGUOUS,
         ErrorCode.SUBMISSION_CAP,
         ErrorCode.PROVIDER_BUSY,
+        ErrorCode.JOB_MOVED,
     }
 )
 

@@ -25,8 +25,9 @@ def _split_csv(value: object) -> object:
     return value
 
 
-# Constant MP3 bitrates worth offering (libsndfile's encoder takes 40-320).
-MP3_BITRATES_KBPS = (96, 128, 160, 192, 224, 256, 320)
+# Constant MP3 bitrates a user may choose (the encoder takes more:
+# engines.mastering.ENCODABLE_MP3_BITRATES_KBPS).
+OFFERED_MP3_BITRATES_KBPS = (96, 128, 160, 192, 224, 256, 320)
 
 
 class Settings(BaseSettings):
@@ -111,6 +112,14 @@ class Settings(BaseSettings):
     # A signed delivery whose timestamp is further than this from our clock is refused
     # (a replay, or a clock badly off).
     provider_webhook_tolerance_s: int = Field(default=300, ge=1)
+    # Our fal account's user id: fal signs deliveries for every customer with the same
+    # keys, so one naming another user is refused. Unset: learned from the first delivery
+    # whose run fal confirms to our own key (FAL_KEY).
+    fal_webhook_user_id: str | None = None
+    # fal has no listing, so without provider webhooks a submit whose answer is lost can
+    # never be found: the track falls back while the fal job may run and be billed. The
+    # worker refuses to start with fal in the chain and webhooks off unless this is set.
+    fal_without_webhooks: bool = False
 
     # Bounds on spend and waiting, read by the worker when it plans a track.
     max_submissions_per_track: int = Field(default=4, ge=1)
@@ -254,8 +263,8 @@ class Settings(BaseSettings):
     @field_validator("mp3_bitrate_kbps")
     @classmethod
     def _mp3_bitrate(cls, value: int) -> int:
-        if value not in MP3_BITRATES_KBPS:
-            raise ValueError(f"MP3 bitrate {value} kbps: choose one of {MP3_BITRATES_KBPS}")
+        if value not in OFFERED_MP3_BITRATES_KBPS:
+            raise ValueError(f"MP3 bitrate {value} kbps: choose one of {OFFERED_MP3_BITRATES_KBPS}")
         return value
 
     @model_validator(mode="after")

@@ -78,8 +78,9 @@ _PCM_24_SCALE = float(1 << 23)
 _FLAC_COMPRESSION = 5 / 8
 
 # MPEG-1 Layer III bitrates libsndfile can be asked for at constant bitrate. It sets
-# bitrate = 320 - level * 288 kbps; level 1.0 (32 kbps) is refused.
-MP3_BITRATES_KBPS = (40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+# bitrate = 320 - level * 288 kbps; level 1.0 (32 kbps) is refused. (What a user may
+# choose is core.settings.OFFERED_MP3_BITRATES_KBPS, a subset.)
+ENCODABLE_MP3_BITRATES_KBPS = (40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
 _MP3_HEADER_BITRATES = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
 
 _BLOCK_FRAMES = 1 << 14
@@ -118,7 +119,9 @@ class MasteringError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Rendition:
+class MasteredFile:
+    """One file mastering wrote on local disk (stored, it becomes a contracts.Rendition)."""
+
     format: str  # "flac" | "mp3"
     path: Path
     content_type: str  # "audio/flac", "audio/mpeg"
@@ -140,7 +143,7 @@ class MasterReport:
     sample_rate: int  # TARGET_SAMPLE_RATE
     channels: int
     duration_s: float
-    renditions: tuple[Rendition, ...]  # flac first, then mp3
+    renditions: tuple[MasteredFile, ...]  # flac first, then mp3
 
 
 def master_audio(
@@ -164,8 +167,8 @@ def master_audio(
         raise ValueError("target_lufs must be within -70..0 LUFS")
     if not -20.0 <= ceiling_dbtp <= 0.0:
         raise ValueError("ceiling_dbtp must be within -20..0 dBTP")
-    if mp3_bitrate_kbps not in MP3_BITRATES_KBPS:
-        raise ValueError(f"mp3_bitrate_kbps must be one of {MP3_BITRATES_KBPS}")
+    if mp3_bitrate_kbps not in ENCODABLE_MP3_BITRATES_KBPS:
+        raise ValueError(f"mp3_bitrate_kbps must be one of {ENCODABLE_MP3_BITRATES_KBPS}")
     if not source.is_file():
         raise FileNotFoundError(source)
     if source.stat().st_size == 0:
@@ -783,9 +786,9 @@ def _part(path: Path) -> Path:
     return path.with_name(path.name + _PART_SUFFIX)
 
 
-def _rendition(kind: str, path: Path, content_type: str, bitrate_kbps: int | None) -> Rendition:
+def _rendition(kind: str, path: Path, content_type: str, bitrate_kbps: int | None) -> MasteredFile:
     info = sf.info(str(path))
-    return Rendition(
+    return MasteredFile(
         format=kind,
         path=path,
         content_type=content_type,

@@ -109,10 +109,9 @@ def api(
 @app.command()
 def worker() -> None:
     """Run a Temporal worker for the track workflow (run several to scale out)."""
-    from worker import main
+    from worker import main, startup_problems
 
-    problem = get_settings().secret_key_problem()
-    _refuse_to_start([problem] if problem else [])
+    _refuse_to_start(startup_problems(get_settings()))
     main()
 
 

@@ -213,6 +213,12 @@ class TrackWorkflow:
                 await self._on_cancel(track)
                 raise
             code = exc.code if isinstance(exc, GenerationFailed) else _error_code(exc)
+            if code == ErrorCode.JOB_MOVED:
+                # Whoever moved the job (a cancel, the reconciler) recorded, refunded and
+                # told the user; this run only stops.
+                raise ApplicationError(
+                    f"track stopped: {_error_message(exc)}", type=code, non_retryable=True
+                ) from exc
             self._publish(status=JobStatus.FAILED)
             await self._finish(track, JobStatus.FAILED, code, _error_message(exc))
             await self._notify(track, JobStatus.FAILED, code)
