@@ -248,7 +248,8 @@ class RenderSandbox:
             )
         if code in (_EXIT_OUT_OF_MEMORY, -signal.SIGABRT) or "memory allocation" in err:
             raise RenderTooCostly(
-                f"the SVG needs more than {limits.memory_mb} MB of memory to draw; simplify it"
+                f"the SVG needs more than {limits.memory_mb} MB of memory to check and draw; "
+                "simplify it"
             )
         raise RenderFailed(f"the renderer stopped on this SVG (exit {code}); simplify it")
 
