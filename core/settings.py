@@ -204,6 +204,10 @@ class Settings(BaseSettings):
     # Renders at once per process; a user's beyond either bound get 429.
     cover_render_max_concurrent: int = Field(default=4, ge=1)
     cover_render_max_per_user: int = Field(default=2, ge=1)
+    # Share-page PNG previews (domain/previews.py): drawn at once per process, and requests
+    # waiting for them; past either, 503 with Retry-After.
+    preview_max_renders: int = Field(default=2, ge=1)
+    preview_max_waiting: int = Field(default=64, ge=1)
     # The style system ships dark: each part is switched on on its own.
     style_seed_enabled: bool = False
     style_unlocks_enabled: bool = False

@@ -107,6 +107,7 @@ class RenderSandbox:
     def __init__(self, limits: RenderLimits) -> None:
         self.limits = limits
         self.running = 0
+        self.started = 0  # child processes started, ever (what tests and operators count)
         self._per_owner: dict[str, int] = {}
         self._waiters: deque[asyncio.Future[None]] = deque()
 
@@ -198,6 +199,7 @@ class RenderSandbox:
                 "options": options,
             }
         )
+        self.started += 1
         child = await asyncio.create_subprocess_exec(
             sys.executable,
             "-I",  # no user site, no PYTHON* variables, no current folder on sys.path
