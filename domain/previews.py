@@ -17,7 +17,6 @@ the others, and it stays bounded by the render sandbox's limits.
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -28,6 +27,7 @@ from core.settings import Settings
 from domain.context import Context
 from domain.covers import CoverRenderError, ensure_preview_png
 from domain.errors import Unavailable
+from domain.loop_local import loop_local
 from engines.render_sandbox import sandbox_for
 
 log = get_logger("soundfoundry.previews")
@@ -95,12 +95,6 @@ class SingleFlight:
             del self._flights[key]
 
 
-# One set of flights per event loop and bounds (tests run one loop per test).
-_flights: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[FlightBounds, SingleFlight]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def preview_flights(settings: Settings) -> SingleFlight:
     bounds = FlightBounds(
         max_running=settings.preview_max_renders,
@@ -108,11 +102,7 @@ def preview_flights(settings: Settings) -> SingleFlight:
         # About how long a preview takes to draw at worst, split in a few tries.
         retry_after_s=max(1, round(settings.cover_render_timeout_s / 4)),
     )
-    by_bounds = _flights.setdefault(asyncio.get_running_loop(), {})
-    flights = by_bounds.get(bounds)
-    if flights is None:
-        flights = by_bounds[bounds] = SingleFlight(bounds)
-    return flights
+    return loop_local(bounds, lambda: SingleFlight(bounds))
 
 
 async def preview_png(ctx: Context, track: Track) -> str | None:
