@@ -27,9 +27,13 @@ from domain.errors import Busy, Unavailable
 from domain.loop_local import loop_local
 from engines.mastering import wav_chunks, wav_size
 
-# Decoding waits on storage for every block, so it runs on threads of its own: a slow
-# download never holds a thread that other work is waiting for.
-_decode_threads = ThreadPoolExecutor(max_workers=16, thread_name_prefix="wav-decode")
+# Decoding runs on threads of its own (it waits on storage for every block, and must not
+# hold threads other work waits for), and few of them: however many downloads stream,
+# at most this many blocks decode at once, so downloads cannot take the API's CPU (and
+# the GIL) from everyone else. Decoding runs far faster than real time, so a download
+# waiting its turn for a block still streams faster than any player needs.
+DECODE_THREADS = 2
+_decode_threads = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="wav-decode")
 
 
 @dataclass(frozen=True)
