@@ -155,6 +155,32 @@ class S3Storage(Storage):
         )
         return url
 
+    async def size(self, key: str) -> int:
+        with self._call("HeadObject", key):
+            try:
+                head = await self.client.head_object(Bucket=self.bucket, Key=validate_key(key))
+            except ClientError as exc:
+                raise _translate(exc, key) from exc
+        return int(head["ContentLength"])
+
+    async def read_range(self, key: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        with self._call("GetObject", key):
+            try:
+                response = await self.client.get_object(
+                    Bucket=self.bucket,
+                    Key=validate_key(key),
+                    Range=f"bytes={start}-{start + length - 1}",
+                )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                    return b""  # from past the end
+                raise _translate(exc, key) from exc
+            async with response["Body"] as stream:
+                data: bytes = await stream.read()
+                return data
+
     @contextmanager
     def _call(
         self,

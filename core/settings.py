@@ -243,6 +243,16 @@ class Settings(BaseSettings):
     # Renders at once per process; a user's beyond either bound get 429.
     cover_render_max_concurrent: int = Field(default=4, ge=1)
     cover_render_max_per_user: int = Field(default=2, ge=1)
+    # Share-page PNG previews (domain/previews.py): drawn at once per process, and requests
+    # waiting for them; past either, 503 with Retry-After.
+    preview_max_renders: int = Field(default=2, ge=1)
+    preview_max_waiting: int = Field(default=64, ge=1)
+    # WAV downloads, decoded from the FLAC master as they stream (domain/downloads.py):
+    # at once per signed link and per track owner (beyond, 429) and per process (503).
+    wav_max_per_link: int = Field(default=1, ge=1)
+    wav_max_per_user: int = Field(default=2, ge=1)
+    wav_max_concurrent: int = Field(default=8, ge=1)
+    wav_retry_after_s: int = Field(default=10, ge=1)
     # The style system ships dark: each part is switched on on its own.
     style_seed_enabled: bool = False
     style_unlocks_enabled: bool = False

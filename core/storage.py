@@ -100,6 +100,15 @@ class Storage(ABC):
     @abstractmethod
     async def signed_url(self, key: str, ttl_s: int, download_name: str | None = None) -> str: ...
 
+    @abstractmethod
+    async def size(self, key: str) -> int:
+        """The object's size in bytes; ObjectNotFound when there is none."""
+
+    @abstractmethod
+    async def read_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes of the object from offset `start`, fewer at its end (for readers
+        that stream a large object a block at a time, never holding all of it)."""
+
 
 class LocalStorage(Storage):
     """Objects as files under one folder; for the embedded default and offline use.
@@ -169,6 +178,19 @@ class LocalStorage(Storage):
         if download_name:
             query["name"] = download_name
         return f"{self.public_base_url}/files/{quote(validate_key(key))}?{urlencode(query)}"
+
+    async def size(self, key: str) -> int:
+        return (await self._on_io_thread(self._existing(key).stat)).st_size
+
+    async def read_range(self, key: str, start: int, length: int) -> bytes:
+        path = self._existing(key)
+
+        def read() -> bytes:
+            with path.open("rb") as file:
+                file.seek(start)
+                return file.read(length)
+
+        return await self._on_io_thread(read)
 
     def sign(self, key: str, expires: int) -> str:
         return hmac.new(self._secret, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()

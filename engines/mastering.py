@@ -40,6 +40,7 @@ build and CPU family.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import struct
@@ -205,16 +206,27 @@ def master_audio(
     )
 
 
-def wav_size(flac_path: Path) -> int:
-    """The exact number of bytes `wav_chunks(flac_path)` yields (for Content-Length)."""
-    info = sf.info(str(flac_path))
-    header, data_bytes, _ = _wav_layout(info.frames, info.channels, info.samplerate, info.subtype)
+def _open_flac(source: Path | io.RawIOBase) -> sf.SoundFile:
+    if isinstance(source, Path):
+        return sf.SoundFile(str(source))
+    source.seek(0)  # each reading starts from the top, wherever the last one stopped
+    return sf.SoundFile(source)
+
+
+def wav_size(source: Path | io.RawIOBase) -> int:
+    """The exact number of bytes `wav_chunks(source)` yields (for Content-Length)."""
+    with _open_flac(source) as info:
+        header, data_bytes, _ = _wav_layout(
+            info.frames, info.channels, info.samplerate, info.subtype
+        )
     return len(header) + data_bytes + (data_bytes & 1)
 
 
-def wav_chunks(flac_path: Path, block_frames: int = 65536) -> Iterator[bytes]:
-    """A PCM WAV of the FLAC at `flac_path`, yielded piece by piece: the header first
-    (its sizes come from the FLAC's frame count), then the samples block by block.
+def wav_chunks(source: Path | io.RawIOBase, block_frames: int = 65536) -> Iterator[bytes]:
+    """A PCM WAV of the FLAC `source` (a path, or a seekable binary file such as
+    core.storage_reader.StorageReader), yielded piece by piece: the header first (its
+    sizes come from the FLAC's frame count), then the samples block by block, so memory
+    holds one block whatever the track's length.
 
     Samples are copied exactly (16- or 24-bit, as in the FLAC). If the FLAC turns out to
     hold fewer frames than it declares, `AudioDecodeError` is raised mid-stream: the
@@ -222,7 +234,8 @@ def wav_chunks(flac_path: Path, block_frames: int = 65536) -> Iterator[bytes]:
     """
     if block_frames <= 0:
         raise ValueError("block_frames must be > 0")
-    with sf.SoundFile(str(flac_path)) as f:
+    name = source.name if isinstance(source, Path) else "the FLAC"
+    with _open_flac(source) as f:
         header, data_bytes, sample_bytes = _wav_layout(
             f.frames, f.channels, f.samplerate, f.subtype
         )
@@ -242,7 +255,7 @@ def wav_chunks(flac_path: Path, block_frames: int = 65536) -> Iterator[bytes]:
             got = len(chunk) // (sample_bytes * f.channels)
             if got == 0:
                 raise AudioDecodeError(
-                    f"{flac_path.name} ended {remaining} frames short of its declared length"
+                    f"{name} ended {remaining} frames short of its declared length"
                 )
             remaining -= got
             yield chunk
