@@ -386,7 +386,9 @@ async def test_user_files_are_sandboxed_and_svg_is_an_attachment(embedded_stack:
     assert opened.headers["x-content-type-options"] == "nosniff"
     assert opened.headers["content-disposition"].startswith("attachment")
 
-    shown = await embedded_stack.http.get(path + "&inline=true")
+    # `inline` is part of the signature (tests/api/test_signed_links.py): signed for it.
+    shown_url = httpx.URL(await storage.signed_url(key, 60, inline=True))
+    shown = await embedded_stack.http.get(shown_url.raw_path.decode())
     assert shown.status_code == 200
     assert shown.headers["content-disposition"].startswith("inline")
     assert shown.headers["content-security-policy"] == csp
