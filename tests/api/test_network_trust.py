@@ -23,6 +23,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from asgi_lifespan import LifespanManager
+from pydantic import SecretStr
 
 from api.main import create_app
 from tests.conftest import Stack, _assemble, base_settings, eventually
@@ -228,6 +229,7 @@ async def test_deliveries_go_through_the_egress_proxy_when_set(
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'sf.db'}",
         storage_local_dir=tmp_path / "objects",
         webhook_egress_proxy=f"http://127.0.0.1:{egress_proxy.port}",
+        webhook_allowed_ports=[8443],
     )
     url = f"http://{PUBLIC_ADDRESS}:8443/hook"
     async for stack in _assemble(settings, temporal_server, True):
@@ -492,7 +494,8 @@ async def test_metrics_public_when_asked(embedded_stack: Stack) -> None:
 
 async def test_a_metrics_token_is_needed_from_loopback_too(embedded_stack: Stack) -> None:
     token = "metrics-scrape-token-0123456789"
-    async with client_from(embedded_stack.settings, "127.0.0.1", metrics_token=token) as local:
+    settings = embedded_stack.settings
+    async with client_from(settings, "127.0.0.1", metrics_token=SecretStr(token)) as local:
         assert (await local.get("/metrics")).status_code == 401
         authorized = {"Authorization": f"Bearer {token}"}
         assert (await local.get("/metrics", headers=authorized)).status_code == 200
