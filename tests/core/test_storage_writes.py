@@ -17,7 +17,6 @@ import pytest
 
 from core.s3_storage import S3Storage
 from core.storage import LocalStorage, Storage
-from tests.services import VersityGateway
 
 SIZE = 16 * 1024 * 1024  # big enough that two writes overlap for many milliseconds
 ROUNDS = 3
@@ -28,19 +27,6 @@ SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"/>'
 async def local(tmp_path: Path) -> AsyncIterator[LocalStorage]:
     async with LocalStorage(tmp_path / "objects", "http://testserver", "k" * 32) as storage:
         assert isinstance(storage, LocalStorage)
-        yield storage
-
-
-@pytest.fixture
-async def s3(s3_gateway: VersityGateway, s3_bucket: str) -> AsyncIterator[S3Storage]:
-    storage = S3Storage(
-        bucket=s3_bucket,
-        endpoint=s3_gateway.endpoint,
-        access_key=s3_gateway.access_key,
-        secret_key=s3_gateway.secret_key,
-        region="us-east-1",
-    )
-    async with storage:
         yield storage
 
 
@@ -65,29 +51,28 @@ def payloads(round_: int) -> list[bytes]:
     return [bytes([round_ * 2 + i]) * SIZE + os.urandom(64) for i in range(2)]
 
 
-async def test_two_local_writers_at_one_instant_leave_one_whole_file(
-    local: LocalStorage, tmp_path: Path
-) -> None:
+async def one_writer_wins_each_time(storage: Storage, tmp_path: Path) -> str:
     key = "previews/u/t.png"
     for round_ in range(ROUNDS):
         written = payloads(round_)
-        await race(local, key, written, tmp_path)  # neither writer fails
-        assert await local.get_bytes(key) in written, "the file is not one writer's bytes"
-    # No temporary file is left behind, and none is listed as an object.
-    leftovers = [p.name for p in local.path_for(key).parent.iterdir()]
-    assert leftovers == ["t.png"]
-    assert await local.list_keys("previews/") == [key]
+        await race(storage, key, written, tmp_path)  # neither writer fails
+        assert await storage.get_bytes(key) in written, "the object is not one writer's bytes"
+    # No temporary object is left behind or listed.
+    assert await storage.list_keys("previews/") == [key]
+    return key
+
+
+async def test_two_local_writers_at_one_instant_leave_one_whole_file(
+    local: LocalStorage, tmp_path: Path
+) -> None:
+    key = await one_writer_wins_each_time(local, tmp_path)
+    assert [p.name for p in local.path_for(key).parent.iterdir()] == ["t.png"]
 
 
 async def test_two_s3_writers_at_one_instant_leave_one_whole_object(
     s3: S3Storage, tmp_path: Path
 ) -> None:
-    key = "previews/u/t.png"
-    for round_ in range(ROUNDS):
-        written = payloads(round_)
-        await race(s3, key, written, tmp_path)
-        assert await s3.get_bytes(key) in written, "the object is not one writer's bytes"
-    assert await s3.list_keys("previews/") == [key]
+    await one_writer_wins_each_time(s3, tmp_path)
 
 
 async def test_s3_links_serve_svg_as_an_attachment_of_its_own_type(s3: S3Storage) -> None:
