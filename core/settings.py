@@ -99,6 +99,13 @@ class Settings(BaseSettings):
     # policy decides); it stays below the heartbeat timeout.
     provider_request_timeout_s: float = Field(default=15.0, gt=0)
     # /api/health/providers answers from a check at most this old.
+    # A provider's audio file larger than this is refused (and never written past it):
+    # five minutes of 96 kHz 24-bit stereo WAV, the longest track (300 s) in the largest
+    # format a provider sends, is ~173 MB.
+    provider_download_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    # Audio downloads and their redirects must resolve to public addresses; hosts listed
+    # here are exempt (the tests' loopback fakes).
+    provider_download_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     provider_health_cache_s: float = Field(default=30.0, ge=0)
     # Providers tell us when a job ends (and which job a lost submit answer started) by
     # webhook; submissions carry webhook URLs under PUBLIC_BASE_URL only when this is on,
@@ -187,6 +194,9 @@ class Settings(BaseSettings):
     # Webhook targets must resolve to public addresses; hosts listed here are exempt
     # (tests use loopback receivers).
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Webhook URLs may name ports 80 and 443 and these (comma-separated); hosts in
+    # WEBHOOK_ALLOWED_HOSTS may name any.
+    webhook_allowed_ports: Annotated[list[int], NoDecode] = Field(default_factory=list)
     webhook_timeout_s: float = Field(default=10.0, gt=0)
     # Deliveries go through this HTTP(S) proxy when set (production egress control);
     # otherwise straight to the vetted address. Proxies from the environment are ignored.
@@ -224,10 +234,12 @@ class Settings(BaseSettings):
     api_host: str | None = None
     # Strict-Transport-Security max-age on every response; 0 leaves the header off.
     hsts_seconds: int = Field(default=0, ge=0)
-    # /metrics on its own port (0: on the API port, as before); METRICS_TOKEN, when set,
-    # makes /metrics require `Authorization: Bearer <token>`.
+    # /metrics on its own port (0: on the API port). On the API port, METRICS_TOKEN makes
+    # it require `Authorization: Bearer <token>`; without a token it answers loopback
+    # clients only, unless METRICS_PUBLIC=true opens it to everyone.
     api_metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_token: SecretStr | None = None
+    metrics_public: bool = False
     log_level: str = "INFO"
     # Errors go to Sentry when set (API and worker); off when unset.
     sentry_dsn: SecretStr | None = None
@@ -259,7 +271,12 @@ class Settings(BaseSettings):
     style_series_enabled: bool = False
 
     _split = field_validator(
-        "music_providers", "cors_origins", "webhook_allowed_hosts", mode="before"
+        "music_providers",
+        "cors_origins",
+        "webhook_allowed_hosts",
+        "webhook_allowed_ports",
+        "provider_download_allowed_hosts",
+        mode="before",
     )(_split_csv)
 
     @field_validator("music_providers")

@@ -157,7 +157,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if value is None:
             continue
         if isinstance(value, list):
-            value = ",".join(value)
+            value = ",".join(str(item) for item in value)
         env[name.upper()] = str(value)
     for name in ("s3_access_key", "s3_secret_key", "secret_key", "fal_key", "replicate_api_token"):
         secret = getattr(settings, name)

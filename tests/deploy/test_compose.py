@@ -86,7 +86,7 @@ REQUIRED_SECRETS = {
     "SECRET_KEY",
 }
 # Passed through by name only: an empty string would still count as a configured key.
-PASS_THROUGH = {"FAL_KEY", "REPLICATE_API_TOKEN", "MUSIC_PROVIDER"}
+PASS_THROUGH = {"FAL_KEY", "REPLICATE_API_TOKEN", "MUSIC_PROVIDER", "METRICS_TOKEN"}
 
 SECRET_NAME = re.compile(r"PASSWORD|_PWD$|SECRET|_KEY$|TOKEN")
 INTERPOLATION = re.compile(
