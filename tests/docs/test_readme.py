@@ -19,10 +19,11 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+GUARANTEES = ROOT / "docs" / "guarantees.md"
 RESULTS = ROOT / "bench" / "RESULTS.md"
 DOCS = [README, *sorted((ROOT / "docs").glob("*.md")), RESULTS]
 
-# Every guarantee the README has made. A row may gain tests; none may leave the table.
+# Every guarantee we have made. A row may gain tests; none may leave docs/guarantees.md.
 GUARANTEE_TESTS = {
     "tests/e2e/test_pay_once.py::test_lost_replicate_answer_is_found_not_resent",
     "tests/e2e/test_webhook_completion.py::test_a_lost_fal_answer_is_resolved_by_its_webhook",
@@ -40,6 +41,49 @@ GUARANTEE_TESTS = {
     "tests/e2e/test_webhook_completion.py::test_a_forged_webhook_is_refused_and_changes_nothing",
     "tests/e2e/test_webhook_completion.py::test_a_lost_delivery_is_covered_by_the_safety_poll",
     "tests/e2e/test_waiting_capacity.py",
+    "tests/e2e/test_cancel_races.py::test_a_cancel_between_the_reconcilers_read_and_its_start_pays_nothing",
+    "tests/domain/test_cancel_races.py::test_a_cancel_between_the_reconcilers_read_and_its_start_is_final",
+    "tests/domain/test_cancel_races.py::test_a_cancel_between_collect_and_complete_keeps_the_track_undelivered",
+    "tests/workflows/test_track_workflow.py::test_a_job_that_moved_stops_the_run_without_paying_or_telling",
+    "tests/domain/test_provider_deliveries.py::test_a_lost_submit_answer_is_resolved_by_its_webhook_to_the_one_paid_job",
+    "tests/domain/test_lost_answers.py::test_fal_without_webhooks_is_refused_unless_the_operator_opts_in",
+    "tests/domain/test_lost_answers.py::test_the_worker_command_refuses_to_start",
+    "tests/e2e/test_cluster_topology.py::test_burst_survives_a_killed_worker_and_a_killed_api",
+    "tests/e2e/test_cluster_topology.py::test_every_track_completes_across_a_frontend_restart",
+    "tests/e2e/test_cluster_topology.py::test_cli_ends_a_run_and_the_database_and_provider_follow",
+    "tests/e2e/test_cluster_topology.py::test_a_client_without_a_certificate_is_refused_in_one_sentence",
+    "tests/e2e/test_cluster_topology.py::test_a_certificate_from_another_ca_is_refused_in_one_sentence",
+    "tests/core/test_temporal_connect.py::test_each_wrong_setting_gets_one_plain_sentence",
+    "tests/core/test_temporal_search_attributes.py::test_ready_means_a_create_succeeds_right_after_registration",
+    "tests/core/test_temporal_search_attributes.py::test_worker_ready_means_a_create_succeeds",
+    "tests/core/test_temporal_search_attributes.py::test_without_operator_rights_the_worker_names_the_command_and_the_api_says_so",
+    "tests/e2e/test_rollout.py::test_a_rollout_at_the_bad_moment_moves_no_run_and_pays_each_once",
+    "tests/e2e/test_rollout.py::test_an_unversioned_worker_refuses_where_versioning_is_in_use",
+    "tests/workflows/test_replay.py",
+    "tests/engines/test_svg_sanitize_cost.py::test_work_grows_linearly_with_size_for_every_costly_shape",
+    "tests/engines/test_render_sandbox_sanitize.py::test_the_costliest_svgs_at_the_limit_are_checked_in_the_child_in_bounded_time",
+    "tests/api/test_preview_stampede.py::test_a_stampede_on_a_fresh_share_draws_its_preview_once",
+    "tests/api/test_preview_stampede.py::test_past_the_queue_bound_visitors_get_503_with_retry_after",
+    "tests/api/test_wav_stream.py::test_a_slow_download_holds_no_copy_and_later_ones_wait_their_turn",
+    "tests/api/test_wav_stream.py::test_a_client_that_hangs_up_mid_download_gives_its_slot_back",
+    "tests/e2e/test_webhook_bounds.py::test_an_endless_answer_is_never_read",
+    "tests/activities/providers/test_download_bounds.py::test_an_endless_body_stops_at_the_cap",
+    "tests/activities/providers/test_download_bounds.py::test_a_redirect_to_a_non_public_address_is_never_followed",
+    "tests/e2e/test_webhook_bounds.py::test_cloud_metadata_addresses_are_refused_up_front",
+    "tests/e2e/test_webhook_bounds.py::test_webhook_ports_are_80_443_and_those_allowed",
+    "tests/e2e/test_provider_webhooks.py::test_another_fal_customers_genuine_delivery_cannot_resolve_our_submission",
+    "tests/domain/test_provider_deliveries.py::test_a_fal_delivery_naming_another_fal_user_is_refused",
+    "tests/domain/test_provider_deliveries.py::test_a_replayed_delivery_is_refused_inside_the_tolerance",
+    "tests/domain/test_provider_deliveries.py::test_a_run_the_provider_does_not_confirm_to_our_key_is_refused",
+    "tests/domain/test_provider_deliveries.py::test_a_providers_error_quoting_the_webhook_url_loses_the_token",
+    "tests/core/test_storage_writes.py::test_two_local_writers_at_one_instant_leave_one_whole_file",
+    "tests/core/test_storage_writes.py::test_two_s3_writers_at_one_instant_leave_one_whole_object",
+    "tests/core/test_storage_writes.py::test_s3_links_serve_svg_as_an_attachment_of_its_own_type",
+    "tests/api/test_signed_links.py::test_inline_links_show_svg_sandboxed",
+    "tests/api/test_signed_links.py::test_a_wav_signature_opens_no_file_and_a_file_signature_no_wav",
+    "tests/api/test_signed_links.py::test_name_and_inline_are_covered_by_the_signature",
+    "tests/api/test_network_trust.py::test_metrics_answer_loopback_only_by_default",
+    "tests/api/test_network_trust.py::test_metrics_behind_a_token",
 }
 
 
@@ -81,7 +125,7 @@ def test_the_readme_opens_with_the_two_commands_and_ci_runs_the_second() -> None
 
 
 def test_every_guarantee_names_tests_that_exist() -> None:
-    rows = table_rows(section(README.read_text(), "What we guarantee"))
+    rows = table_rows(section(GUARANTEES.read_text(), "What we guarantee"))
     named: set[str] = set()
     for fault, outcome, proof in rows:
         assert fault and outcome, proof
