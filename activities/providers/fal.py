@@ -18,8 +18,9 @@ fal-client quirks this module works around (fal-client 1.x, see `fal_client/clie
 * Its httpx client is a private cached async property (`AsyncClient._client`) built
   with fal's own `AsyncBackupDomainTransport` and no way to pass ours, and it reads
   every answer whole. `_http` wraps that client's transport in a `CappedTransport`
-  (PROVIDER_RESPONSE_MAX_BYTES) before any call; tests/activities/providers/
-  test_capped_answers.py fails if a fal-client release moves what it wraps.
+  (PROVIDER_RESPONSE_MAX_BYTES) before any call; the hosted contract's
+  `test_a_huge_poll_answer_fails_the_attempt_in_bounded_memory` fails if a fal-client
+  release moves what it wraps.
 * The request URLs drop the model's subpath: `fal-ai/minimax-music/v2` is submitted to
   `<queue>/fal-ai/minimax-music/v2` but followed at `<queue>/fal-ai/minimax-music/requests/<id>`.
 """
