@@ -10,6 +10,7 @@ deflate) is inflated here, counted as it inflates, and handed on plain.
 
 from __future__ import annotations
 
+import ssl
 import zlib
 from collections.abc import AsyncIterator
 
@@ -122,6 +123,27 @@ def _declared_length(response: httpx.Response) -> int:
         return 0
 
 
-def capped(max_bytes: int, inner: httpx.AsyncBaseTransport | None = None) -> CappedTransport:
-    """`inner` (a plain connection pool if None) with its answers capped at `max_bytes`."""
-    return CappedTransport(inner or httpx.AsyncHTTPTransport(), max_bytes)
+class _PoolTransport(httpx.AsyncBaseTransport):
+    """A connection pool that honours the environment's proxy settings (HTTPS_PROXY,
+    NO_PROXY) as a plain `httpx.AsyncClient` does; a client handed a transport directly
+    ignores them. The outer client still sets timeouts and headers."""
+
+    def __init__(self, verify: ssl.SSLContext | bool) -> None:
+        self._client = httpx.AsyncClient(verify=verify, follow_redirects=False)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._client.send(request, stream=True)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def capped(
+    max_bytes: int,
+    inner: httpx.AsyncBaseTransport | None = None,
+    *,
+    verify: ssl.SSLContext | bool = True,
+) -> CappedTransport:
+    """`inner` (else a connection pool verifying TLS with `verify`) with its answers
+    capped at `max_bytes`."""
+    return CappedTransport(inner or _PoolTransport(verify), max_bytes)

@@ -228,9 +228,7 @@ class HostedProvider(MusicProvider, Generic[C]):
                 httpx.AsyncClient(
                     timeout=client_timeout(self._request_timeout_s),
                     follow_redirects=False,
-                    transport=capped(
-                        self._response_max_bytes, httpx.AsyncHTTPTransport(verify=tls_context())
-                    ),
+                    transport=capped(self._response_max_bytes, verify=tls_context()),
                 ) as http,
             ):
                 response = await http.post(

@@ -80,3 +80,19 @@ async def test_an_encoding_not_asked_for_is_refused() -> None:
     async with httpx.AsyncClient(transport=_serving(b"\x00" * 16, "br", [])) as client:
         with pytest.raises(httpx.DecodingError, match="br-encoded"):
             await client.get("http://provider.test/")
+
+
+async def test_the_default_pool_goes_through_the_environments_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As a plain httpx client would: deployments that reach providers through a proxy
+    keep doing so once answers are capped."""
+    answers = {"http://provider.test/status": Answer(body=b'{"ok": true}')}
+    async with hostile_server(answers) as proxy:
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        async with httpx.AsyncClient(transport=capped(CAP)) as http:
+            response = await http.get("http://provider.test/status")
+    assert response.json() == {"ok": True}
+    assert proxy.requests == ["http://provider.test/status"]
