@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from core.capped import DEFAULT_RESPONSE_MAX_BYTES
 from core.temporal_config import TemporalConfigError, load_profile, temporal_secrets
 
 KNOWN_PROVIDERS = ("fal", "replicate", "synth")
@@ -103,6 +104,9 @@ class Settings(BaseSettings):
     # five minutes of 96 kHz 24-bit stereo WAV, the longest track (300 s) in the largest
     # format a provider sends, is ~173 MB.
     provider_download_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    # Any other answer from a provider's API or its published keys (JSON, a few KB):
+    # larger is refused, so a hostile or broken server cannot fill the worker's memory.
+    provider_response_max_bytes: int = Field(default=DEFAULT_RESPONSE_MAX_BYTES, ge=64 * 1024)
     # Audio downloads and their redirects must resolve to public addresses; hosts listed
     # here are exempt (the tests' loopback fakes).
     provider_download_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -15,6 +15,12 @@ fal-client quirks this module works around (fal-client 1.x, see `fal_client/clie
   `HostedProvider._call`.
 * `result()` polls status until COMPLETED before fetching, so call it only once poll has
   said the job succeeded (the MusicProvider contract already guarantees that).
+* Its httpx client is a private cached async property (`AsyncClient._client`) built
+  with fal's own `AsyncBackupDomainTransport` and no way to pass ours, and it reads
+  every answer whole. `_http` wraps that client's transport in a `CappedTransport`
+  (PROVIDER_RESPONSE_MAX_BYTES) before any call; the hosted contract's
+  `test_a_huge_poll_answer_fails_the_attempt_in_bounded_memory` fails if a fal-client
+  release moves what it wraps.
 * The request URLs drop the model's subpath: `fal-ai/minimax-music/v2` is submitted to
   `<queue>/fal-ai/minimax-music/v2` but followed at `<queue>/fal-ai/minimax-music/requests/<id>`.
 """
@@ -26,11 +32,13 @@ from typing import Any
 
 import fal_client
 import fal_client.client as fal_http
+import httpx
 from pydantic import SecretStr
 
 from activities.providers._http import DownloadRules
 from activities.providers.base import JobState, PollResult, ProviderError
 from activities.providers.hosted import HostedModel, HostedProvider, HttpFailure, SubmitCall
+from core.capped import DEFAULT_RESPONSE_MAX_BYTES, CappedTransport
 from core.contracts import ErrorCode, Submission
 from core.settings import Settings
 
@@ -80,6 +88,7 @@ class FalProvider(HostedProvider[fal_client.AsyncClient]):
         request_timeout_s: float = 15.0,
         download_timeout_s: float = 15.0,
         downloads: DownloadRules | None = None,
+        response_max_bytes: int = DEFAULT_RESPONSE_MAX_BYTES,
     ) -> None:
         super().__init__(
             key=key,
@@ -89,6 +98,7 @@ class FalProvider(HostedProvider[fal_client.AsyncClient]):
             request_timeout_s=request_timeout_s,
             download_timeout_s=download_timeout_s,
             downloads=downloads,
+            response_max_bytes=response_max_bytes,
         )
         self._queue_url = queue_url if queue_url.endswith("/") else queue_url + "/"
         _configure_fal_client(queue_url)
@@ -164,10 +174,24 @@ class FalProvider(HostedProvider[fal_client.AsyncClient]):
         _configure_fal_client(self._queue_url)
         return super()._client()
 
+    async def _ready(self, client: fal_client.AsyncClient) -> None:
+        await self._http(client)
+
+    async def _http(self, client: fal_client.AsyncClient) -> httpx.AsyncClient:
+        """fal-client's own httpx client, its transport capped (see the module doc).
+
+        It sits behind a private cached property and takes no transport argument, so
+        its transport is wrapped once in place; every status, result and cancel goes
+        through it.
+        """
+        http: httpx.AsyncClient = await client._client
+        if not isinstance(http._transport, CappedTransport):
+            http._transport = CappedTransport(http._transport, self._response_max_bytes)
+        return http
+
     async def _close_client(self, client: fal_client.AsyncClient) -> None:
         # fal-client has no close(); its httpx client sits behind a private cached property.
-        http = await client._client
-        await http.aclose()
+        await (await self._http(client)).aclose()
 
     # -- error mapping -------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from activities.providers.base import (
     MusicProvider,
     ProviderError,
 )
+from core.capped import DEFAULT_RESPONSE_MAX_BYTES, capped
 from core.contracts import ErrorCode, GenerationRequest, ProviderHealth, Submission
 from core.logging import SecretScrubber
 from core.settings import Settings, get_settings
@@ -100,6 +101,7 @@ class HostedProvider(MusicProvider, Generic[C]):
         request_timeout_s: float,
         download_timeout_s: float,
         downloads: DownloadRules | None = None,
+        response_max_bytes: int = DEFAULT_RESPONSE_MAX_BYTES,
     ) -> None:
         # Both stay under the activity heartbeat timeout (20 s by default): an API call is
         # not heartbeated while it runs, and a download heartbeats once per chunk read.
@@ -118,6 +120,8 @@ class HostedProvider(MusicProvider, Generic[C]):
         self._request_timeout_s = request_timeout_s
         self._download_timeout_s = download_timeout_s
         self._downloads = downloads or DownloadRules()
+        # Every answer but the audio is JSON: a longer one is refused as it streams in.
+        self._response_max_bytes = response_max_bytes
         # Built lazily: a subclass sets its endpoints after this returns.
         self._clients: LoopLocal[C] = LoopLocal(self._new_client)
 
@@ -128,6 +132,7 @@ class HostedProvider(MusicProvider, Generic[C]):
             **cls._settings_values(settings),
             "request_timeout_s": settings.provider_request_timeout_s,
             "downloads": DownloadRules.from_settings(settings),
+            "response_max_bytes": settings.provider_response_max_bytes,
         }
         return cls(**{**values, **overrides})
 
@@ -168,6 +173,9 @@ class HostedProvider(MusicProvider, Generic[C]):
     @abstractmethod
     def _new_client(self) -> C:
         """A library client for the current event loop."""
+
+    async def _ready(self, client: C) -> None:
+        """Finish setting up a client before a call (a library may build parts lazily)."""
 
     @abstractmethod
     async def _close_client(self, client: C) -> None:
@@ -214,11 +222,13 @@ class HostedProvider(MusicProvider, Generic[C]):
         try:
             async with (
                 asyncio.timeout(self._request_timeout_s),
-                # No transport retries (httpx's default), and no pooled connection.
+                # No transport retries (httpx's default), and no pooled connection. An
+                # answer over the cap raises ResponseTooLarge, a transport error: the
+                # request was sent, so it is a lost answer like any other (below).
                 httpx.AsyncClient(
                     timeout=client_timeout(self._request_timeout_s),
                     follow_redirects=False,
-                    verify=tls_context(),
+                    transport=capped(self._response_max_bytes, verify=tls_context()),
                 ) as http,
             ):
                 response = await http.post(
@@ -344,6 +354,7 @@ class HostedProvider(MusicProvider, Generic[C]):
         client = self._client()
         try:
             async with asyncio.timeout(self._request_timeout_s):
+                await self._ready(client)
                 return await call(client)
         except Exception as exc:
             raise self._error(op, exc) from None

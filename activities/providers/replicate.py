@@ -14,6 +14,8 @@ replicate 1.x quirks this module works around (see `replicate/client.py`):
   and leaving every retry to the workflow's policy.
 * Timeouts surface as raw httpx exceptions, not ReplicateError.
 * `Prediction.status` is a closed Literal, so an unknown status fails validation.
+* It reads every answer whole; the same `transport` argument caps them
+  (`core.capped`, PROVIDER_RESPONSE_MAX_BYTES).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from replicate.prediction import Prediction
 from activities.providers._http import DownloadRules, client_timeout, problem_detail, shorten
 from activities.providers.base import JobState, PollResult, ProviderError
 from activities.providers.hosted import HostedModel, HostedProvider, HttpFailure, SubmitCall
+from core.capped import DEFAULT_RESPONSE_MAX_BYTES, capped
 from core.contracts import ErrorCode, GenerationRequest, Submission
 from core.settings import Settings
 
@@ -127,6 +130,7 @@ class ReplicateProvider(HostedProvider[replicate.Client]):
         request_timeout_s: float = 15.0,
         download_timeout_s: float = 15.0,
         downloads: DownloadRules | None = None,
+        response_max_bytes: int = DEFAULT_RESPONSE_MAX_BYTES,
     ) -> None:
         super().__init__(
             key=api_token,
@@ -136,6 +140,7 @@ class ReplicateProvider(HostedProvider[replicate.Client]):
             request_timeout_s=request_timeout_s,
             download_timeout_s=download_timeout_s,
             downloads=downloads,
+            response_max_bytes=response_max_bytes,
         )
         self._base_url = base_url.rstrip("/")
 
@@ -239,7 +244,8 @@ class ReplicateProvider(HostedProvider[replicate.Client]):
             api_token=self._secret(),
             base_url=self._base_url,
             timeout=client_timeout(self._request_timeout_s),
-            transport=_RetryableStatusTransport(httpx.AsyncHTTPTransport()),
+            # Capped innermost, so an error body read for its detail is capped too.
+            transport=_RetryableStatusTransport(capped(self._response_max_bytes)),
         )
 
     async def _close_client(self, client: replicate.Client) -> None:

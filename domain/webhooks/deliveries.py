@@ -31,6 +31,7 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
+from core.capped import capped
 from core.contracts import ProviderEvent
 from core.db import SessionFactory, transaction
 from core.logging import get_logger
@@ -246,8 +247,10 @@ class ProviderStatus:
 
     async def _ours(self, provider: str, url: str, headers: dict[str, str]) -> bool:
         try:
+            # Only the status counts, but the client reads the body: capped.
             async with httpx.AsyncClient(
-                timeout=self.settings.provider_request_timeout_s, transport=self._transport
+                timeout=self.settings.provider_request_timeout_s,
+                transport=capped(self.settings.provider_response_max_bytes, self._transport),
             ) as client:
                 response = await client.get(url, headers=headers)
         except httpx.HTTPError as exc:

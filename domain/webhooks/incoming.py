@@ -46,6 +46,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from standardwebhooks import Webhook
 
+from core.capped import DEFAULT_RESPONSE_MAX_BYTES, capped
 from core.contracts import ProviderEvent
 from core.logging import get_logger
 from core.settings import Settings
@@ -225,12 +226,16 @@ class ReplicateSigningSecret:
         api_token: str | None,
         timeout_s: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_bytes: int = DEFAULT_RESPONSE_MAX_BYTES,
     ) -> None:
         self._secret = configured
         self._base_url = base_url.rstrip("/")
         self._api_token = api_token
         self._timeout_s = timeout_s
+        # Its answer is read whole: capped, as a broken or hostile server could send
+        # gigabytes (ResponseTooLarge is an httpx.HTTPError, so it reads as unavailable).
         self._transport = transport
+        self._max_bytes = max_bytes
         self._lock = asyncio.Lock()
 
     async def get(self) -> str:
@@ -249,7 +254,7 @@ class ReplicateSigningSecret:
         url = f"{self._base_url}/v1/webhooks/default/secret"
         try:
             async with httpx.AsyncClient(
-                timeout=self._timeout_s, transport=self._transport
+                timeout=self._timeout_s, transport=capped(self._max_bytes, self._transport)
             ) as client:
                 response = await client.get(
                     url, headers={"Authorization": f"Bearer {self._api_token}"}
@@ -358,11 +363,14 @@ class FalKeySet:
         refetch_interval_s: float = JWKS_REFETCH_INTERVAL_S,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_bytes: int = DEFAULT_RESPONSE_MAX_BYTES,
     ) -> None:
         self.jwks_url = jwks_url
         self._timeout_s = timeout_s
         self._refetch_interval_s = refetch_interval_s
+        # Read whole, so capped; a set too large to read is a failed fetch (no keys).
         self._transport = transport
+        self._max_bytes = max_bytes
         self._clock = clock
         self._keys: list[Ed25519PublicKey] | None = None
         self._last_attempt: float | None = None
@@ -398,7 +406,7 @@ class FalKeySet:
         self.fetches += 1
         try:
             async with httpx.AsyncClient(
-                timeout=self._timeout_s, transport=self._transport
+                timeout=self._timeout_s, transport=capped(self._max_bytes, self._transport)
             ) as client:
                 response = await client.get(self.jwks_url)
             response.raise_for_status()
@@ -487,14 +495,16 @@ class ProviderWebhookVerifier:
         configured = settings.replicate_webhook_secret
         api_token = settings.replicate_api_token
         timeout_s = settings.provider_request_timeout_s
+        max_bytes = settings.provider_response_max_bytes
         return cls(
             ReplicateSigningSecret(
                 configured=configured.get_secret_value() if configured else None,
                 base_url=settings.replicate_base_url,
                 api_token=api_token.get_secret_value() if api_token else None,
                 timeout_s=timeout_s,
+                max_bytes=max_bytes,
             ),
-            FalKeySet(settings.fal_webhook_jwks_url, timeout_s=timeout_s),
+            FalKeySet(settings.fal_webhook_jwks_url, timeout_s=timeout_s, max_bytes=max_bytes),
             settings.provider_webhook_tolerance_s,
             fal_user_id=settings.fal_webhook_user_id,
         )

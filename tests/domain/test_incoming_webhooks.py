@@ -31,6 +31,7 @@ from domain.webhooks.incoming import (
     verify_replicate,
     webhook_url,
 )
+from tests.fakes.hostile_http import CHUNK, Answer, hostile_server
 
 pytestmark = pytest.mark.unit
 
@@ -480,3 +481,43 @@ async def test_an_unreachable_jwks_is_a_retry_later() -> None:
     key = Ed25519PrivateKey.generate()
     with pytest.raises(VerifierUnavailable):
         await verifier.verify("fal", "tok", fal_headers(key, FAL_BODY), FAL_BODY)
+
+
+# -- the keys' answers are capped -------------------------------------------------------
+
+CAP = 64 * 1024
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "undeclared"])
+async def test_a_jwks_longer_than_the_cap_is_no_key_set(chunked: bool) -> None:
+    """A valid key set padded past the cap (valid JSON all the same): without the cap it
+    would verify the delivery below; with it the set is never read, so nothing is."""
+    key = Ed25519PrivateKey.generate()
+    padded = json.dumps({"keys": [jwk(key)]}).encode() + b" " * (4 * CAP)
+    unused = ReplicateSigningSecret(
+        configured=new_whsec(), base_url="https://r.test", api_token=None
+    )
+    async with hostile_server({"/jwks.json": Answer(body=padded, chunked=chunked)}) as server:
+
+        def verifier(max_bytes: int) -> ProviderWebhookVerifier:
+            keys = FalKeySet(f"{server.url}/jwks.json", clock=Clock(), max_bytes=max_bytes)
+            return ProviderWebhookVerifier(unused, keys, TOLERANCE_S)
+
+        with pytest.raises(VerifierUnavailable):
+            await verifier(CAP).verify("fal", "tok", fal_headers(key, FAL_BODY), FAL_BODY)
+        # The same set within the cap verifies: the refusal above is the cap's alone.
+        delivery = await verifier(8 * CAP).verify(
+            "fal", "tok", fal_headers(key, FAL_BODY), FAL_BODY
+        )
+    assert delivery.event.provider == "fal"
+    assert server.requests == ["/jwks.json"] * 2
+
+
+async def test_an_endless_replicate_secret_answer_is_a_retry_later() -> None:
+    async with hostile_server({"/v1/webhooks/default/secret": Answer(endless=True)}) as server:
+        holder = ReplicateSigningSecret(
+            configured=None, base_url=server.url, api_token="t", max_bytes=CAP
+        )
+        with pytest.raises(VerifierUnavailable):
+            await holder.get()
+    assert server.body_bytes_sent < 64 * CHUNK

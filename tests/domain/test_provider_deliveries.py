@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,14 +23,16 @@ from domain.tracks.submissions import SubmissionLedger
 from domain.users import create_user
 from domain.webhooks.deliveries import (
     ProviderDeliveries,
+    ProviderStatus,
     Replayed,
     RetryLater,
     UnknownSubmission,
 )
 from domain.webhooks.incoming import NotOurAccount
-from tests.domain.conftest import DomainContext
+from tests.domain.conftest import DomainContext, domain_settings
 from tests.fakes.fal_server import FalFake
 from tests.fakes.fixtures import FAL_KEY, REPLICATE_TOKEN, fal, replicate
+from tests.fakes.hostile_http import CHUNK, Answer, hostile_server
 from tests.fakes.replicate_server import ReplicateFake
 from tests.fakes.webhooks import WebhookSender, fal_completion, replicate_prediction
 
@@ -267,3 +270,19 @@ async def test_a_providers_error_quoting_the_webhook_url_loses_the_token(world: 
     [told] = world.workflow.told
     assert told.state == "failed" and told.error is not None
     assert row.token not in told.error and "[token]" in told.error
+
+
+async def test_a_run_confirmation_too_large_to_read_confirms_nothing(tmp_path: Path) -> None:
+    """The status call that confirms an unseen run reads its answer: an endless one is
+    cut at the cap and asked again later, never taken as "ours"."""
+    async with hostile_server({"/v1/predictions/p-1": Answer(endless=True)}) as server:
+        settings = domain_settings(
+            "sqlite+aiosqlite://",
+            tmp_path,
+            replicate_api_token=SecretStr(REPLICATE_TOKEN),
+            replicate_base_url=server.url,
+            provider_response_max_bytes=64 * 1024,
+        )
+        with pytest.raises(RetryLater):
+            await ProviderStatus(settings)("replicate", "p-1", None)
+    assert server.body_bytes_sent < 64 * CHUNK

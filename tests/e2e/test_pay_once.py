@@ -33,7 +33,7 @@ from core.models import Plan
 from domain.tracks.submissions import SubmissionLedger
 from tests.conftest import Stack, eventually
 from tests.e2e.test_operators import reconciler, temporal
-from tests.fakes import Drop, Fail, FailAfter, FakeServer, Job, Late, Stall
+from tests.fakes import Drop, Fail, FailAfter, FakeServer, Huge, Job, Late, Stall
 from tests.fakes.fal_server import FalFake
 from tests.fakes.fixtures import extra_overrides, fal, replicate, stack_overrides
 from tests.fakes.replicate_server import ReplicateFake
@@ -179,8 +179,8 @@ async def test_a_failing_look_inside_the_submit_keeps_the_paid_job(
 
 @pytest.mark.parametrize(
     "fault",
-    [Drop(), Late(seconds=4), FailAfter(502)],
-    ids=["connection-cut", "answer-after-timeout", "gateway-502"],
+    [Drop(), Late(seconds=4), FailAfter(502), Huge()],
+    ids=["connection-cut", "answer-after-timeout", "gateway-502", "answer-too-large"],
 )
 @pytest.mark.parametrize("extra_overrides", [REPLICATE_ONLY])
 async def test_lost_replicate_answer_is_found_not_resent(

@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -35,7 +35,7 @@ import soundfile as sf
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "FailAfter",
     "FakeJob",
     "FakeServer",
+    "Huge",
     "Job",
     "Late",
     "Stall",
@@ -103,9 +104,30 @@ class FailAfter:
     detail: str | None = None
 
 
-Behaviour = Fail | Stall | Drop | Late | FailAfter
+@dataclass(frozen=True)
+class Huge:
+    """Do the work, then answer 200 with JSON that never ends (until `size` bytes, so a
+    client that reads it all cannot take the machine with it): the answer is lost."""
+
+    times: int = 1
+    size: int = 256 * 1024 * 1024
+
+
+Behaviour = Fail | Stall | Drop | Late | FailAfter | Huge
 # Behaviours that strike after the provider acted, where a fault costs the most.
-AFTER_ACTING = (Drop, Late, FailAfter)
+AFTER_ACTING = (Drop, Late, FailAfter, Huge)
+_HUGE_CHUNK = 1024 * 1024
+
+
+def _huge_answer(size: int) -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"id": "'
+        filler = b"x" * _HUGE_CHUNK
+        for _ in range(size // _HUGE_CHUNK):
+            yield filler
+        yield b'"}'
+
+    return StreamingResponse(body(), media_type="application/json")
 
 
 class _CutAnswer(Response):
@@ -294,6 +316,8 @@ class FakeServer:
         if isinstance(behaviour, FailAfter):
             detail = behaviour.detail or f"scripted {stage} failure after acting"
             return json_error(behaviour.status, detail)
+        if isinstance(behaviour, Huge):
+            return _huge_answer(behaviour.size)
         return response
 
     def new_job(self, app: str, payload: dict[str, Any]) -> FakeJob:

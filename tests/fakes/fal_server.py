@@ -157,7 +157,7 @@ class FalFake(FakeServer):
                 body.update(error=job.spec.fail, error_type="runner_server_error")
             elif phase == "cancelled":
                 body.update(error="Request was cancelled", error_type="request_cancelled")
-        return JSONResponse(body)
+        return await self.answer("poll", JSONResponse(body))
 
     async def _result(self, request: Request) -> Response:
         if not self._authorized(request):

@@ -26,6 +26,7 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     endless: bool = False  # a chunked body that goes on until the client hangs up
     body: bytes = b""
+    chunked: bool = False  # `body` sent chunked: its length is not declared up front
 
 
 @dataclass
@@ -49,12 +50,21 @@ class HostileServer:
             self.requests.append(path)
             answer = self.answers.get(path, Answer(404))
             headers = dict(answer.headers)
-            if answer.endless:
+            if answer.endless or answer.chunked:
                 headers["Transfer-Encoding"] = "chunked"
             else:
                 headers.setdefault("Content-Length", str(len(answer.body)))
             lines = [f"HTTP/1.1 {answer.status} X"] + [f"{k}: {v}" for k, v in headers.items()]
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+            if answer.chunked:
+                for start in range(0, len(answer.body), CHUNK):
+                    part = answer.body[start : start + CHUNK]
+                    writer.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                    await writer.drain()
+                    self.body_bytes_sent += len(part)
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                return
             if not answer.endless:
                 writer.write(answer.body)
                 await writer.drain()

@@ -203,7 +203,7 @@ class ReplicateFake(FakeServer):
             return json_error(404, "Not found.")
         n = job.polls
         phase = job.advance()
-        return JSONResponse(self._prediction(request, job, phase, n))
+        return await self.answer("poll", JSONResponse(self._prediction(request, job, phase, n)))
 
     async def _cancel(self, request: Request) -> Response:
         if not self._authorized(request):

@@ -32,7 +32,7 @@ from tests.activities.providers.support import (
     poll_to_end,
     submit,
 )
-from tests.fakes import Audio, Fail, FakeServer, Job, Stall
+from tests.fakes import Audio, Fail, FakeServer, Huge, Job, Stall
 from tests.fakes.fal_server import FalFake
 from tests.fakes.replicate_server import ReplicateFake
 
@@ -42,6 +42,7 @@ FAL_KEY = "fal-key-id:fal-key-secret-7f3a9c"
 REPLICATE_TOKEN = "r8_Secret0123456789abcdef"
 # Never contacted: for tests that only build a provider.
 NOWHERE = "http://127.0.0.1:9"
+MiB = 1024 * 1024
 
 
 def _fal_urls(base: str, app: str, run_id: str) -> dict[str, str]:
@@ -364,6 +365,49 @@ async def test_stalled_request_times_out_retryably(hosted: Hosted, fake: FakeSer
         await provider.aclose()
     assert caught.value.code is ErrorCode.TIMEOUT
     assert caught.value.retryable
+
+
+# -- answers too large to read ----------------------------------------------------------
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_huge_submit_answer_is_a_lost_answer(provider: Provider, fake: FakeServer) -> None:
+    """The job exists at the provider, its answer cannot be read: sent, so the ledger
+    resolves it and nothing sends it again."""
+    fake.script(submit=[Huge()])
+    with pytest.raises(ProviderError) as caught:
+        await submit(provider, INSTRUMENTAL)
+    assert caught.value.sent, "an unreadable answer to a sent submit must never be re-sent"
+    assert "PROVIDER_RESPONSE_MAX_BYTES" in caught.value.message
+    assert fake.submissions == 1 and fake.submit_attempts == 1
+
+
+async def test_a_huge_poll_answer_fails_the_attempt_in_bounded_memory(
+    provider: Provider, fake: FakeServer
+) -> None:
+    """Through each provider's own client library (fal's private httpx client included):
+    the answer is cut at the cap, the attempt fails retryably and the next one works."""
+    sub = await submit(provider, INSTRUMENTAL)
+    fake.script(poll=[Huge(size=256 * MiB)])
+    baseline = peak = _rss_bytes()
+    polling = asyncio.ensure_future(provider.poll(sub))
+    while not polling.done():
+        peak = max(peak, _rss_bytes())
+        await asyncio.sleep(0.005)
+    # The default cap is 4 MiB; reading the answer whole grew RSS by over 256 MiB.
+    assert peak - baseline < 48 * MiB, f"RSS grew {(peak - baseline) / MiB:.0f} MiB"
+    with pytest.raises(ProviderError) as caught:
+        await polling
+    assert caught.value.retryable
+    assert "PROVIDER_RESPONSE_MAX_BYTES" in caught.value.message
+    result, _ = await poll_to_end(provider, sub)
+    assert result.state is JobState.SUCCEEDED
 
 
 # -- download ----------------------------------------------------------------------------
