@@ -161,7 +161,9 @@ async def test_a_signed_delivery_resolves_its_submission(
     assert again.status_code == 200, again.text
     assert (await reread(stack, row)).updated_at >= fresh.updated_at
     assert [e.event for e in await stack.store.events(row.job_id)] == events
-    content, headers = fake.webhooks.signed(body_for(provider, run_id), run_id=run_id)
+    # Signed later than both deliveries above, so within one clock second it is still a
+    # delivery of its own and only its second post is the replay.
+    content, headers = fake.webhooks.signed(body_for(provider, run_id), run_id=run_id, later_by_s=2)
     async with httpx.AsyncClient(timeout=10) as client:
         taken = await client.post(url, content=content, headers=headers)
         replayed = await client.post(url, content=content, headers=headers)
