@@ -80,9 +80,10 @@ class JobActivities:
                 done.track.job_id,
                 done.stored,
                 done.checked.info,
-                done.checked.staged.content_type,
+                done.checked.audio.content_type,
                 run_id=activity.info().workflow_run_id,
-                renditions_pending=done.renditions_pending,
+                # Mastering follows: the provider's file plays until it is replaced.
+                renditions_pending=True,
             )
             attempt.message = f"Track complete, audio from {done.stored.provider}"
             if done.fallbacks:
