@@ -8,14 +8,17 @@ calls of the WorkflowService RPCs (`temporal worker deployment ...` calls the sa
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypedDict
 
 from temporalio.api.deployment.v1 import WorkerDeploymentInfo
 from temporalio.api.enums.v1 import WorkerDeploymentVersionStatus
 from temporalio.api.workflowservice.v1 import (
     DescribeWorkerDeploymentRequest,
     ListWorkerDeploymentsRequest,
+    ListWorkerDeploymentsResponse,
     SetWorkerDeploymentCurrentVersionRequest,
     SetWorkerDeploymentRampingVersionRequest,
 )
@@ -28,6 +31,7 @@ from core.logging import get_logger
 from core.settings import Settings
 
 IDENTITY = "soundfoundry"
+WorkerDeploymentSummary = ListWorkerDeploymentsResponse.WorkerDeploymentSummary
 log = get_logger("soundfoundry.deployment")
 
 
@@ -42,7 +46,7 @@ class VersionState:
     # drained (none left; the server re-checks every few minutes).
     status: str
     created: datetime | None
-    # Open workflows on this version; None when the server cannot count them.
+    # Open runs pinned to this version (None: not counted); a version drains to 0.
     running: int | None = None
 
 
@@ -63,6 +67,8 @@ def _status(summary: WorkerDeploymentInfo.WorkerDeploymentVersionSummary) -> str
 
 async def describe(client: Client, name: str) -> DeploymentState | None:
     """The deployment as the server sees it, or None before any of its workers polled."""
+    if not await exists(client, name):
+        return None
     try:
         answer = await client.workflow_service.describe_worker_deployment(
             DescribeWorkerDeploymentRequest(namespace=client.namespace, deployment_name=name)
@@ -92,11 +98,11 @@ async def describe(client: Client, name: str) -> DeploymentState | None:
 
 
 def running_query(version: WorkerDeploymentVersion) -> str:
-    """Visibility query for the open workflows on `version` (a pinned run stays on it)."""
-    return (
-        f"TemporalWorkerDeploymentVersion = '{version.to_canonical_string()}'"
-        " AND ExecutionStatus = 'Running'"
-    )
+    """Visibility query for the open runs pinned to `version`: the server's own test of
+    whether a version has drained (server 1.29 tags a pinned run's BuildIds with
+    `pinned:<deployment>:<build id>`)."""
+    tag = f"pinned:{version.deployment_name}:{version.build_id}"
+    return f"BuildIds = '{tag}' AND ExecutionStatus = 'Running'"
 
 
 async def running_on(client: Client, version: WorkerDeploymentVersion) -> int:
@@ -120,6 +126,24 @@ async def with_running_counts(client: Client, state: DeploymentState) -> Deploym
     )
 
 
+class _Naming(TypedDict):
+    """The fields every routing change names: where, which version, who asked."""
+
+    namespace: str
+    deployment_name: str
+    build_id: str
+    identity: str
+
+
+def _naming(client: Client, version: WorkerDeploymentVersion) -> _Naming:
+    return _Naming(
+        namespace=client.namespace,
+        deployment_name=version.deployment_name,
+        build_id=version.build_id,
+        identity=IDENTITY,
+    )
+
+
 async def set_current(
     client: Client, version: WorkerDeploymentVersion, *, conflict_token: bytes = b""
 ) -> None:
@@ -127,11 +151,7 @@ async def set_current(
     Clears a ramp to the same version."""
     await client.workflow_service.set_worker_deployment_current_version(
         SetWorkerDeploymentCurrentVersionRequest(
-            namespace=client.namespace,
-            deployment_name=version.deployment_name,
-            build_id=version.build_id,
-            conflict_token=conflict_token,
-            identity=IDENTITY,
+            **_naming(client, version), conflict_token=conflict_token
         )
     )
 
@@ -139,13 +159,7 @@ async def set_current(
 async def set_ramping(client: Client, version: WorkerDeploymentVersion, percentage: float) -> None:
     """Send `percentage` of new workflows to `version`, the rest to the current one."""
     await client.workflow_service.set_worker_deployment_ramping_version(
-        SetWorkerDeploymentRampingVersionRequest(
-            namespace=client.namespace,
-            deployment_name=version.deployment_name,
-            build_id=version.build_id,
-            percentage=percentage,
-            identity=IDENTITY,
-        )
+        SetWorkerDeploymentRampingVersionRequest(**_naming(client, version), percentage=percentage)
     )
 
 
@@ -187,26 +201,38 @@ async def promote_if_first(
         await asyncio.sleep(0.2)
 
 
-async def versioning_in_use(client: Client) -> str | None:
-    """Why an unversioned worker must not start on this namespace, or None: a deployment
-    routes new work to a version, so an unversioned worker would get none of it."""
+async def _deployments(client: Client) -> AsyncIterator[WorkerDeploymentSummary]:
     page = b""
     while True:
         answer = await client.workflow_service.list_worker_deployments(
             ListWorkerDeploymentsRequest(namespace=client.namespace, next_page_token=page)
         )
         for summary in answer.worker_deployments:
-            routing = summary.routing_config
-            current = routing.current_deployment_version.build_id
-            if current or routing.ramping_deployment_version.build_id:
-                return (
-                    f"WORKER_VERSIONING is off, but namespace '{client.namespace}' routes new"
-                    f" work to worker deployment '{summary.name}' (current version:"
-                    f" {current or 'none'}); run versioned workers (WORKER_VERSIONING=on)"
-                )
+            yield summary
         page = answer.next_page_token
         if not page:
-            return None
+            return
+
+
+async def exists(client: Client, name: str) -> bool:
+    """Whether a worker of deployment `name` has polled yet (asked by listing: a describe
+    of a missing deployment makes the server log an error)."""
+    return any([summary.name == name async for summary in _deployments(client)])
+
+
+async def versioning_in_use(client: Client) -> str | None:
+    """Why an unversioned worker must not start on this namespace, or None: a deployment
+    routes new work to a version, so an unversioned worker would get none of it."""
+    async for summary in _deployments(client):
+        routing = summary.routing_config
+        current = routing.current_deployment_version.build_id
+        if current or routing.ramping_deployment_version.build_id:
+            return (
+                f"WORKER_VERSIONING is off, but namespace '{client.namespace}' routes new"
+                f" work to worker deployment '{summary.name}' (current version:"
+                f" {current or 'none'}); run versioned workers (WORKER_VERSIONING=on)"
+            )
+    return None
 
 
 class WorkerVersioning:

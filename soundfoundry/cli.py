@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from core.settings import get_settings
 from soundfoundry.backfill import backfill_app
+from soundfoundry.deploy_cli import deploy_app
 
 app = typer.Typer(help="SoundFoundry: prompt in, finished track out.", no_args_is_help=True)
 users_app = typer.Typer(help="Manage users and their tokens.", no_args_is_help=True)
@@ -26,6 +27,7 @@ app.add_typer(admin_app, name="admin")
 tokens_app = typer.Typer(help="A user's API tokens: create, list, revoke.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(backfill_app, name="backfill")
+app.add_typer(deploy_app, name="deploy")
 err = Console(stderr=True)
 
 

@@ -155,6 +155,9 @@ def dev_environment(api_port: int, temporal_port: int, ui_port: int) -> dict[str
         # link printed at start (loopback only); its secret is new on every run.
         "DEV_AUTOLOGIN": "true",
         "DEV_LOGIN_SECRET": secrets.token_urlsafe(32),
+        # Worker Versioning: the code on disk is the version new tracks run on, at once;
+        # tracks a run with older code left in flight stay on that version (README).
+        "WORKER_MAKE_CURRENT": "always",
     }
     env = dict(os.environ)
     for key, value in defaults.items():

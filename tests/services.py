@@ -52,6 +52,13 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
 
 TEMPORAL_CLI_VERSION = "1.5.1"
+# Worker Versioning needs no flag on server 1.29; these only make a version that is no longer
+# current report `drained` within seconds of its last pinned run closing (the server's
+# defaults wait 3 min, then re-check every 3 min), so rollout tests can watch it happen.
+WORKER_VERSIONING_TEST_TUNING = (
+    "--dynamic-config-value", 'matching.wv.VersionDrainageStatusVisibilityGracePeriod="1s"',
+    "--dynamic-config-value", 'matching.wv.VersionDrainageStatusRefreshInterval="1s"',
+)  # fmt: skip
 VERSITYGW_VERSION = "1.7.0"
 
 SETUP_HINT = "run `scripts/setup.sh --test` from the project root (builds it once, then caches it)"
@@ -671,7 +678,7 @@ class TemporalDevServer:
                     search_attributes=self.search_attributes,
                     dev_server_existing_path=str(cli),
                     dev_server_log_level="warn",
-                    dev_server_extra_args=list(self.extra_args),
+                    dev_server_extra_args=[*WORKER_VERSIONING_TEST_TUNING, *self.extra_args],
                     dev_server_startup_timeout=timedelta(seconds=self.startup_timeout),
                 )
                 return self
