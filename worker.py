@@ -44,8 +44,15 @@ from core.metrics import WORKER_REGISTRY, MetricsServer, RemoteTextCollector, in
 from core.settings import Settings, get_settings
 from core.storage import Storage, build_storage
 from core.telemetry import configure_tracing, init_sentry
-from core.temporal import client_for, register_search_attributes
+from core.temporal import (
+    SearchAttributesMissing,
+    client_for,
+    make_namespace_ready,
+    temporal_connection,
+)
+from core.temporal_errors import TemporalUnavailable
 from core.worker_deployment import VersioningRefused, WorkerVersioning
+from domain.providers.lost_answers import fal_without_webhooks_problem, lost_answer_costs
 from domain.tracks.jobs import JobStore
 from workflows.provider_health import ProviderHealthWorkflow
 from workflows.reconcile import ReconcileWorkflow
@@ -238,15 +245,28 @@ async def run_worker(settings: Settings) -> None:
             metrics.stop()
 
 
+async def connect_ready(settings: Settings, runtime: Runtime | None) -> Client:
+    """A client for a namespace where track workflows can start now: it exists, we may use
+    it, and our search attributes are registered (by us where we may) and accepted by the
+    server. Anything else ends start-up with one sentence saying what is wrong."""
+    try:
+        client = await client_for(settings, runtime=runtime)
+        # 'worker ready' must mean a create would succeed.
+        ready = await make_namespace_ready(
+            client, settings, attributes=settings.search_attributes_enabled
+        )
+        if ready.attributes.added:
+            log.info("search attributes registered", names=ready.attributes.added)
+    except (TemporalUnavailable, SearchAttributesMissing) as exc:
+        raise SystemExit(f"refusing to start: {exc}") from None
+    return client
+
+
 async def _serve(settings: Settings, runtime: Runtime | None) -> None:
-    client = await client_for(settings, runtime=runtime)
+    client = await connect_ready(settings, runtime)
     async with worker_resources(settings) as (store, storage, providers):
         worker = build_worker(client, settings, store, storage, providers)
         await ensure_reconcile_schedule(client, settings)
-        if settings.search_attributes_enabled:
-            added = await register_search_attributes(client, settings.temporal_namespace)
-            if added:
-                log.info("search attributes registered", names=added)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -256,7 +276,10 @@ async def _serve(settings: Settings, runtime: Runtime | None) -> None:
             event_loop=type(loop).__module__.split(".")[0],
             task_queue=settings.task_queue,
             providers=settings.provider_chain,
-            temporal=settings.temporal_address,
+            temporal=temporal_connection(settings).describe(),
+            # What a submit whose answer is lost costs, per provider (an operator's
+            # reminder of FAL_WITHOUT_WEBHOOKS and PROVIDER_WEBHOOKS_ENABLED).
+            lost_submit_answer=lost_answer_costs(settings),
         )
         async with worker:
             await stop.wait()
@@ -275,11 +298,17 @@ def _run_on_event_loop(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
+def startup_problems(settings: Settings) -> list[str]:
+    """Why this worker must not start; `soundfoundry worker` says the same."""
+    problems = [settings.secret_key_problem(), fal_without_webhooks_problem(settings)]
+    return [problem for problem in problems if problem]
+
+
 def main() -> None:
     settings = get_settings()
-    if problem := settings.secret_key_problem():
+    if problems := startup_problems(settings):
         # The same refusal as `soundfoundry worker`, for `python worker.py`.
-        raise SystemExit(f"refusing to start: {problem}")
+        raise SystemExit("refusing to start: " + "; ".join(problems))
     configure_logging(settings.log_level, settings.secret_values())
     try:
         _run_on_event_loop(run_worker(settings))

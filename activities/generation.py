@@ -21,7 +21,6 @@ from activities.heartbeat import heartbeating
 from activities.providers.base import DownloadedAudio, JobState, MusicProvider, ProviderError
 from activities.providers.registry import ProviderRegistry
 from activities.recording import Attempt, recorded_attempt
-from activities.submissions import ProviderJobs
 from core.contracts import (
     AudioInfo,
     CancelInput,
@@ -46,6 +45,7 @@ from core.metrics import (
 )
 from core.settings import Settings
 from core.storage import Storage, audio_key
+from domain.providers.pay_once import ProviderJobs
 from domain.tracks.jobs import JobStore
 from domain.tracks.submissions import SubmissionLedger
 from engines.audio import AudioDecodeError, analyze, quality_problem
@@ -107,11 +107,12 @@ class GenerationActivities:
             look = provider.remote and not submission.webhook
             if look and await self._finished_at_once(submission):
                 submission = submission.model_copy(update={"done": True})
+            # Not the token: it addresses the submission's webhook, and users read this.
             attempt.message = (
                 f"Using provider: {provider.name} (model {submission.model}), "
-                f"run {submission.run_id}, token {submission.token}"
+                f"run {submission.run_id}"
             )
-            attempt.data = {"token": submission.token, "number": submit.submission_number}
+            attempt.data = {"number": submit.submission_number}
             if submit.waiting_since is not None:
                 observe_capacity_wait(provider.name, seconds_since(submit.waiting_since))
             set_in_flight(await self.ledger.in_flight())

@@ -9,6 +9,7 @@ from activities.providers.registry import ProviderRegistry
 from activities.recording import recorded_attempt
 from core.contracts import (
     CompleteInput,
+    ErrorCode,
     FinishInput,
     GenerationPlan,
     RetryBounds,
@@ -17,6 +18,11 @@ from core.contracts import (
 from core.settings import Settings
 from domain.credits import InsufficientCredits
 from domain.tracks.jobs import JobStore
+
+
+def job_moved(message: str) -> ApplicationError:
+    """The job row is no longer this run's: the workflow stops without paying or telling."""
+    return ApplicationError(message, type=ErrorCode.JOB_MOVED, non_retryable=True)
 
 
 class JobActivities:
@@ -32,11 +38,18 @@ class JobActivities:
             self.store, track_id=track.track_id, job_id=track.job_id, event="rendering"
         ) as attempt:
             try:
-                await self.store.mark_rendering(track.job_id, activity.info().workflow_run_id)
+                rendering = await self.store.mark_rendering(
+                    track.job_id, activity.info().workflow_run_id
+                )
             except InsufficientCredits as exc:
                 raise ApplicationError(
-                    str(exc), type="insufficient_credits", non_retryable=True
+                    str(exc), type=ErrorCode.INSUFFICIENT_CREDITS, non_retryable=True
                 ) from exc
+            if not rendering:
+                # Cancelled (and refunded) before this run could take it, e.g. between
+                # the reconciler's read of a QUEUED job and its restart: nothing may be
+                # submitted, charged or announced for it.
+                raise job_moved("the job ended before this run started rendering it")
             s = self.settings
             providers = self.providers.plan(s.provider_chain, track.request)
             attempt.message = "Provider chain: " + ", ".join(
@@ -76,7 +89,7 @@ class JobActivities:
             event="complete",
             provider=done.stored.provider,
         ) as attempt:
-            await self.store.mark_complete(
+            completed = await self.store.mark_complete(
                 done.track.job_id,
                 done.stored,
                 done.checked.info,
@@ -85,6 +98,10 @@ class JobActivities:
                 # Mastering follows: the provider's file plays until it is replaced.
                 renditions_pending=True,
             )
+            if not completed:
+                # Cancelled or refunded while the audio was collected: the track is not
+                # the user's, so it is neither mastered nor announced as completed.
+                raise job_moved("the job ended before its audio could be delivered")
             attempt.message = f"Track complete, audio from {done.stored.provider}"
             if done.fallbacks:
                 attempt.message = f"Fallback successful, using {done.stored.provider}"

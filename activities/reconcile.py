@@ -13,7 +13,7 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.contracts import JobStatus, ReconcileReport
+from core.contracts import ErrorCode, JobStatus, ReconcileReport
 from core.logging import get_logger
 from core.models import Job, Track
 from core.settings import Settings
@@ -30,10 +30,10 @@ log = get_logger("soundfoundry.reconcile")
 # What the database should say for a workflow that closed on its own terms but whose
 # job is still active (its final activity never ran).
 CLOSED = {
-    WorkflowExecutionStatus.TERMINATED: (JobStatus.TERMINATED, "terminated"),
-    WorkflowExecutionStatus.TIMED_OUT: (JobStatus.TERMINATED, "timed_out"),
+    WorkflowExecutionStatus.TERMINATED: (JobStatus.TERMINATED, ErrorCode.WORKFLOW_TERMINATED),
+    WorkflowExecutionStatus.TIMED_OUT: (JobStatus.TERMINATED, ErrorCode.WORKFLOW_TIMED_OUT),
     WorkflowExecutionStatus.CANCELED: (JobStatus.CANCELLED, None),
-    WorkflowExecutionStatus.FAILED: (JobStatus.FAILED, "workflow_failed"),
+    WorkflowExecutionStatus.FAILED: (JobStatus.FAILED, ErrorCode.WORKFLOW_FAILED),
 }
 
 

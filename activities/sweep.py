@@ -12,10 +12,10 @@ from datetime import datetime, timedelta
 from temporalio import activity
 
 from activities.providers.base import ProviderError
-from activities.submissions import ProviderJobs
 from core.contracts import SubmissionState
 from core.logging import get_logger
 from core.metrics import seconds_since
+from domain.providers.pay_once import ProviderJobs
 from domain.tracks.start import track_input
 
 log = get_logger("soundfoundry.sweep")

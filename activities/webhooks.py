@@ -1,4 +1,8 @@
-"""Deliver a job's final state to the user's webhook, signed, retried by Temporal."""
+"""Deliver a job's final state to the user's webhook, signed, retried by Temporal.
+
+Only the answer's status is read: its body, which the user's server chooses and could
+make endless, is never read, so no answer can cost the worker memory or time.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.recording import recorded_attempt
 from core.contracts import JobStatus, WebhookInput
+from core.egress import Resolver, VettedTarget, open_vetted, system_resolver
 from core.models import Track
 from core.settings import Settings
 from domain.tracks.jobs import JobStore
@@ -21,12 +26,10 @@ from domain.webhooks.outgoing import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
-    Resolver,
-    VettedTarget,
     WebhookTargetRejected,
     sign,
-    system_resolver,
     vet_target,
+    webhook_policy,
 )
 
 EVENT_TYPES = {
@@ -54,7 +57,7 @@ class WebhookActivities:
         ) as attempt:
             try:
                 target = await vet_target(
-                    track.webhook_url, self.settings.webhook_allowed_hosts, self.resolve
+                    track.webhook_url, webhook_policy(self.settings, self.resolve)
                 )
             except WebhookTargetRejected as exc:
                 raise ApplicationError(
@@ -73,29 +76,25 @@ class WebhookActivities:
                 EVENT_ID_HEADER: event_id,
             }
             try:
-                response = await self._post(target, body, headers)
+                status = await self._post(target, body, headers)
             except httpx.HTTPError as exc:
                 raise ApplicationError(
                     f"webhook unreachable: {type(exc).__name__}", type="webhook_unreachable"
                 ) from exc
-            if response.status_code >= 300:
+            if status >= 300:
                 # 4xx other than 408/429 will not get better by retrying.
-                permanent = 400 <= response.status_code < 500 and response.status_code not in (
-                    408,
-                    429,
-                )
+                permanent = 400 <= status < 500 and status not in (408, 429)
                 raise ApplicationError(
-                    f"webhook answered {response.status_code}",
-                    type=f"webhook_http_{response.status_code}",
+                    f"webhook answered {status}",
+                    type=f"webhook_http_{status}",
                     non_retryable=permanent,
                 )
             attempt.message = f"Webhook delivered ({EVENT_TYPES[delivery.status]}, {event_id})"
 
-    async def _post(
-        self, target: VettedTarget, body: str, headers: dict[str, str]
-    ) -> httpx.Response:
+    async def _post(self, target: VettedTarget, body: str, headers: dict[str, str]) -> int:
         """POST to the vetted address (or through WEBHOOK_EGRESS_PROXY), never to whatever
-        the name resolves to by now; proxies from the environment are ignored."""
+        the name resolves to by now; proxies from the environment are ignored. Returns the
+        answer's status; its body is closed unread."""
         proxy = self.settings.webhook_egress_proxy
         async with httpx.AsyncClient(
             timeout=self.settings.webhook_timeout_s,
@@ -106,14 +105,14 @@ class WebhookActivities:
         ) as http:
             if proxy:
                 # The proxy resolves and connects; it is where production enforces egress.
-                return await http.post(target.url, content=body, headers=headers)
-            return await http.post(
-                target.pinned_url,
-                content=body,
-                headers={**headers, "Host": target.host_header},
-                # TLS names and verifies the original host, not the address.
-                extensions={"sni_hostname": target.host},
-            )
+                async with http.stream("POST", target.url, content=body, headers=headers) as answer:
+                    return answer.status_code
+            # Redirects are not followed, so the policy only applies to the vetted target.
+            policy = webhook_policy(self.settings, self.resolve)
+            async with open_vetted(
+                http, "POST", target, policy, headers=headers, content=body
+            ) as answer:
+                return answer.status_code
 
     async def _event(self, delivery: WebhookInput, event_id: str) -> dict[str, object]:
         track = delivery.track

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import traceback
 from collections.abc import AsyncIterator, Iterator
@@ -122,9 +123,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             temporal=temporal,
             provider_health=ProviderHealthProbe(temporal, settings),
         )
+        # Not awaited: the API starts while Temporal may still be coming up.
+        temporal_check = asyncio.create_task(temporal.report())
         try:
             yield
         finally:
+            temporal_check.cancel()
             await storage.close()
             await engine.dispose()
 

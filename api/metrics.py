@@ -1,9 +1,11 @@
 """The API's Prometheus metrics: a request-counting ASGI middleware and GET /metrics.
 
-By default /metrics is on the API port without auth (what deploy/prometheus scrapes).
-METRICS_TOKEN makes it require `Authorization: Bearer <token>`; API_METRICS_PORT moves it
-to its own port (on API_HOST), off the public one, for networks that keep that port
-internal. Each API process has its own series, as before.
+On the API port, /metrics needs `Authorization: Bearer <METRICS_TOKEN>` when a token is
+set (Prometheus' `authorization` in the scrape config, as deploy/prometheus does);
+without one it answers loopback clients only (a scraper on the same host), unless
+METRICS_PUBLIC=true opens it. API_METRICS_PORT moves it to its own port (on API_HOST),
+off the public one, for networks that keep that port internal. Each API process has its
+own series.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fastapi import FastAPI, HTTPException, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.security import is_loopback_host
 from core.metrics import API_REGISTRY, HTTP_REQUEST_DURATION, HTTP_REQUESTS, MetricsServer
 from core.settings import Settings
 
@@ -84,14 +87,34 @@ def token_protected(token: str) -> Any:
     return protected_metrics
 
 
-def install_metrics(app: FastAPI, settings: Settings | None = None) -> None:
+# A request that came through a proxy says so; its loopback peer is then the proxy, not
+# the client.
+_FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+
+
+async def loopback_only(request: Request) -> Response:
+    peer = request.client.host if request.client else None
+    proxied = any(name in request.headers for name in _FORWARDING_HEADERS)
+    if proxied or not is_loopback_host(peer):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "metrics answer loopback clients only: set METRICS_TOKEN (then scrape with "
+            "Authorization: Bearer <token>) or METRICS_PUBLIC=true",
+        )
+    return await metrics_endpoint()
+
+
+def install_metrics(app: FastAPI, settings: Settings) -> None:
     """The middleware that feeds the metrics, and where Prometheus reads them."""
     app.add_middleware(MetricsMiddleware)
-    if settings is not None and settings.api_metrics_port:
+    if settings.api_metrics_port:
         _serve_on_own_port(app, settings.api_metrics_port, settings.api_host or "0.0.0.0")
         return
-    token = settings.metrics_token if settings is not None else None
-    endpoint = token_protected(token.get_secret_value()) if token else metrics_endpoint
+    endpoint: Any = loopback_only
+    if settings.metrics_token is not None:
+        endpoint = token_protected(settings.metrics_token.get_secret_value())
+    elif settings.metrics_public:
+        endpoint = metrics_endpoint
     app.add_api_route("/metrics", endpoint, methods=["GET"], include_in_schema=False)
 
 

@@ -81,6 +81,7 @@ async def main(runs: int) -> None:
                 replicate_api_token=REPLICATE_TOKEN,
                 fal_queue_url=fal.url,
                 replicate_base_url=replicate.url,
+                provider_download_allowed_hosts=["127.0.0.1"],  # the fakes' audio
                 poll_interval_s=0.05,
             )
             async with in_process_stack(temporal.client, settings) as stack:

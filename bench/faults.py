@@ -297,6 +297,7 @@ async def bench_stack(
                 "music_providers": ["replicate"],
                 "replicate_api_token": REPLICATE_TOKEN,
                 "replicate_base_url": fake.url,
+                "provider_download_allowed_hosts": ["127.0.0.1"],  # the fake's audio
                 **overrides,
             }
             settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -21,6 +21,9 @@ ratio to it.
                                        [--postgres-s3]
                                        [--baseline] [--baseline-processes 1] [--timeline]
 
+`--topology` runs instead the burst (--burst, --duration-s, --create-concurrency) on the
+production topology and on the dev server, 2 APIs and 2 workers each (bench.topology).
+
 Exit status 1 if a target is missed, else 0.
 """
 
@@ -371,7 +374,16 @@ def main() -> None:
     parser.add_argument("--baseline", action="store_true", help="also run Celery + Redis")
     parser.add_argument("--baseline-processes", type=int, default=1)
     parser.add_argument("--timeline", action="store_true", help="print one track's history")
+    parser.add_argument(
+        "--topology",
+        action="store_true",
+        help="the burst on the production topology and on the dev server (bench.topology)",
+    )
     args = parser.parse_args()
+    if args.topology:
+        from bench import topology
+
+        sys.exit(asyncio.run(topology.run(args)))
     if args.sequential < 1 or args.burst < 1 or args.workers < 1:
         parser.error("need --sequential, --burst and --workers >= 1")
     # Said before the minutes SoundFoundry's own run takes, not after them.

@@ -26,7 +26,7 @@ PROVIDER_EVENT_SIGNAL = "provider_event"
 # Keyword search attributes on every track workflow, so operators find a job by them in
 # the Web UI and `temporal workflow list --query`. The API sets the first three at start;
 # the workflow keeps JobStatus and Provider current. Registered on the namespace by every
-# worker at start-up (`core.temporal.register_search_attributes`).
+# worker at start-up (`core.temporal.ensure_search_attributes`).
 TRACK_ID_ATTRIBUTE = SearchAttributeKey.for_keyword("TrackId")
 USER_ID_ATTRIBUTE = SearchAttributeKey.for_keyword("UserId")
 PROVIDER_ATTRIBUTE = SearchAttributeKey.for_keyword("Provider")
@@ -347,6 +347,16 @@ class ErrorCode(StrEnum):
     UNCONFIGURED = "unconfigured"
     UNSUPPORTED = "unsupported"
     OTHER = "provider_error"
+    # Not the provider's: how a job ends when our own bookkeeping ends it.
+    INSUFFICIENT_CREDITS = "insufficient_credits"
+    # The job row moved away from this run (cancelled, refunded, finished by another):
+    # whatever the run was about to pay for or announce must not happen.
+    JOB_MOVED = "job_moved"
+    WORKFLOW_TERMINATED = "terminated"
+    WORKFLOW_TIMED_OUT = "timed_out"
+    WORKFLOW_FAILED = "workflow_failed"
+    WEBHOOK_TARGET_REJECTED = "webhook_target_rejected"
+    WEBHOOK_UNREACHABLE = "webhook_unreachable"
 
 
 # Errors that another attempt at the same provider cannot fix.
@@ -363,6 +373,7 @@ NON_RETRYABLE = frozenset(
         ErrorCode.AMBIGUOUS,
         ErrorCode.SUBMISSION_CAP,
         ErrorCode.PROVIDER_BUSY,
+        ErrorCode.JOB_MOVED,
     }
 )
 

@@ -235,3 +235,16 @@ class ProviderSubmission(SQLModel, table=True):
     error: str | None = Field(default=None, max_length=1000)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
+
+
+class ProviderWebhookDelivery(SQLModel, table=True):
+    """A provider webhook delivery already taken, by the digest of what its signature
+    covers: the same signed delivery is accepted once, even inside the timestamp
+    tolerance (its token, which the provider does not sign, cannot redirect it to another
+    submission). Rows older than the tolerance prove nothing and are purged."""
+
+    __tablename__ = "provider_webhook_deliveries"
+
+    digest: str = Field(max_length=64, primary_key=True)
+    provider: str = Field(max_length=32)
+    received_at: datetime = _ts(index=True)

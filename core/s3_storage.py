@@ -83,16 +83,25 @@ class S3Storage(Storage):
             raise StorageError("S3 storage used before open()")
         return self._client
 
+    # One PutObject per write, never multipart: S3 makes an object visible only once its
+    # whole body has arrived, so readers see the old object or the new one, and of two
+    # writers at one instant the later one wins whole (no part of the other survives).
     async def put_file(self, key: str, path: Path, content_type: str) -> None:
         with self._call("PutObject", key), path.open("rb") as body:
             await self.client.put_object(
-                Bucket=self.bucket, Key=validate_key(key), Body=body, ContentType=content_type
+                Bucket=self.bucket,
+                Key=validate_key(key),
+                Body=body,
+                **_stored_headers(content_type),
             )
 
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         with self._call("PutObject", key):
             await self.client.put_object(
-                Bucket=self.bucket, Key=validate_key(key), Body=data, ContentType=content_type
+                Bucket=self.bucket,
+                Key=validate_key(key),
+                Body=data,
+                **_stored_headers(content_type),
             )
 
     async def download(self, key: str, dest: Path) -> None:
@@ -146,14 +155,49 @@ class S3Storage(Storage):
                 keys.extend(item["Key"] for item in page.get("Contents", []))
         return sorted(keys)
 
-    async def signed_url(self, key: str, ttl_s: int, download_name: str | None = None) -> str:
+    async def signed_url(
+        self, key: str, ttl_s: int, download_name: str | None = None, inline: bool = False
+    ) -> str:
+        # The response headers are part of the presigned query, so the signature covers
+        # them. S3 cannot send a CSP, so `inline` never makes an SVG a document here:
+        # SVGs always go out as attachments of their own type (an <img> still shows
+        # them; a browser opening the link downloads instead of running the document).
         params: dict[str, str] = {"Bucket": self.bucket, "Key": validate_key(key)}
-        if download_name:
-            params["ResponseContentDisposition"] = f'attachment; filename="{download_name}"'
+        if key.endswith(".svg"):
+            params["ResponseContentType"] = SVG
+            params["ResponseContentDisposition"] = _attachment(download_name or key)
+        elif download_name:
+            params["ResponseContentDisposition"] = _attachment(download_name)
         url: str = await self._signer.generate_presigned_url(
             "get_object", Params=params, ExpiresIn=ttl_s
         )
         return url
+
+    async def size(self, key: str) -> int:
+        with self._call("HeadObject", key):
+            try:
+                head = await self.client.head_object(Bucket=self.bucket, Key=validate_key(key))
+            except ClientError as exc:
+                raise _translate(exc, key) from exc
+        return int(head["ContentLength"])
+
+    async def read_range(self, key: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        with self._call("GetObject", key):
+            try:
+                response = await self.client.get_object(
+                    Bucket=self.bucket,
+                    Key=validate_key(key),
+                    Range=f"bytes={start}-{start + length - 1}",
+                )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                    return b""  # from past the end
+                raise _translate(exc, key) from exc
+            async with response["Body"] as stream:
+                data: bytes = await stream.read()
+                return data
 
     @contextmanager
     def _call(
@@ -193,6 +237,23 @@ class S3Storage(Storage):
             return await self.client.get_object(Bucket=self.bucket, Key=validate_key(key))
         except ClientError as exc:
             raise _translate(exc, key) from exc
+
+
+SVG = "image/svg+xml"
+
+
+def _attachment(name: str) -> str:
+    filename = name.rsplit("/", 1)[-1].replace('"', "")
+    return f'attachment; filename="{filename}"'
+
+
+def _stored_headers(content_type: str) -> dict[str, str]:
+    """Headers stored with an object. An SVG is an attachment even when fetched without
+    our link's overrides (a bucket policy or a CDN in front of it)."""
+    headers = {"ContentType": content_type}
+    if content_type.split(";")[0].strip().lower() == SVG:
+        headers["ContentDisposition"] = "attachment"
+    return headers
 
 
 def _is_missing(exc: ClientError) -> bool:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
+
+from core.temporal_config import TemporalConfigError, load_profile, temporal_secrets
 
 KNOWN_PROVIDERS = ("fal", "replicate", "synth")
 # `api` and `worker` refuse this SECRET_KEY, or a shorter one, outside development.
@@ -22,8 +25,9 @@ def _split_csv(value: object) -> object:
     return value
 
 
-# Constant MP3 bitrates worth offering (libsndfile's encoder takes 40-320).
-MP3_BITRATES_KBPS = (96, 128, 160, 192, 224, 256, 320)
+# Constant MP3 bitrates a user may choose (the encoder takes more:
+# engines.mastering.ENCODABLE_MP3_BITRATES_KBPS).
+OFFERED_MP3_BITRATES_KBPS = (96, 128, 160, 192, 224, 256, 320)
 
 
 class Settings(BaseSettings):
@@ -40,8 +44,25 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=10, ge=1)
     database_max_overflow: int = Field(default=10, ge=0)
 
+    # How to reach Temporal: the Temporal SDK's environment configuration, the variables and
+    # `temporal.toml` profiles the `temporal` CLI reads too (core/temporal_config.py).
+    # Precedence, highest first: a value passed to Settings(...), the process environment,
+    # `.env`, the profile in the TOML file, then these defaults.
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
+    temporal_profile: str | None = None
+    temporal_config_file: Path | None = None
+    # Temporal Cloud API key; turns TLS on unless TEMPORAL_TLS=false.
+    temporal_api_key: SecretStr | None = None
+    # None: TLS when a TLS setting or an API key is given, else plaintext.
+    temporal_tls: bool | None = None
+    temporal_tls_client_cert_path: Path | None = None
+    temporal_tls_client_cert_data: str | None = None
+    temporal_tls_client_key_path: Path | None = None
+    temporal_tls_client_key_data: SecretStr | None = None
+    temporal_tls_server_ca_cert_path: Path | None = None
+    temporal_tls_server_ca_cert_data: str | None = None
+    temporal_tls_server_name: str | None = None
     task_queue: str = "soundfoundry-tracks"
     temporal_ui_url: str = "http://localhost:8233"
     # TrackId/UserId/Provider/JobStatus must be registered on the namespace first.
@@ -78,6 +99,13 @@ class Settings(BaseSettings):
     # policy decides); it stays below the heartbeat timeout.
     provider_request_timeout_s: float = Field(default=15.0, gt=0)
     # /api/health/providers answers from a check at most this old.
+    # A provider's audio file larger than this is refused (and never written past it):
+    # five minutes of 96 kHz 24-bit stereo WAV, the longest track (300 s) in the largest
+    # format a provider sends, is ~173 MB.
+    provider_download_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    # Audio downloads and their redirects must resolve to public addresses; hosts listed
+    # here are exempt (the tests' loopback fakes).
+    provider_download_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     provider_health_cache_s: float = Field(default=30.0, ge=0)
     # Providers tell us when a job ends (and which job a lost submit answer started) by
     # webhook; submissions carry webhook URLs under PUBLIC_BASE_URL only when this is on,
@@ -91,6 +119,14 @@ class Settings(BaseSettings):
     # A signed delivery whose timestamp is further than this from our clock is refused
     # (a replay, or a clock badly off).
     provider_webhook_tolerance_s: int = Field(default=300, ge=1)
+    # Our fal account's user id: fal signs deliveries for every customer with the same
+    # keys, so one naming another user is refused. Unset: learned from the first delivery
+    # whose run fal confirms to our own key (FAL_KEY).
+    fal_webhook_user_id: str | None = None
+    # fal has no listing, so without provider webhooks a submit whose answer is lost can
+    # never be found: the track falls back while the fal job may run and be billed. The
+    # worker refuses to start with fal in the chain and webhooks off unless this is set.
+    fal_without_webhooks: bool = False
 
     # Bounds on spend and waiting, read by the worker when it plans a track.
     max_submissions_per_track: int = Field(default=4, ge=1)
@@ -158,6 +194,9 @@ class Settings(BaseSettings):
     # Webhook targets must resolve to public addresses; hosts listed here are exempt
     # (tests use loopback receivers).
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Webhook URLs may name ports 80 and 443 and these (comma-separated); hosts in
+    # WEBHOOK_ALLOWED_HOSTS may name any.
+    webhook_allowed_ports: Annotated[list[int], NoDecode] = Field(default_factory=list)
     webhook_timeout_s: float = Field(default=10.0, gt=0)
     # Deliveries go through this HTTP(S) proxy when set (production egress control);
     # otherwise straight to the vetted address. Proxies from the environment are ignored.
@@ -195,10 +234,12 @@ class Settings(BaseSettings):
     api_host: str | None = None
     # Strict-Transport-Security max-age on every response; 0 leaves the header off.
     hsts_seconds: int = Field(default=0, ge=0)
-    # /metrics on its own port (0: on the API port, as before); METRICS_TOKEN, when set,
-    # makes /metrics require `Authorization: Bearer <token>`.
+    # /metrics on its own port (0: on the API port). On the API port, METRICS_TOKEN makes
+    # it require `Authorization: Bearer <token>`; without a token it answers loopback
+    # clients only, unless METRICS_PUBLIC=true opens it to everyone.
     api_metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_token: SecretStr | None = None
+    metrics_public: bool = False
     log_level: str = "INFO"
     # Errors go to Sentry when set (API and worker); off when unset.
     sentry_dsn: SecretStr | None = None
@@ -214,13 +255,28 @@ class Settings(BaseSettings):
     # Renders at once per process; a user's beyond either bound get 429.
     cover_render_max_concurrent: int = Field(default=4, ge=1)
     cover_render_max_per_user: int = Field(default=2, ge=1)
+    # Share-page PNG previews (domain/previews.py): drawn at once per process, and requests
+    # waiting for them; past either, 503 with Retry-After.
+    preview_max_renders: int = Field(default=2, ge=1)
+    preview_max_waiting: int = Field(default=64, ge=1)
+    # WAV downloads, decoded from the FLAC master as they stream (domain/downloads.py):
+    # at once per signed link and per track owner (beyond, 429) and per process (503).
+    wav_max_per_link: int = Field(default=1, ge=1)
+    wav_max_per_user: int = Field(default=2, ge=1)
+    wav_max_concurrent: int = Field(default=8, ge=1)
+    wav_retry_after_s: int = Field(default=10, ge=1)
     # The style system ships dark: each part is switched on on its own.
     style_seed_enabled: bool = False
     style_unlocks_enabled: bool = False
     style_series_enabled: bool = False
 
     _split = field_validator(
-        "music_providers", "cors_origins", "webhook_allowed_hosts", mode="before"
+        "music_providers",
+        "cors_origins",
+        "webhook_allowed_hosts",
+        "webhook_allowed_ports",
+        "provider_download_allowed_hosts",
+        mode="before",
     )(_split_csv)
 
     @field_validator("music_providers")
@@ -234,9 +290,28 @@ class Settings(BaseSettings):
     @field_validator("mp3_bitrate_kbps")
     @classmethod
     def _mp3_bitrate(cls, value: int) -> int:
-        if value not in MP3_BITRATES_KBPS:
-            raise ValueError(f"MP3 bitrate {value} kbps: choose one of {MP3_BITRATES_KBPS}")
+        if value not in OFFERED_MP3_BITRATES_KBPS:
+            raise ValueError(f"MP3 bitrate {value} kbps: choose one of {OFFERED_MP3_BITRATES_KBPS}")
         return value
+
+    @model_validator(mode="after")
+    def _temporal_target_from_profile(self) -> Self:
+        """TEMPORAL_ADDRESS/TEMPORAL_NAMESPACE not given: the TOML profile's, so every reader
+        of these two fields (links to the Temporal UI, the dev stack) sees where the client
+        connects. A profile that cannot be read leaves the defaults; the client factory
+        reports the problem when something connects."""
+        wanted = {"temporal_address", "temporal_namespace"} - self.model_fields_set
+        if not wanted:
+            return self
+        try:
+            profile = load_profile(self.temporal_environment())
+        except TemporalConfigError:
+            return self
+        if "temporal_address" in wanted and profile.address:
+            self.temporal_address = profile.address
+        if "temporal_namespace" in wanted and profile.namespace:
+            self.temporal_namespace = profile.namespace
+        return self
 
     @property
     def mastering_task_queue(self) -> str:
@@ -272,12 +347,32 @@ class Settings(BaseSettings):
             self.dev_login_secret,
             self.metrics_token,
             self.webhook_egress_proxy,
+            self.temporal_api_key,
+            self.temporal_tls_client_key_data,
         ]
         secrets = [v.get_secret_value() for v in values if v is not None]
+        secrets += temporal_secrets(self.temporal_environment())
         database_password = make_url(self.database_url).password
         if database_password:
             secrets.append(str(database_password))
         return secrets
+
+    def temporal_environment(self) -> dict[str, str]:
+        """The TEMPORAL_* variables the SDK's environment configuration reads: the process
+        environment's (TEMPORAL_GRPC_META_* and others SoundFoundry does not declare) and,
+        over them, the fields above that were given (from the environment, `.env` or
+        Settings(...)); defaults are left out so a TOML profile can supply them."""
+        env = {k: v for k, v in os.environ.items() if k.upper().startswith("TEMPORAL_")}
+        for name in self.model_fields_set:
+            value = getattr(self, name)
+            if not name.startswith("temporal_") or name == "temporal_ui_url" or value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[name.upper()] = str(value)
+        return env
 
     def secret_key_problem(self) -> str | None:
         """Why SECRET_KEY must not sign links here, or None; only development may use the

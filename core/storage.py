@@ -1,25 +1,30 @@
 """Object storage behind one interface: S3 (`core.s3_storage`) or a local folder.
 
 Downloads always go through signed, expiring links. S3 signs its own; the local backend
-signs links to the API's `/files/...` route with an HMAC of the key and expiry.
+signs links to the API's `/files/...` route (`core.signing`, purpose "files") over every
+parameter the route reads: key, expiry, download name and `inline`.
+
+Local writes go to a temporary name unique to the write, are flushed to disk, then renamed
+into place: a reader sees the old file or the new one, and of two writers at one instant
+one wins whole.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import os
 import shutil
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 from urllib.parse import quote, urlencode
 
 from core.settings import Settings
+from core.signing import FILES, LinkSigner
 
 CHUNK = 1024 * 1024
 _T = TypeVar("_T")
@@ -93,7 +98,20 @@ class Storage(ABC):
     async def list_keys(self, prefix: str) -> list[str]: ...
 
     @abstractmethod
-    async def signed_url(self, key: str, ttl_s: int, download_name: str | None = None) -> str: ...
+    async def signed_url(
+        self, key: str, ttl_s: int, download_name: str | None = None, inline: bool = False
+    ) -> str:
+        """A link that expires in `ttl_s`. `download_name` asks for an attachment of that
+        name; `inline` asks to show an SVG in the browser where the backend can sandbox it."""
+
+    @abstractmethod
+    async def size(self, key: str) -> int:
+        """The object's size in bytes; ObjectNotFound when there is none."""
+
+    @abstractmethod
+    async def read_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes of the object from offset `start`, fewer at its end (for readers
+        that stream a large object a block at a time, never holding all of it)."""
 
 
 class LocalStorage(Storage):
@@ -108,7 +126,7 @@ class LocalStorage(Storage):
     def __init__(self, root: Path, public_base_url: str, secret: str) -> None:
         self.root = root.resolve()
         self.public_base_url = public_base_url.rstrip("/")
-        self._secret = secret.encode()
+        self._signer = LinkSigner(secret)
         self._io: ThreadPoolExecutor | None = None
 
     async def close(self) -> None:
@@ -158,19 +176,39 @@ class LocalStorage(Storage):
 
         return await self._on_io_thread(walk)
 
-    async def signed_url(self, key: str, ttl_s: int, download_name: str | None = None) -> str:
+    async def signed_url(
+        self, key: str, ttl_s: int, download_name: str | None = None, inline: bool = False
+    ) -> str:
         expires = int(time.time()) + ttl_s
-        query = {"expires": str(expires), "sig": self.sign(key, expires)}
+        sig = self.sign(validate_key(key), expires, download_name, inline)
+        query = {"expires": str(expires), "sig": sig}
         if download_name:
             query["name"] = download_name
-        return f"{self.public_base_url}/files/{quote(validate_key(key))}?{urlencode(query)}"
+        if inline:
+            query["inline"] = "true"
+        return f"{self.public_base_url}/files/{quote(key)}?{urlencode(query)}"
 
-    def sign(self, key: str, expires: int) -> str:
-        return hmac.new(self._secret, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+    async def size(self, key: str) -> int:
+        return (await self._on_io_thread(self._existing(key).stat)).st_size
 
-    def verify(self, key: str, expires: int, signature: str) -> bool:
-        fresh = expires >= time.time()
-        return fresh and hmac.compare_digest(self.sign(key, expires), signature)
+    async def read_range(self, key: str, start: int, length: int) -> bytes:
+        path = self._existing(key)
+
+        def read() -> bytes:
+            with path.open("rb") as file:
+                file.seek(start)
+                return file.read(length)
+
+        return await self._on_io_thread(read)
+
+    def sign(self, key: str, expires: int, name: str | None = None, inline: bool = False) -> str:
+        return self._signer.sign(FILES, expires, *_file_fields(key, name, inline))
+
+    def verify(
+        self, key: str, expires: int, signature: str, name: str | None = None, inline: bool = False
+    ) -> bool:
+        """True for a fresh `/files` link signed for exactly this key, name and `inline`."""
+        return self._signer.verify(FILES, signature, expires, *_file_fields(key, name, inline))
 
     def _existing(self, key: str) -> Path:
         path = self.path_for(key)
@@ -180,18 +218,46 @@ class LocalStorage(Storage):
 
     @staticmethod
     def _copy_in(src: Path, dest: Path) -> None:
-        # Write beside the target then rename, so a reader never sees half a file.
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+        with src.open("rb") as source:
+            _write_atomically(dest, lambda out: shutil.copyfileobj(source, out, CHUNK))
 
     @staticmethod
     def _write(dest: Path, data: bytes) -> None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(data)
+        _write_atomically(dest, lambda out: out.write(data))
+
+
+def _file_fields(key: str, name: str | None, inline: bool) -> tuple[str, str, str]:
+    # No name and an empty one are the same link: the route treats both as "no name".
+    return key, name or "", "inline" if inline else ""
+
+
+def _write_atomically(dest: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write beside the target under a name no other write uses, flush it to disk, then
+    rename it into place: a reader never sees half a file, two writers never share a
+    temporary file, and a crash leaves the old file or the new one, never a torn one."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{dest.name}.tmp-{uuid.uuid4().hex}")
+    # O_EXCL: never write into a file someone else made; 0o666 less the umask, as usual.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(dest.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable (the new directory entry), not only the file's bytes.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def build_storage(settings: Settings) -> Storage:

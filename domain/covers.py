@@ -12,10 +12,7 @@ is checked and rendered before the first write, so a rejected cover stores nothi
 
 from __future__ import annotations
 
-import asyncio
-import re
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy import update
@@ -37,7 +34,7 @@ from engines.render_sandbox import (
     RenderTooCostly,
     sandbox_for,
 )
-from engines.svg_sanitize import SvgRejected, SvgTooComplex, SvgTooLarge, sanitize_svg
+from engines.svg_sanitize import SvgRejected, SvgTooComplex, SvgTooLarge
 
 log = get_logger("soundfoundry.covers")
 
@@ -46,9 +43,6 @@ PNG_SIZE = 800  # px, square; large enough for summary_large_image cards, small 
 BACKDROP = {True: "#121119", False: "#ffffff"}
 
 SANS_FALLBACK = "DejaVu Sans"
-# Sanitizing a 1 MB document takes a few hundred milliseconds of pure Python: off the event
-# loop, on threads of its own so it never waits behind (or holds up) storage or other I/O.
-_sanitizer_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="svg-sanitize")
 
 GENERATED = "generated"
 USER = "user"
@@ -75,41 +69,6 @@ def cover_seed(track_seed: int, user_style_seed: int | None, style_seed_enabled:
     return track_seed
 
 
-# Root start tag of a serialized SVG. Both writers (engines.cover_art and the sanitizer's) escape
-# ">" inside attribute values, so the first ">" ends the tag.
-_ROOT = re.compile(r"\A\s*<svg\b([^>]*?)(/?)>")
-_ATTRIBUTE = re.compile(r'\s([^\s=]+)="([^"]*)"')
-_LENGTH = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*(px|in|cm|mm|pt|pc)?\s*")
-_PX_PER_UNIT = {"px": 1.0, "in": 96.0, "cm": 96 / 2.54, "mm": 96 / 25.4, "pt": 96 / 72, "pc": 16.0}
-
-
-def _square(svg: str) -> str:
-    """The same document sized PNG_SIZE by PNG_SIZE, its drawing centred with its aspect
-    kept, so every preview has one shape whatever the document's size or units.
-
-    Only the root's width, height, viewBox and preserveAspectRatio change. A missing
-    viewBox is derived from absolute width and height (what the browser would draw).
-    """
-    root = _ROOT.match(svg)
-    if root is None:
-        return svg  # not ours to rewrite; resvg reports what is wrong with it
-    attributes = dict(_ATTRIBUTE.findall(root.group(1)))
-    view_box = attributes.pop("viewBox", None)
-    width, height = attributes.pop("width", None), attributes.pop("height", None)
-    attributes.pop("preserveAspectRatio", None)
-    if view_box is None and width and height:
-        sizes = [_LENGTH.fullmatch(width), _LENGTH.fullmatch(height)]
-        if sizes[0] and sizes[1]:
-            w, h = (float(m.group(1)) * _PX_PER_UNIT[m.group(2) or "px"] for m in sizes if m)
-            view_box = f"0 0 {w:g} {h:g}"
-    attributes |= {"width": str(PNG_SIZE), "height": str(PNG_SIZE)}
-    attributes["preserveAspectRatio"] = "xMidYMid meet"
-    if view_box is not None:
-        attributes["viewBox"] = view_box
-    tag = "<svg" + "".join(f' {k}="{v}"' for k, v in attributes.items())
-    return f"{tag}{root.group(2)}>{svg[root.end() :]}"
-
-
 async def render_png(
     svg: str, *, dark: bool = True, sandbox: RenderSandbox | None = None, owner: object = None
 ) -> bytes:
@@ -125,15 +84,18 @@ async def render_png(
         return await _draw(sandbox, svg, dark)
 
 
-async def _draw(sandbox: RenderSandbox, svg: str, dark: bool) -> bytes:
-    return await sandbox.render(
-        _square(svg),
-        background=BACKDROP[dark],
+def _draw_options(dark: bool) -> dict[str, object]:
+    return {
+        "background": BACKDROP[dark],
         # resvg's default of 0 makes absolute units (mm, in) collapse to nothing.
-        dpi=96,
+        "dpi": 96,
         # fontdb maps sans-serif to Arial, absent on Linux; DejaVu is (Dockerfile).
-        sans_serif_family=SANS_FALLBACK,
-    )
+        "sans_serif_family": SANS_FALLBACK,
+    }
+
+
+async def _draw(sandbox: RenderSandbox, svg: str, dark: bool) -> bytes:
+    return await sandbox.render(svg, size_px=PNG_SIZE, **_draw_options(dark))
 
 
 async def _put_both(
@@ -226,14 +188,13 @@ async def store_user_cover(
 
     Raises SvgTooLarge, SvgRejected (SvgTooComplex for reference fan-out), RenderBusy or
     CoverRenderError before anything is written. What is stored is the sanitizer's
-    re-serialization, exactly what was checked. The user's render slot is held from the
-    sanitizer on, so sanitizing counts against the user's render bound too.
+    re-serialization, exactly what was checked. Parsing, sanitizing and drawing all run
+    in the sandbox's child under its limits, in a slot of the user's, so sanitizing
+    counts against the user's render bound too and never runs in this process.
     """
     sandbox = sandbox or sandbox_for()
     async with sandbox.slot(user_id):
-        loop = asyncio.get_running_loop()
-        clean = await loop.run_in_executor(_sanitizer_threads, sanitize_svg, svg)
-        png = await _draw(sandbox, clean, dark)
+        clean, png = await sandbox.sanitize_and_render(svg, size_px=PNG_SIZE, **_draw_options(dark))
     return await _put_both(storage, user_id, track_id, clean, png)
 
 

@@ -6,6 +6,7 @@ audio, and nothing else. It is 24 random bytes (secrets.token_urlsafe), far past
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import uuid
@@ -19,10 +20,9 @@ from core.db import SessionFactory, transaction
 from core.logging import get_logger
 from core.models import ShareLink, Track, utcnow
 from domain.context import Context
-from domain.covers import ensure_preview_png
-from domain.errors import Conflict
+from domain.errors import Conflict, Unavailable
+from domain.previews import preview_png
 from domain.tracks.ownership import owned_track
-from engines.render_sandbox import sandbox_for
 
 log = get_logger("soundfoundry.sharing")
 
@@ -109,8 +109,10 @@ async def share(ctx: Context, user_id: uuid.UUID, track_id: uuid.UUID) -> tuple[
         raise Conflict(f"a track can be shared once it is COMPLETE (it is {track.status.value})")
     link, created = await share_track(ctx.sessions, track_id)
     # Sharing is when a link preview first becomes possible: draw it now, so the page's
-    # first visitor (and its og:image fetcher) never waits for the render.
-    await ensure_preview_png(ctx.sessions, ctx.storage, track, sandbox=sandbox_for(ctx.settings))
+    # first visitor (and its og:image fetcher) never waits for the render. With previews'
+    # queue full, the first visitor draws it instead.
+    with contextlib.suppress(Unavailable):
+        await preview_png(ctx, track)
     if created:
         log.info("share link created", track_id=str(track_id))
     return link, created

@@ -40,6 +40,7 @@ build and CPU family.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import struct
@@ -78,8 +79,9 @@ _PCM_24_SCALE = float(1 << 23)
 _FLAC_COMPRESSION = 5 / 8
 
 # MPEG-1 Layer III bitrates libsndfile can be asked for at constant bitrate. It sets
-# bitrate = 320 - level * 288 kbps; level 1.0 (32 kbps) is refused.
-MP3_BITRATES_KBPS = (40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+# bitrate = 320 - level * 288 kbps; level 1.0 (32 kbps) is refused. (What a user may
+# choose is core.settings.OFFERED_MP3_BITRATES_KBPS, a subset.)
+ENCODABLE_MP3_BITRATES_KBPS = (40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
 _MP3_HEADER_BITRATES = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
 
 _BLOCK_FRAMES = 1 << 14
@@ -118,7 +120,9 @@ class MasteringError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Rendition:
+class MasteredFile:
+    """One file mastering wrote on local disk (stored, it becomes a contracts.Rendition)."""
+
     format: str  # "flac" | "mp3"
     path: Path
     content_type: str  # "audio/flac", "audio/mpeg"
@@ -140,7 +144,7 @@ class MasterReport:
     sample_rate: int  # TARGET_SAMPLE_RATE
     channels: int
     duration_s: float
-    renditions: tuple[Rendition, ...]  # flac first, then mp3
+    renditions: tuple[MasteredFile, ...]  # flac first, then mp3
 
 
 def master_audio(
@@ -164,8 +168,8 @@ def master_audio(
         raise ValueError("target_lufs must be within -70..0 LUFS")
     if not -20.0 <= ceiling_dbtp <= 0.0:
         raise ValueError("ceiling_dbtp must be within -20..0 dBTP")
-    if mp3_bitrate_kbps not in MP3_BITRATES_KBPS:
-        raise ValueError(f"mp3_bitrate_kbps must be one of {MP3_BITRATES_KBPS}")
+    if mp3_bitrate_kbps not in ENCODABLE_MP3_BITRATES_KBPS:
+        raise ValueError(f"mp3_bitrate_kbps must be one of {ENCODABLE_MP3_BITRATES_KBPS}")
     if not source.is_file():
         raise FileNotFoundError(source)
     if source.stat().st_size == 0:
@@ -202,16 +206,27 @@ def master_audio(
     )
 
 
-def wav_size(flac_path: Path) -> int:
-    """The exact number of bytes `wav_chunks(flac_path)` yields (for Content-Length)."""
-    info = sf.info(str(flac_path))
-    header, data_bytes, _ = _wav_layout(info.frames, info.channels, info.samplerate, info.subtype)
+def _open_flac(source: Path | io.RawIOBase) -> sf.SoundFile:
+    if isinstance(source, Path):
+        return sf.SoundFile(str(source))
+    source.seek(0)  # each reading starts from the top, wherever the last one stopped
+    return sf.SoundFile(source)
+
+
+def wav_size(source: Path | io.RawIOBase) -> int:
+    """The exact number of bytes `wav_chunks(source)` yields (for Content-Length)."""
+    with _open_flac(source) as info:
+        header, data_bytes, _ = _wav_layout(
+            info.frames, info.channels, info.samplerate, info.subtype
+        )
     return len(header) + data_bytes + (data_bytes & 1)
 
 
-def wav_chunks(flac_path: Path, block_frames: int = 65536) -> Iterator[bytes]:
-    """A PCM WAV of the FLAC at `flac_path`, yielded piece by piece: the header first
-    (its sizes come from the FLAC's frame count), then the samples block by block.
+def wav_chunks(source: Path | io.RawIOBase, block_frames: int = 65536) -> Iterator[bytes]:
+    """A PCM WAV of the FLAC `source` (a path, or a seekable binary file such as
+    core.storage_reader.StorageReader), yielded piece by piece: the header first (its
+    sizes come from the FLAC's frame count), then the samples block by block, so memory
+    holds one block whatever the track's length.
 
     Samples are copied exactly (16- or 24-bit, as in the FLAC). If the FLAC turns out to
     hold fewer frames than it declares, `AudioDecodeError` is raised mid-stream: the
@@ -219,7 +234,8 @@ def wav_chunks(flac_path: Path, block_frames: int = 65536) -> Iterator[bytes]:
     """
     if block_frames <= 0:
         raise ValueError("block_frames must be > 0")
-    with sf.SoundFile(str(flac_path)) as f:
+    name = source.name if isinstance(source, Path) else "the FLAC"
+    with _open_flac(source) as f:
         header, data_bytes, sample_bytes = _wav_layout(
             f.frames, f.channels, f.samplerate, f.subtype
         )
@@ -239,7 +255,7 @@ def wav_chunks(flac_path: Path, block_frames: int = 65536) -> Iterator[bytes]:
             got = len(chunk) // (sample_bytes * f.channels)
             if got == 0:
                 raise AudioDecodeError(
-                    f"{flac_path.name} ended {remaining} frames short of its declared length"
+                    f"{name} ended {remaining} frames short of its declared length"
                 )
             remaining -= got
             yield chunk
@@ -783,9 +799,9 @@ def _part(path: Path) -> Path:
     return path.with_name(path.name + _PART_SUFFIX)
 
 
-def _rendition(kind: str, path: Path, content_type: str, bitrate_kbps: int | None) -> Rendition:
+def _rendition(kind: str, path: Path, content_type: str, bitrate_kbps: int | None) -> MasteredFile:
     info = sf.info(str(path))
-    return Rendition(
+    return MasteredFile(
         format=kind,
         path=path,
         content_type=content_type,

@@ -1,10 +1,12 @@
-"""Drawing SVG to PNG in a throwaway child process with CPU, memory and time limits.
+"""Checking and drawing SVG in a throwaway child process with CPU, memory and time limits.
 
 A sanitized SVG can still be slow to draw (stacked filters, shapes repeated through
 references below the sanitizer's budget). Drawn in a thread, such a render could not be
 stopped: it kept a pool thread and a CPU after its request had given up. Here every render
-is its own short-lived process (this file run as a script, with `-I` and an empty
-environment, so it sees no secrets), and:
+is its own short-lived process (`child_main` of this module, run with `-I` and an empty
+environment, so it sees no secrets). A user's SVG is parsed and sanitized in that same
+child (`sanitize_and_render`), so no work a user's document causes runs in the API
+process, whatever its shape; only the size check (no parsing) runs before the child. And:
 
 * the child caps itself with `setrlimit` before reading the SVG: `RLIMIT_CPU` (the kernel
   kills it with SIGXCPU), `RLIMIT_AS` (an allocation past it fails and the renderer
@@ -28,6 +30,7 @@ import asyncio
 import json
 import os
 import signal
+import struct
 import sys
 from collections import deque
 from collections.abc import AsyncIterator
@@ -35,14 +38,28 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from engines.svg_sanitize import SvgRejected, SvgTooComplex, SvgTooLarge, check_size
+
 if TYPE_CHECKING:
     from core.settings import Settings
 
 # The child's exit codes besides 0 and death by a signal.
 _EXIT_UNDRAWABLE = 3  # resvg refused the document; the reason is on stderr
 _EXIT_OUT_OF_MEMORY = 4
+_EXIT_REJECTED = 5  # the sanitizer refused the document; {"kind", "reason"} on stderr
 _STDERR_LIMIT = 400  # characters of the child's complaint worth passing on
-_CHILD_SCRIPT = os.path.abspath(__file__)  # this file, run as the child
+# The child runs `child_main` of this module. -I leaves the project off sys.path (the
+# image puts it there with PYTHONPATH, which -I ignores), so the child is told where it is.
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CHILD_CODE = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "from engines.render_sandbox import child_main; sys.exit(child_main())"
+)
+# What the sanitizer raised in the child, raised again here by name.
+_REJECTIONS: dict[str, type[SvgRejected]] = {
+    kind.__name__: kind for kind in (SvgRejected, SvgTooComplex, SvgTooLarge)
+}
+_LENGTH = struct.Struct("<Q")  # prefixes the sanitized SVG in the child's answer
 
 
 class RenderFailed(ValueError):
@@ -90,6 +107,7 @@ class RenderSandbox:
     def __init__(self, limits: RenderLimits) -> None:
         self.limits = limits
         self.running = 0
+        self.started = 0  # child processes started, ever (what tests and operators count)
         self._per_owner: dict[str, int] = {}
         self._waiters: deque[asyncio.Future[None]] = deque()
 
@@ -145,20 +163,49 @@ class RenderSandbox:
             waiter.set_result(None)
             return
 
-    async def render(self, svg: str, **options: object) -> bytes:
-        """PNG bytes of `svg` drawn by resvg with `options` (its keyword arguments).
+    async def render(self, svg: str, *, size_px: int | None = None, **options: object) -> bytes:
+        """PNG bytes of a trusted `svg` (ours, or already sanitized) drawn by resvg with
+        `options` (its keyword arguments), framed square at `size_px` when given.
 
         Raises RenderFailed when resvg refuses the document, RenderTooCostly when the child
         is stopped. Takes no slot: callers hold one (`slot`) around it.
         """
+        _, png = await self._run(svg, sanitize=False, size_px=size_px, options=options)
+        return png
+
+    async def sanitize_and_render(
+        self, svg: str, *, size_px: int | None = None, **options: object
+    ) -> tuple[str, bytes]:
+        """A user's `svg` sanitized (engines.svg_sanitize) and drawn, both in the child:
+        (the sanitized document, its PNG). The PNG is framed at `size_px`, the document
+        is not.
+
+        Raises what `sanitize_svg` raises (SvgTooLarge before any child starts), and what
+        `render` raises. Takes no slot: callers hold one (`slot`) around it.
+        """
+        check_size(svg)
+        return await self._run(svg, sanitize=True, size_px=size_px, options=options)
+
+    async def _run(
+        self, svg: str, *, sanitize: bool, size_px: int | None, options: dict[str, object]
+    ) -> tuple[str, bytes]:
         limits = self.limits
         config = json.dumps(
-            {"cpu_s": limits.cpu_s, "memory_mb": limits.memory_mb, "options": options}
+            {
+                "cpu_s": limits.cpu_s,
+                "memory_mb": limits.memory_mb,
+                "sanitize": sanitize,
+                "size_px": size_px,
+                "options": options,
+            }
         )
+        self.started += 1
         child = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-I",  # no user site, no PYTHON* variables, script folder not on sys.path
-            _CHILD_SCRIPT,
+            "-I",  # no user site, no PYTHON* variables, no current folder on sys.path
+            "-c",
+            _CHILD_CODE,
+            _PROJECT_ROOT,
             config,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -174,27 +221,37 @@ class RenderSandbox:
                 child.kill()
                 await child.wait()
                 raise RenderTooCostly(
-                    f"the SVG took longer than {limits.timeout_s:g} s to draw; simplify it"
+                    f"the SVG took longer than {limits.timeout_s:g} s to check and draw; "
+                    "simplify it"
                 ) from None
         finally:
             # Also on cancellation (the request went away): the render goes with it.
             if child.returncode is None:
                 child.kill()
-        return self._outcome(child.returncode, out, err.decode("utf-8", "replace"))
+        answer = self._outcome(child.returncode, out, err.decode("utf-8", "replace"))
+        if not sanitize:
+            return svg, answer
+        (length,) = _LENGTH.unpack_from(answer)
+        end = _LENGTH.size + length
+        return answer[_LENGTH.size : end].decode("utf-8", "surrogatepass"), answer[end:]
 
     def _outcome(self, code: int | None, out: bytes, err: str) -> bytes:
         limits = self.limits
         if code == 0:
             return out
+        if code == _EXIT_REJECTED:
+            rejection = json.loads(err)
+            raise _REJECTIONS[rejection["kind"]](rejection["reason"])
         if code == _EXIT_UNDRAWABLE:
             raise RenderFailed(f"the SVG could not be drawn: {err.strip()[:_STDERR_LIMIT]}")
         if code in (-signal.SIGXCPU, -signal.SIGKILL):
             raise RenderTooCostly(
-                f"the SVG needs more than {limits.cpu_s} s of CPU to draw; simplify it"
+                f"the SVG needs more than {limits.cpu_s} s of CPU to check and draw; simplify it"
             )
         if code in (_EXIT_OUT_OF_MEMORY, -signal.SIGABRT) or "memory allocation" in err:
             raise RenderTooCostly(
-                f"the SVG needs more than {limits.memory_mb} MB of memory to draw; simplify it"
+                f"the SVG needs more than {limits.memory_mb} MB of memory to check and draw; "
+                "simplify it"
             )
         raise RenderFailed(f"the renderer stopped on this SVG (exit {code}); simplify it")
 
@@ -214,7 +271,10 @@ def sandbox_for(settings: Settings | None = None) -> RenderSandbox:
 # --------------------------------------------------------------------------- the child
 
 
-def _child_main() -> int:
+def child_main() -> int:
+    """The child: limits on itself, then sanitize (when asked), frame and draw the SVG
+    read from stdin; the answer on stdout, or an exit code and a reason on stderr."""
+    import gc
     import resource
 
     config = json.loads(sys.argv[1])
@@ -227,20 +287,32 @@ def _child_main() -> int:
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     # Lowest CPU priority: while renders run, the API serving everyone else comes first.
     os.nice(19)
+    # A parsed document has no reference cycles, and this process ends in a moment: the
+    # cyclic collector would only re-scan the tree (a third of the sanitizer's time).
+    gc.disable()
+    from engines.svg_frame import square_svg
+    from engines.svg_sanitize import sanitize_svg
+
+    svg = sys.stdin.buffer.read().decode("utf-8", "surrogatepass")
+    answer = b""
     try:
+        if config["sanitize"]:
+            svg = sanitize_svg(svg)
+            clean = svg.encode("utf-8", "surrogatepass")
+            answer = _LENGTH.pack(len(clean)) + clean
+        if config["size_px"]:
+            svg = square_svg(svg, int(config["size_px"]))
         import resvg_py
 
-        svg = sys.stdin.buffer.read().decode("utf-8", "surrogatepass")
         png = bytes(resvg_py.svg_to_bytes(svg_string=svg, **config["options"]))
+    except SvgRejected as exc:
+        sys.stderr.write(json.dumps({"kind": type(exc).__name__, "reason": exc.reason}))
+        return _EXIT_REJECTED
     except MemoryError:
         return _EXIT_OUT_OF_MEMORY
     except (ValueError, RuntimeError) as exc:
         sys.stderr.write(str(exc))
         return _EXIT_UNDRAWABLE
-    sys.stdout.buffer.write(png)
+    sys.stdout.buffer.write(answer + png)
     sys.stdout.buffer.flush()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_child_main())

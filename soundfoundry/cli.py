@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from core.settings import get_settings
 from soundfoundry.backfill import backfill_app
 from soundfoundry.deploy_cli import deploy_app
+from soundfoundry.temporal_cli import run_with_temporal, temporal_app
 
 app = typer.Typer(help="SoundFoundry: prompt in, finished track out.", no_args_is_help=True)
 users_app = typer.Typer(help="Manage users and their tokens.", no_args_is_help=True)
@@ -27,6 +28,7 @@ app.add_typer(admin_app, name="admin")
 tokens_app = typer.Typer(help="A user's API tokens: create, list, revoke.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(backfill_app, name="backfill")
+app.add_typer(temporal_app, name="temporal")
 app.add_typer(deploy_app, name="deploy")
 err = Console(stderr=True)
 
@@ -107,10 +109,9 @@ def api(
 @app.command()
 def worker() -> None:
     """Run a Temporal worker for the track workflow (run several to scale out)."""
-    from worker import main
+    from worker import main, startup_problems
 
-    problem = get_settings().secret_key_problem()
-    _refuse_to_start([problem] if problem else [])
+    _refuse_to_start(startup_problems(get_settings()))
     main()
 
 
@@ -315,6 +316,8 @@ def doctor() -> None:
     from soundfoundry.doctor import run_checks
 
     settings = get_settings()
+    # Configured logging honours LOG_LEVEL (unconfigured, every debug line would print).
+    _setup_logging()
     scrub = SecretScrubber(settings.secret_values()).scrub
     checks = asyncio.run(run_checks(settings))
     out = Console(soft_wrap=True)
@@ -418,7 +421,7 @@ def admin_cancel(
     async def run() -> list[str]:
         return await cancel_matching(await client_for(get_settings()), criteria)
 
-    cancelled = asyncio.run(run())
+    cancelled = run_with_temporal(run())
     for workflow_id in cancelled:
         print(workflow_id)
     err.print(f"cancelled {len(cancelled)} workflow(s)")
@@ -527,6 +530,7 @@ def replay(
     limit: Annotated[int, typer.Option(min=1)] = 50,
 ) -> None:
     """Replay histories against the current workflow code to catch non-determinism."""
+    from core.temporal import client_for
     from soundfoundry import replay as replaying
 
     if not files and not query:
@@ -537,7 +541,7 @@ def replay(
         outcomes = await replaying.replay_files(list(files or []))
         if query:
             settings = get_settings()
-            client = await replaying.connect(settings.temporal_address, settings.temporal_namespace)
+            client = await client_for(settings)
             outcomes += [o async for o in replaying.replay_query(client, query, limit)]
         for outcome in outcomes:
             if outcome.error:
@@ -548,5 +552,5 @@ def replay(
         err.print(f"{len(outcomes) - failures} replayed cleanly, {failures} failed")
         return 1 if failures else 0
 
-    code = asyncio.run(run())
+    code = run_with_temporal(run())
     sys.exit(code)

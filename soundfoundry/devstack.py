@@ -136,6 +136,10 @@ async def wait_for_pollers(settings: Settings, timeout_s: float) -> None:
         await asyncio.sleep(0.2)
 
 
+# What the dev stack keeps of a shell's TEMPORAL_* variables when it runs its own server.
+DEV_TEMPORAL_KEPT = frozenset({"TEMPORAL_NAMESPACE", "TEMPORAL_UI_URL"})
+
+
 def dev_environment(api_port: int, temporal_port: int, ui_port: int) -> dict[str, str]:
     """Defaults for the embedded stack; anything already in the environment wins."""
     STATE_DIR.mkdir(exist_ok=True)
@@ -156,10 +160,16 @@ def dev_environment(api_port: int, temporal_port: int, ui_port: int) -> dict[str
         "DEV_AUTOLOGIN": "true",
         "DEV_LOGIN_SECRET": secrets.token_urlsafe(32),
         # Worker Versioning: the code on disk is the version new tracks run on, at once;
-        # tracks a run with older code left in flight stay on that version (README).
+        # tracks left in flight by older code stay on theirs (docs/operations-rollout.md).
         "WORKER_MAKE_CURRENT": "always",
     }
     env = dict(os.environ)
+    if "TEMPORAL_ADDRESS" not in env:
+        # Our own plaintext dev server: a shell's TLS, API key or profile (for another
+        # cluster, read by the SDK's environment configuration) must not reach it.
+        for key in [k for k in env if k.startswith("TEMPORAL_") and k not in DEV_TEMPORAL_KEPT]:
+            del env[key]
+        env["TEMPORAL_CONFIG_FILE"] = str(STATE_DIR / "no-temporal-profile.toml")
     for key, value in defaults.items():
         env.setdefault(key, value)
     return env
@@ -204,6 +214,7 @@ class DevStack:
         for stop_signal in STOP_SIGNALS:
             signal.signal(stop_signal, _interrupt)
         env = dev_environment(self.api_port, self.temporal_port, self.ui_port)
+        os.environ.clear()  # what dev_environment dropped goes too
         os.environ.update(env)
         settings = Settings()
         # What `soundfoundry api` would refuse (it listens on loopback here), said up front.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
-from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+from temporalio.service import RPCError
 
 from activities.providers.registry import ProviderRegistry
 from core.db import create_engine
@@ -17,7 +17,16 @@ from core.migrate import alembic_config
 from core.s3_storage import S3Storage
 from core.settings import Settings
 from core.storage import LocalStorage, build_storage
-from core.temporal import client_for, missing_search_attributes
+from core.temporal import (
+    NOT_OURS,
+    client_for,
+    create_command,
+    describe_namespace,
+    missing_search_attributes,
+    search_attributes_usable,
+    temporal_connection,
+)
+from core.temporal_errors import TemporalUnavailable
 
 
 @dataclass
@@ -45,24 +54,39 @@ def _current_revision(connection: Connection) -> str | None:
 
 
 async def check_temporal(settings: Settings) -> Check:
+    """Connected, the namespace ours to use, and a start carrying our search attributes
+    accepted now: what a create needs. Failures are one sentence (core/temporal_errors)."""
+    connection = temporal_connection(settings)
     client = await client_for(settings)
-    await client.workflow_service.describe_namespace(
-        DescribeNamespaceRequest(namespace=settings.temporal_namespace)
-    )
-    missing = await missing_search_attributes(client, settings.temporal_namespace)
+    await describe_namespace(client, connection)
+    where = connection.describe()
+    if not settings.search_attributes_enabled:
+        return Check("temporal", True, f"{where}, search attributes off")
+    namespace = connection.namespace
+    try:
+        missing = await missing_search_attributes(client, namespace)
+    except RPCError as exc:
+        if exc.status not in NOT_OURS:
+            raise
+        missing = []  # not ours to list: the probe below tells whether they work
     if missing:
         return Check(
             "temporal",
             False,
             f"search attributes not registered: {', '.join(missing)} (a worker registers"
-            " them when it starts; or set SEARCH_ATTRIBUTES_ENABLED=false)",
+            " them when it starts where it may; else run `soundfoundry temporal setup` or"
+            f" {create_command(namespace, missing)}; or set SEARCH_ATTRIBUTES_ENABLED=false)",
         )
-    return Check(
-        "temporal",
-        True,
-        f"{settings.temporal_address}, namespace {settings.temporal_namespace}, "
-        "search attributes registered",
-    )
+    reason = await search_attributes_usable(client)
+    if reason is not None:
+        return Check(
+            "temporal",
+            False,
+            f"Temporal does not accept our search attributes on namespace {namespace} yet:"
+            f" {reason} (just registered: its namespace cache refreshes within seconds;"
+            " else run `soundfoundry temporal setup`)",
+        )
+    return Check("temporal", True, f"{where}, search attributes registered and usable")
 
 
 async def check_storage(settings: Settings) -> Check:
@@ -107,6 +131,8 @@ async def run_checks(settings: Settings) -> list[Check]:
     for name, probe in probes:
         try:
             results.append(await asyncio.wait_for(probe(settings), timeout=20))
+        except TemporalUnavailable as exc:
+            results.append(Check(name, False, str(exc)))
         except Exception as exc:
             results.append(Check(name, False, f"{type(exc).__name__}: {exc}"[:300]))
     try:

@@ -14,7 +14,6 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from core.temporal import connect as connect_temporal
 from workflows.track import TrackWorkflow
 
 
@@ -50,7 +49,3 @@ async def replay_query(client: Client, query: str, limit: int) -> AsyncIterator[
     histories = client.list_workflows(query, limit=limit).map_histories()
     async for history in histories:
         yield await replay_history(history)
-
-
-async def connect(address: str, namespace: str) -> Client:
-    return await connect_temporal(address, namespace)

@@ -36,13 +36,15 @@ from domain.users import create_user
 from tests.services import TemporalDevServer
 from worker import build_worker
 
-pytest_plugins = ["tests.fixtures_services"]
+pytest_plugins = ["tests.fixtures_services", "tests.unit_guard", "pytester"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-# The fast tier (`scripts/test --fast`, or `pytest -m fast`): every test that needs neither
-# a whole stack (API + worker + Temporal) nor a browser — engines, domain rules on real
-# databases, workflows with stand-in activities, providers against their fakes, replays.
+# Three tiers. `unit` (`scripts/test --unit`, `pytest -m unit`) is explicit: a test marks
+# itself, and tests/unit_guard.py fails it if it touches a service. `fast` (`--fast`) is
+# assigned here: every test that needs neither a whole stack (API + worker + Temporal) nor
+# a browser — the unit tests, domain rules on real databases, workflows with stand-in
+# activities, providers against their fakes, replays. Everything else runs in the full run.
 FULL_STACK_FIXTURES = frozenset({"stack", "embedded_stack"})
 
 
@@ -155,7 +157,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if value is None:
             continue
         if isinstance(value, list):
-            value = ",".join(value)
+            value = ",".join(str(item) for item in value)
         env[name.upper()] = str(value)
     for name in ("s3_access_key", "s3_secret_key", "secret_key", "fal_key", "replicate_api_token"):
         secret = getattr(settings, name)

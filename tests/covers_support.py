@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +54,54 @@ def decode_png(data: bytes) -> Image.Image:
     image.load()
     assert image.format == "PNG"
     return image
+
+
+# --------------------------------------------------------------------------- costly shapes
+
+SVG_HEAD = '<svg xmlns="http://www.w3.org/2000/svg">'
+_GRADIENT = '<linearGradient id="g"/>'
+
+
+def _repeat(unit: str, size: int, head: str = SVG_HEAD, tail: str = "</svg>") -> str:
+    return head + unit * ((size - len(head) - len(tail)) // len(unit)) + tail
+
+
+def _deep(size: int) -> str:
+    # As deep as allowed, every level's style carrying escapes, comments and url(#id).
+    depth = 198
+    value = "\\41 u/**/rl(#g) " * ((size - 400 - depth * 16) // depth // 16)
+    opening = f'<g style="{value}">' * depth
+    return SVG_HEAD + _GRADIENT + opening + "</g>" * depth + "</svg>"
+
+
+def _nested_styles(size: int) -> str:
+    # The issue-24 attack: each <style> re-read the text of every <style> below it.
+    depth = 190
+    text = "\\41 " * ((size - 200 - depth * 15) // depth // 4)
+    return SVG_HEAD + ("<style>" + text) * depth + "</style>" * depth + "</svg>"
+
+
+def _ids(size: int) -> str:
+    count = (size - len(SVG_HEAD) - 6) // 18  # each <g id="i0000000"/> is 18 bytes
+    return SVG_HEAD + "".join(f'<g id="i{i:07d}"/>' for i in range(count)) + "</svg>"
+
+
+# What a user's SVG can make the sanitizer do most of, per byte: each builds a document
+# of (at most) the given size in bytes.
+COSTLY_SVGS: dict[str, Callable[[int], str]] = {
+    "tiny elements": lambda size: _repeat("<g/>", size),
+    "rects": lambda size: _repeat('<rect width="1" height="1"/>', size),
+    "escapes in a style": lambda size: _repeat(
+        "\\41 ", size, SVG_HEAD + "<style>", "</style></svg>"
+    ),
+    "escapes in attributes": lambda size: _repeat('<rect style="' + "\\41 " * 50 + '"/>', size),
+    "max depth with css": _deep,
+    "nested styles": _nested_styles,
+    "references": lambda size: _repeat(
+        '<rect fill="url(#g)" stroke="url(#g)"/>', size, SVG_HEAD + _GRADIENT
+    ),
+    "comments": lambda size: _repeat(
+        '<rect style="/* u/**/rl(#g) \\/* "/>', size, SVG_HEAD + _GRADIENT
+    ),
+    "ids": _ids,
+}

@@ -8,6 +8,7 @@ top-level ``tests/conftest.py``.
     pg_database_url  a fresh empty database per test (postgresql+asyncpg:// URL)
     s3_gateway       VersityGateway, started once per session
     s3_bucket        a fresh empty bucket per test (its name)
+    s3               an open S3Storage on that bucket
     temporal_server  TemporalDevServer, started once per session (session event loop)
 """
 
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 
+from core.s3_storage import S3Storage
 from soundfoundry.devstack import DEV_SERVER_TUNING
 from tests.services import (
     SOUNDFOUNDRY_SEARCH_ATTRIBUTES,
@@ -27,7 +29,7 @@ from tests.services import (
     VersityGateway,
 )
 
-__all__ = ["pg_cluster", "pg_database_url", "s3_bucket", "s3_gateway", "temporal_server"]
+__all__ = ["pg_cluster", "pg_database_url", "s3", "s3_bucket", "s3_gateway", "temporal_server"]
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +52,19 @@ def s3_gateway() -> Iterator[VersityGateway]:
 @pytest.fixture
 def s3_bucket(s3_gateway: VersityGateway) -> str:
     return s3_gateway.create_bucket(f"sf-test-{uuid.uuid4().hex[:16]}")
+
+
+@pytest_asyncio.fixture
+async def s3(s3_gateway: VersityGateway, s3_bucket: str) -> AsyncIterator[S3Storage]:
+    storage = S3Storage(
+        bucket=s3_bucket,
+        endpoint=s3_gateway.endpoint,
+        access_key=s3_gateway.access_key,
+        secret_key=s3_gateway.secret_key,
+        region=s3_gateway.region,
+    )
+    async with storage:
+        yield storage
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -115,6 +115,12 @@ class TrackWorkflow:
             if is_cancelled_exception(exc):
                 await self._on_cancel(track)
                 raise
+            if error_code(exc) == ErrorCode.JOB_MOVED:
+                # Whoever moved the job (a cancel, the reconciler) recorded, refunded and
+                # told the user; this run only stops.
+                raise ApplicationError(
+                    f"track stopped: {error_message(exc)}", type=error_code(exc), non_retryable=True
+                ) from exc
             await self._on_failure(track, exc)
             raise ApplicationError(
                 f"track failed: {error_message(exc)}", type=error_code(exc), non_retryable=True

@@ -12,6 +12,7 @@ import ssl
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -21,6 +22,8 @@ import httpx
 
 from activities.providers.base import DownloadedAudio, Heartbeat, ProviderError
 from core.contracts import ErrorCode
+from core.egress import MAX_REDIRECTS, EgressPolicy, EgressRefused, open_vetted
+from core.settings import Settings
 
 
 @functools.cache
@@ -131,6 +134,24 @@ def audio_extension(content_type: str | None, url: str) -> str | None:
     return suffix if suffix in _CONTENT_TYPES else None
 
 
+DEFAULT_DOWNLOAD_MAX_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DownloadRules:
+    """Bounds on a provider's audio download: its size, and where it may lead."""
+
+    max_bytes: int = DEFAULT_DOWNLOAD_MAX_BYTES
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DownloadRules:
+        return cls(
+            settings.provider_download_max_bytes,
+            EgressPolicy.of(settings.provider_download_allowed_hosts),
+        )
+
+
 async def stream_audio(
     url: str,
     dest: Path,
@@ -138,20 +159,36 @@ async def stream_audio(
     *,
     label: str,
     timeout_s: float,
+    rules: DownloadRules,
     hinted_type: str | None = None,
     redact: Callable[[str], str] = str,
 ) -> DownloadedAudio:
     """Stream `url` to `dest`, heartbeating; `dest` appears only once complete.
 
-    The audio lives on a CDN, not the API host, so no credentials are sent with it.
+    The audio lives on a CDN, not the API host, so no credentials are sent with it. Each
+    hop (the URL and every redirect) must resolve to a public address under the rules'
+    egress policy and is connected to at the address vetted; a body over the rules'
+    `max_bytes` (declared or counted) is refused and nothing of it is kept.
     """
+    max_bytes = rules.max_bytes
     part = dest.with_name(dest.name + ".part")
     timeout = client_timeout(timeout_s)
     written = 0
     try:
         async with (
-            httpx.AsyncClient(timeout=timeout, follow_redirects=True, verify=tls_context()) as http,
-            http.stream("GET", url) as response,
+            httpx.AsyncClient(
+                timeout=timeout, follow_redirects=False, verify=tls_context()
+            ) as http,
+            open_vetted(
+                http,
+                "GET",
+                url,
+                rules.egress,
+                # Asked uncompressed: a compressed body is counted as it inflates, but
+                # need not be inflated at all.
+                headers={"Accept-Encoding": "identity"},
+                max_redirects=MAX_REDIRECTS,
+            ) as response,
         ):
             if response.status_code >= 400:
                 raise ProviderError.from_status(
@@ -166,13 +203,17 @@ async def stream_audio(
                     ErrorCode.BAD_AUDIO,
                     f"{label} audio download: not audio ({shorten(header_type, 80)})",
                 )
-            total = int(response.headers.get("content-length") or 0)
+            total = _declared_length(response)
+            if total > max_bytes:
+                raise _too_large(label, max_bytes)
             last_beat = 0.0
             fh = await asyncio.to_thread(part.open, "wb")
             try:
                 async for chunk in response.aiter_bytes(_CHUNK):
-                    fh.write(chunk)  # local disk, small chunks: not worth a thread hop each
                     written += len(chunk)
+                    if written > max_bytes:  # a body longer than it said, or endless
+                        raise _too_large(label, max_bytes)
+                    fh.write(chunk)  # local disk, small chunks: not worth a thread hop each
                     now = time.monotonic()
                     if now - last_beat >= _HEARTBEAT_EVERY_S:
                         last_beat = now
@@ -182,6 +223,9 @@ async def stream_audio(
         if written == 0:
             raise ProviderError(ErrorCode.BAD_AUDIO, f"{label} audio download: empty body")
         await asyncio.to_thread(part.replace, dest)
+    except EgressRefused as exc:
+        part.unlink(missing_ok=True)
+        raise ProviderError(ErrorCode.BAD_AUDIO, f"{label} audio download: {exc}") from None
     except (httpx.TimeoutException, httpx.TransportError) as exc:
         part.unlink(missing_ok=True)
         raise ProviderError(
@@ -193,3 +237,17 @@ async def stream_audio(
         raise
     heartbeat(1.0)
     return DownloadedAudio(extension=ext, content_type=_CONTENT_TYPES[ext])
+
+
+def _declared_length(response: httpx.Response) -> int:
+    try:
+        return max(0, int(response.headers.get("content-length") or 0))
+    except ValueError:
+        return 0
+
+
+def _too_large(label: str, max_bytes: int) -> ProviderError:
+    return ProviderError(
+        ErrorCode.BAD_AUDIO,
+        f"{label} audio download: larger than {max_bytes} bytes (PROVIDER_DOWNLOAD_MAX_BYTES)",
+    )

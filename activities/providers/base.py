@@ -9,58 +9,20 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
-from core.contracts import (
-    NON_RETRYABLE,
-    ErrorCode,
-    GenerationRequest,
-    ProviderHealth,
-    Submission,
-)
+from core.contracts import GenerationRequest, ProviderHealth, Submission
+from domain.providers.port import PaidProvider, ProviderError
 
-
-class ProviderError(Exception):
-    def __init__(
-        self,
-        code: ErrorCode,
-        message: str,
-        *,
-        retry_after_s: float | None = None,
-        status: int | None = None,
-        sent: bool = False,
-        quiet: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retry_after_s = retry_after_s
-        self.status = status
-        # For a submit: the request left and the provider may have acted on it, so
-        # sending it again could pay twice.
-        self.sent = sent
-        # A routine refusal (still waiting for capacity) that the job log has already told.
-        self.quiet = quiet
-
-    @property
-    def retryable(self) -> bool:
-        return self.code not in NON_RETRYABLE
-
-    @classmethod
-    def from_status(
-        cls, status: int, message: str, retry_after_s: float | None = None
-    ) -> ProviderError:
-        code = {
-            401: ErrorCode.UNAUTHORIZED,
-            403: ErrorCode.FORBIDDEN,
-            422: ErrorCode.INVALID,
-            429: ErrorCode.RATE_LIMITED,
-        }.get(status)
-        if code is None:
-            code = ErrorCode.SERVER if status >= 500 else ErrorCode.OTHER
-        return cls(code, message, retry_after_s=retry_after_s, status=status)
+__all__ = [
+    "DownloadedAudio",
+    "Heartbeat",
+    "JobState",
+    "MusicProvider",
+    "PollResult",
+    "ProviderError",
+]
 
 
 class JobState(StrEnum):
@@ -89,7 +51,10 @@ Heartbeat = Callable[[float], None]
 """Called with a 0..1 progress figure while long work goes on."""
 
 
-class MusicProvider(ABC):
+class MusicProvider(PaidProvider, ABC):
+    """A music provider: the paid-job port (submit, find, cancel) plus polling,
+    downloading and health."""
+
     name: str
 
     @property
@@ -98,40 +63,8 @@ class MusicProvider(ABC):
         """False when the provider has no credentials."""
 
     @abstractmethod
-    def model_for(self, request: GenerationRequest) -> str | None:
-        """The model that would serve this request."""
-
-    @abstractmethod
     def cannot_serve(self, request: GenerationRequest) -> str | None:
         """Why this provider cannot serve the request (too long, no vocals), or None."""
-
-    @property
-    def remote(self) -> bool:
-        """True when jobs run at the provider and must be polled; False when the whole
-        render happens in `download` (the local synth)."""
-        return True
-
-    @abstractmethod
-    async def submit(
-        self,
-        request: GenerationRequest,
-        *,
-        track_id: str,
-        token: str | None = None,
-        webhook_url: str | None = None,
-    ) -> tuple[str, dict[str, str]]:
-        """Start a paid job with exactly one request; return its id and follow-up URLs.
-
-        Never re-sends: a failure after the request left raises ProviderError with
-        `sent=True`, and the caller resolves it instead of trying again.
-        """
-
-    async def find_submission(
-        self, request: GenerationRequest, *, since: datetime, exclude: set[str]
-    ) -> str | None:
-        """The run id of a job we submitted for `request` at or after `since` whose
-        answer was lost, from the provider's own records; None if it cannot tell."""
-        return None
 
     @abstractmethod
     async def poll(self, submission: Submission) -> PollResult: ...
@@ -148,10 +81,7 @@ class MusicProvider(ABC):
         `audio_url` is that poll's `PollResult.audio_url`, when it had one."""
 
     @abstractmethod
-    async def cancel(self, submission: Submission) -> None: ...
-
-    @abstractmethod
     async def health(self) -> ProviderHealth: ...
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
+    async def aclose(self) -> None:
         """Release clients bound to the current event loop."""

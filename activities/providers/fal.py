@@ -28,6 +28,7 @@ import fal_client
 import fal_client.client as fal_http
 from pydantic import SecretStr
 
+from activities.providers._http import DownloadRules
 from activities.providers.base import JobState, PollResult, ProviderError
 from activities.providers.hosted import HostedModel, HostedProvider, HttpFailure, SubmitCall
 from core.contracts import ErrorCode, Submission
@@ -78,6 +79,7 @@ class FalProvider(HostedProvider[fal_client.AsyncClient]):
         models: Mapping[str, HostedModel] = FAL_MODELS,
         request_timeout_s: float = 15.0,
         download_timeout_s: float = 15.0,
+        downloads: DownloadRules | None = None,
     ) -> None:
         super().__init__(
             key=key,
@@ -86,6 +88,7 @@ class FalProvider(HostedProvider[fal_client.AsyncClient]):
             models=models,
             request_timeout_s=request_timeout_s,
             download_timeout_s=download_timeout_s,
+            downloads=downloads,
         )
         self._queue_url = queue_url if queue_url.endswith("/") else queue_url + "/"
         _configure_fal_client(queue_url)

@@ -26,6 +26,7 @@ import httpx
 from pydantic import SecretStr
 
 from activities.providers._http import (
+    DownloadRules,
     LoopLocal,
     client_timeout,
     parse_retry_after,
@@ -98,6 +99,7 @@ class HostedProvider(MusicProvider, Generic[C]):
         models: Mapping[str, HostedModel],
         request_timeout_s: float,
         download_timeout_s: float,
+        downloads: DownloadRules | None = None,
     ) -> None:
         # Both stay under the activity heartbeat timeout (20 s by default): an API call is
         # not heartbeated while it runs, and a download heartbeats once per chunk read.
@@ -115,6 +117,7 @@ class HostedProvider(MusicProvider, Generic[C]):
         self._instrumental_model = instrumental_model
         self._request_timeout_s = request_timeout_s
         self._download_timeout_s = download_timeout_s
+        self._downloads = downloads or DownloadRules()
         # Built lazily: a subclass sets its endpoints after this returns.
         self._clients: LoopLocal[C] = LoopLocal(self._new_client)
 
@@ -124,6 +127,7 @@ class HostedProvider(MusicProvider, Generic[C]):
         values = {
             **cls._settings_values(settings),
             "request_timeout_s": settings.provider_request_timeout_s,
+            "downloads": DownloadRules.from_settings(settings),
         }
         return cls(**{**values, **overrides})
 
@@ -282,6 +286,7 @@ class HostedProvider(MusicProvider, Generic[C]):
             heartbeat,
             label=self.name,
             timeout_s=self._download_timeout_s,
+            rules=self._downloads,
             hinted_type=hinted_type,
             redact=self._redact,
         )

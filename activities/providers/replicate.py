@@ -30,7 +30,7 @@ from replicate.exceptions import ReplicateError
 from replicate.pagination import Page
 from replicate.prediction import Prediction
 
-from activities.providers._http import client_timeout, problem_detail, shorten
+from activities.providers._http import DownloadRules, client_timeout, problem_detail, shorten
 from activities.providers.base import JobState, PollResult, ProviderError
 from activities.providers.hosted import HostedModel, HostedProvider, HttpFailure, SubmitCall
 from core.contracts import ErrorCode, GenerationRequest, Submission
@@ -126,6 +126,7 @@ class ReplicateProvider(HostedProvider[replicate.Client]):
         models: Mapping[str, HostedModel] = REPLICATE_MODELS,
         request_timeout_s: float = 15.0,
         download_timeout_s: float = 15.0,
+        downloads: DownloadRules | None = None,
     ) -> None:
         super().__init__(
             key=api_token,
@@ -134,6 +135,7 @@ class ReplicateProvider(HostedProvider[replicate.Client]):
             models=models,
             request_timeout_s=request_timeout_s,
             download_timeout_s=download_timeout_s,
+            downloads=downloads,
         )
         self._base_url = base_url.rstrip("/")
 

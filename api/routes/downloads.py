@@ -6,15 +6,10 @@ renditions), so a browser's plain download works without an API token.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import uuid
-from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import StreamingResponse
-from starlette.background import BackgroundTask
-from starlette.concurrency import iterate_in_threadpool
 
 from api.deps import ServicesDep
 from api.downloads import WAV_CONTENT_TYPE, download_name, lossless_master, wav_link_valid
@@ -22,7 +17,7 @@ from api.signed_links import USER_CONTENT_CSP, check_link_shape
 from core.contracts import JobStatus
 from core.models import Track
 from core.storage import ObjectNotFound
-from engines.mastering import wav_chunks, wav_size
+from domain.downloads import stream_wav
 
 router = APIRouter(tags=["files"])
 
@@ -34,6 +29,12 @@ router = APIRouter(tags=["files"])
         status.HTTP_200_OK: {"content": {WAV_CONTENT_TYPE: {}}},
         status.HTTP_403_FORBIDDEN: {"description": "the link is invalid or has expired"},
         status.HTTP_404_NOT_FOUND: {"description": "no mastered track behind the link"},
+        status.HTTP_429_TOO_MANY_REQUESTS: {
+            "description": "this link or account is downloading already (Retry-After)"
+        },
+        status.HTTP_503_SERVICE_UNAVAILABLE: {
+            "description": "the server streams its most downloads already (Retry-After)"
+        },
     },
 )
 async def download_wav(
@@ -51,27 +52,21 @@ async def download_wav(
     master = lossless_master(track) if track and track.status == JobStatus.COMPLETE else None
     if track is None or master is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "not found")
-    folder = Path(tempfile.mkdtemp(prefix="sf-wav-"))
     try:
-        flac = folder / "master.flac"
-        await services.storage.download(master.key, flac)
-        size = wav_size(flac)
+        # Decoded from the master as the client reads: no copy of it on disk, one block of
+        # it in memory; a bounded number at once per link, per owner and per process.
+        wav = await stream_wav(services, track.user_id, sig, master.key)
     except ObjectNotFound as exc:
-        shutil.rmtree(folder, ignore_errors=True)
         raise HTTPException(status.HTTP_404_NOT_FOUND, "not found") from exc
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
     # The file name comes from the track, never from the query.
     filename = download_name(track, "wav")
     return StreamingResponse(
-        iterate_in_threadpool(wav_chunks(flac)),
+        wav.chunks,
         media_type=WAV_CONTENT_TYPE,
         headers={
-            "Content-Length": str(size),
+            "Content-Length": str(wav.size),
             "Content-Disposition": f'attachment; filename="{filename}"',
             "Content-Security-Policy": USER_CONTENT_CSP,
             "X-Content-Type-Options": "nosniff",
         },
-        background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True),
     )

@@ -33,7 +33,8 @@ async def download(
     if not isinstance(storage, LocalStorage):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "not found")
     check_link_shape(expires, sig)
-    if not storage.verify(key, expires, sig):
+    # The signature covers `name` and `inline` too: neither can be added or changed.
+    if not storage.verify(key, expires, sig, name, inline):
         raise refuse()
     try:
         path = storage.path_for(key)

@@ -19,7 +19,11 @@ async def _checks(services: Services) -> dict[str, str]:
         checks["db"] = "ok"
     except Exception as exc:
         checks["db"] = f"fail: {type(exc).__name__}"
-    checks["temporal"] = "ok" if await services.temporal.healthy() else "fail: unreachable"
+    # Ready means a create would succeed: Temporal reached, the namespace ours to use, and a
+    # start carrying our search attributes accepted (right after they are registered,
+    # Temporal refuses them for a while). The sentence names a cause, never a secret.
+    problem = await services.temporal.problem()
+    checks["temporal"] = "ok" if problem is None else f"fail: {problem}"
     return checks
 
 

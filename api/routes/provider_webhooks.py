@@ -2,10 +2,9 @@
 
     POST /api/provider-webhooks/{provider}?token=<the submission's ledger token>
 
-No user token: the provider's signature is the authentication (domain/webhooks/incoming.py
-says how each is checked). Anything not proven authentic answers 401 and changes
-nothing. A verified delivery records the run id on its ledger row, which is what resolves
-a submit whose answer was lost, then tells the track's workflow through a signal.
+No user token: the provider's signature is the authentication. The route parses, calls
+the use case (domain/webhooks/deliveries.py: verify, accept once, confirm an unseen run,
+record, tell the workflow through the signal this module supplies) and shapes the answer.
 
 Providers retry deliveries that do not get a 2xx, so the answer is quick, and a 503 only
 when retrying can help (a key we could not fetch, Temporal out of reach).
@@ -14,6 +13,7 @@ when retrying can help (a key we could not fetch, Temporal out of reach).
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import timedelta
 from typing import Annotated, Literal
 
@@ -24,15 +24,18 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.deps import Services, ServicesDep
 from core.contracts import PROVIDER_EVENT_SIGNAL, ProviderEvent, track_workflow_id
 from core.logging import get_logger
-from core.models import ProviderSubmission
-from domain.tracks.submissions import SubmissionLedger
+from domain.webhooks.deliveries import (
+    ProviderDeliveries,
+    Replayed,
+    RetryLater,
+    UnknownSubmission,
+    WorkflowNotifier,
+)
 from domain.webhooks.incoming import (
-    FINAL_STATES,
     PROVIDERS,
     WEBHOOK_PATH,
     MalformedDelivery,
     NotAuthentic,
-    ProviderWebhookVerifier,
     VerifierUnavailable,
 )
 
@@ -54,36 +57,38 @@ class ProviderWebhookAck(BaseModel):
     workflow_notified: bool
 
 
-def _verifier(request: Request, services: Services) -> ProviderWebhookVerifier:
-    """One per app, so fetched keys and secrets are kept between deliveries."""
-    verifier: ProviderWebhookVerifier | None = getattr(
-        request.app.state, "provider_webhook_verifier", None
-    )
-    if verifier is None:
-        verifier = ProviderWebhookVerifier.from_settings(services.settings)
-        request.app.state.provider_webhook_verifier = verifier
-    return verifier
-
-
-async def _signal_workflow(
-    services: Services, row: ProviderSubmission, event: ProviderEvent
-) -> bool:
-    """Tell the track's workflow; False if it has closed. Unreachable Temporal is a 503."""
-    workflow_id = track_workflow_id(row.track_id)
-    try:
-        client = await asyncio.wait_for(services.temporal.client(), timeout=SIGNAL_TIMEOUT_S)
-        await client.get_workflow_handle(workflow_id).signal(
-            PROVIDER_EVENT_SIGNAL, event, rpc_timeout=timedelta(seconds=SIGNAL_TIMEOUT_S)
+def _deliveries(request: Request, services: Services) -> ProviderDeliveries:
+    """One per app, so fetched keys, secrets and a learned fal user id are kept."""
+    deliveries: ProviderDeliveries | None = getattr(request.app.state, "provider_deliveries", None)
+    if deliveries is None:
+        deliveries = ProviderDeliveries.from_settings(
+            services.sessions, services.jobs, services.settings
         )
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return False  # closed or never started: the delivery was valid, nothing to tell
-        log.warning("could not signal the workflow", workflow_id=workflow_id, error=str(exc))
-        raise _retry_later("could not reach the track's workflow") from None
-    except Exception as exc:
-        log.warning("could not reach Temporal", workflow_id=workflow_id, error=str(exc))
-        raise _retry_later("could not reach Temporal") from None
-    return True
+        request.app.state.provider_deliveries = deliveries
+    return deliveries
+
+
+def _signaller(services: Services) -> WorkflowNotifier:
+    """The use case's port to the track's workflow: a Temporal signal."""
+
+    async def signal(track_id: uuid.UUID, event: ProviderEvent) -> bool:
+        workflow_id = track_workflow_id(track_id)
+        try:
+            client = await asyncio.wait_for(services.temporal.client(), timeout=SIGNAL_TIMEOUT_S)
+            await client.get_workflow_handle(workflow_id).signal(
+                PROVIDER_EVENT_SIGNAL, event, rpc_timeout=timedelta(seconds=SIGNAL_TIMEOUT_S)
+            )
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return False  # closed or never started: the delivery was valid all the same
+            log.warning("could not signal the workflow", workflow_id=workflow_id, error=str(exc))
+            raise RetryLater("could not reach the track's workflow") from None
+        except Exception as exc:
+            log.warning("could not reach Temporal", workflow_id=workflow_id, error=str(exc))
+            raise RetryLater("could not reach Temporal") from None
+        return True
+
+    return signal
 
 
 def _retry_later(reason: str) -> HTTPException:
@@ -96,10 +101,17 @@ def _retry_later(reason: str) -> HTTPException:
     summary="A signed delivery from fal or Replicate",
     responses={
         400: {"description": "Authentic, but not a body that can be read"},
-        401: {"description": "Unsigned, badly signed or stale: not from the provider"},
+        401: {
+            "description": "Unsigned, badly signed, stale, for another provider account, or "
+            "about a run the provider does not confirm to our key"
+        },
         404: {"description": "Unknown provider, or no submission of it with this token"},
+        409: {"description": "This signed delivery was received already (a replay)"},
         413: {"description": "Body over MAX_REQUEST_BYTES"},
-        503: {"description": "Keys or Temporal out of reach; the provider should retry"},
+        503: {
+            "description": "Keys, the provider's status API or Temporal out of reach; "
+            "the provider should retry"
+        },
     },
     openapi_extra={
         "requestBody": {
@@ -141,63 +153,26 @@ async def provider_webhook(
             f"unknown provider {provider!r}; webhooks come from {', '.join(PROVIDERS)}",
         )
     body = await request.body()  # the body-size middleware has counted it already
+    deliveries = _deliveries(request, services)
     try:
-        event = await _verifier(request, services).verify(provider, token, request.headers, body)
+        outcome = await deliveries.receive(
+            provider, token, request.headers, body, _signaller(services)
+        )
     except NotAuthentic as exc:
         log.warning("refused a provider webhook", provider=provider, reason=str(exc))
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
     except MalformedDelivery as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
-    except VerifierUnavailable as exc:
+    except UnknownSubmission as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except Replayed as exc:
+        log.warning("refused a replayed provider webhook", provider=provider)
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except (VerifierUnavailable, RetryLater) as exc:
         raise _retry_later(str(exc)) from None
-
-    ledger = SubmissionLedger(services.sessions)
-    row = await ledger.by_token(token)
-    if row is None or row.provider != provider:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no {provider} submission has this token")
-
-    known_before = row.run_id
-    resolution = await ledger.accept(row.id, event.run_id, {}, via="webhook")
-    if resolution.duplicate_of is not None:
-        # Two paid jobs for one submission: the worker's reconciler stops what it finds
-        # open; the job log says what happened. The workflow follows the other run.
-        message = (
-            f"Duplicate {provider} job found: run {event.run_id} ({event.state}) for a "
-            f"submission already following run {resolution.duplicate_of}"
-        )
-        await services.jobs.add_event(
-            row.job_id,
-            "duplicate_job",
-            message,
-            level="warning",
-            provider=provider,
-            provider_run_id=event.run_id,
-            data={"recorded_run_id": resolution.duplicate_of, "submission_id": str(row.id)},
-        )
-        log.warning(message, provider=provider, job_id=str(row.job_id))
-        return ProviderWebhookAck(
-            outcome="duplicate", run_id=event.run_id, state=event.state, workflow_notified=False
-        )
-
-    if known_before is None:
-        await services.jobs.add_event(
-            row.job_id,
-            "submission_resolved",
-            f"Run {event.run_id} of {provider} found by its webhook (the submit's answer "
-            "had not been recorded)",
-            provider=provider,
-            provider_run_id=event.run_id,
-        )
-    notified = False
-    if event.state in FINAL_STATES:
-        notified = await _signal_workflow(services, row, event)
-    log.info(
-        "provider webhook",
-        provider=provider,
-        provider_run_id=event.run_id,
-        state=event.state,
-        workflow_notified=notified,
-    )
     return ProviderWebhookAck(
-        outcome="recorded", run_id=event.run_id, state=event.state, workflow_notified=notified
+        outcome=outcome.outcome,
+        run_id=outcome.run_id,
+        state=outcome.state,
+        workflow_notified=outcome.workflow_notified,
     )

@@ -29,9 +29,9 @@ from api.web import templates
 from core.logging import get_logger
 from core.storage import ObjectNotFound
 from domain import sharing
-from domain.covers import PNG_SIZE, ensure_preview_png
+from domain.covers import PNG_SIZE
+from domain.previews import preview_png
 from domain.sharing import shared_track
-from engines.render_sandbox import sandbox_for
 
 log = get_logger("soundfoundry.api")
 
@@ -143,10 +143,9 @@ async def share_cover(slug: str, request: Request) -> Response:
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "not found")
     try:
-        # Drawn on the first request for it (the pipeline does not wait for previews).
-        png_key = await ensure_preview_png(
-            services.sessions, services.storage, found[1], sandbox=sandbox_for(services.settings)
-        )
+        # Drawn on the first request for it (the pipeline does not wait for previews), once
+        # however many ask at the same time; 503 with Retry-After when too many wait.
+        png_key = await preview_png(services, found[1])
         if png_key is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "not found")
         png = await services.storage.get_bytes(png_key)

@@ -21,11 +21,13 @@ from api.schemas import (
     TrackOut,
     TrackPage,
 )
+from api.temporal import ATTRIBUTES_RETRY_AFTER_S
 from api.views import track_out
 from core.contracts import JobStatus, RenditionsState
 from core.logging import get_logger
 from core.models import Job, Track, User
 from domain.credits import InsufficientCredits
+from domain.errors import Unavailable
 from domain.tracks import create as tracks
 from domain.tracks.create import TrackOrder, price
 from domain.tracks.idempotency import IdempotencyKeyTaken, request_hash
@@ -48,7 +50,9 @@ log = get_logger("soundfoundry.api")
         },
         status.HTTP_503_SERVICE_UNAVAILABLE: {
             "description": "The workflow could not be started; the credits were refunded "
-            "and the Idempotency-Key released, so a retry makes a new track.",
+            "and the Idempotency-Key released, so a retry makes a new track. Or Temporal does "
+            "not accept the search attributes yet (the detail says why and what to run); "
+            "nothing was charged.",
         },
     },
 )
@@ -63,6 +67,9 @@ async def create_track(
         previous = await replay(services.sessions, user.id, idempotency_key, body_hash)
         if previous is not None:
             return previous
+    if problem := await services.temporal.start_problem():
+        # Refused before anything is charged: the start would fail on our search attributes.
+        raise Unavailable(problem, retry_after_s=ATTRIBUTES_RETRY_AFTER_S)
     order = TrackOrder(**body.model_dump())
     claim = idempotency_claim(
         idempotency_key,

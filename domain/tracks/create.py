@@ -28,7 +28,7 @@ from domain.tracks.start import (
     start_track_workflow,
     track_input,
 )
-from domain.webhooks.outgoing import check_target
+from domain.webhooks.outgoing import check_target, webhook_policy
 
 log = get_logger("soundfoundry.tracks")
 
@@ -85,7 +85,7 @@ async def create_track(
         seed=order.seed if order.seed is not None else secrets.randbelow(2**31),
     )
     if order.webhook_url:
-        await check_target(order.webhook_url, settings.webhook_allowed_hosts)
+        await check_target(order.webhook_url, webhook_policy(settings))
     series_id = await series_for_new_track(ctx, user.id, order.series_id)
     track, job = await ctx.jobs.create_track(
         user.id,

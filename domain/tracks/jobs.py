@@ -39,8 +39,15 @@ ACTIVE = (JobStatus.QUEUED, JobStatus.RENDERING)
 
 def _owns(job: Job, run_id: str | None) -> bool:
     """May this run change the job? Yes while it is active, and also when a newer run
-    than the one that finished it asks (an operator's `temporal workflow reset`)."""
-    return job.status in ACTIVE or (run_id is not None and job.run_id != run_id)
+    than the one that finished it asks (an operator's `temporal workflow reset`).
+
+    A job that ended before any run was recorded on it (cancelled while QUEUED) has no
+    run to reset: a run that starts after that (the reconciler's restart racing the
+    cancel) must not revive it, charge it again, or pay a provider for it.
+    """
+    if job.status in ACTIVE:
+        return True
+    return run_id is not None and job.run_id is not None and job.run_id != run_id
 
 
 class JobStore:
@@ -92,9 +99,21 @@ class JobStore:
                 await idempotency.store(session, user_id, track, job)
         return track, job
 
-    async def set_run_id(self, job_id: uuid.UUID, run_id: str) -> None:
+    async def set_run_id(self, job_id: uuid.UUID, run_id: str) -> bool:
+        """Record the run that renders the job; False (nothing written) once the job has
+        ended, so a run started after a cancel never becomes its owner."""
         async with transaction(self.sessions) as session:
-            await session.exec(update(Job).where(col(Job.id) == job_id).values(run_id=run_id))
+            result = await session.exec(
+                update(Job)
+                .where(col(Job.id) == job_id, col(Job.status).in_(ACTIVE))
+                .values(run_id=run_id)
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def is_active(self, job_id: uuid.UUID) -> bool:
+        async with self.sessions() as session:
+            status = (await session.exec(select(Job.status).where(col(Job.id) == job_id))).first()
+        return status in ACTIVE
 
     async def mark_rendering(self, job_id: uuid.UUID, run_id: str | None = None) -> bool:
         """Start (or, after `temporal workflow reset`, restart) rendering for a run."""
@@ -135,9 +154,16 @@ class JobStore:
         run_id: str | None = None,
         renditions_pending: bool = False,
     ) -> bool:
+        """COMPLETE, once; True also when this run already made it so (a retried
+        activity), False when the job moved away from this run (cancelled, refunded,
+        finished by another run): the caller must not announce or deliver it."""
         async with transaction(self.sessions) as session:
             job = await session.get(Job, job_id, with_for_update=True)
-            if job is None or not _owns(job, run_id):
+            if job is None:
+                return False
+            if job.status == JobStatus.COMPLETE and run_id is not None and job.run_id == run_id:
+                return True
+            if not _owns(job, run_id):
                 return False
             if job.credits_refunded:
                 # A reset past the start finished a job that had been refunded; the

@@ -117,8 +117,10 @@ async def start_track_workflow(
         run_id = handle.result_run_id or ""
     except Exception as exc:
         run_id = await _run_id_after_failed_start(client, job, exc)
-    if run_id:
-        await store.set_run_id(job.id, run_id)
+    if run_id and not await store.set_run_id(job.id, run_id):
+        # Cancelled between the caller's read and this start: the run finds the job
+        # ended at its first step and stops there, paying nothing.
+        log.warning("workflow started for a job that has ended", job_id=str(job.id))
     return run_id
 
 

@@ -21,6 +21,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from core.contracts import OPEN_SUBMISSION_STATES, JobStatus, SubmissionState
 from core.db import SessionFactory, transaction
 from core.models import Job, ProviderSubmission, Track, utcnow
+from domain.tracks.jobs import ACTIVE
 
 # Rows that stand for a job still running at the provider, once its id is known.
 WITH_RUN_ID = (SubmissionState.ACCEPTED, SubmissionState.RESOLVED)
@@ -29,6 +30,10 @@ UNKNOWN = (SubmissionState.SENDING, SubmissionState.AMBIGUOUS)
 # What counts against a provider's in-flight cap: jobs we know, or just sent, to be
 # running. An ambiguous row may never have existed, so it does not hold capacity.
 RUNNING = (SubmissionState.SENDING, SubmissionState.ACCEPTED, SubmissionState.RESOLVED)
+
+
+class JobNotActive(Exception):
+    """The job ended (cancelled, refunded, finished): nothing may be sent for it."""
 
 
 class ProviderAtCapacity(Exception):
@@ -82,8 +87,19 @@ class SubmissionLedger:
 
         A new row is only made while `provider` has fewer than `max_in_flight` running
         jobs (0: no cap); otherwise ProviderAtCapacity, and nothing is written.
+
+        Nothing is begun for a job that is no longer QUEUED or RENDERING (JobNotActive):
+        the job row is read under a share lock, so a cancel that commits first is seen
+        here, and one that commits after finds this row open and stops its job.
         """
         async with transaction(self.sessions) as session:
+            status = (
+                await session.exec(
+                    select(Job.status).where(col(Job.id) == job_id).with_for_update(read=True)
+                )
+            ).first()
+            if status not in ACTIVE:
+                raise JobNotActive(str(job_id))
             rows = list(
                 await session.exec(
                     select(ProviderSubmission)

@@ -15,7 +15,13 @@ neither provider signs. What authenticates a delivery is the provider's signatur
   matches none of them fetches the set again, at most once a minute, in case fal rotated.
 
 Both carry a timestamp, refused when further from our clock than the tolerance, so a
-captured delivery cannot be replayed later.
+captured delivery cannot be replayed later; inside the tolerance, the digest of what the
+signature covers (`VerifiedDelivery.digest`) lets the use case accept it once.
+
+fal's keys sign for every fal customer, so a fal delivery must also name our fal user
+(`X-Fal-Webhook-User-Id`): the configured FAL_WEBHOOK_USER_ID, or, when that is unset,
+the user id of the first delivery whose run the provider confirmed to our own key (fal's
+API and client expose no "who am I" for a key, so that is how it is learned).
 
 Nothing here knows HTTP frameworks; the API route maps the exceptions to answers.
 """
@@ -30,6 +36,7 @@ import hmac
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -84,6 +91,10 @@ class NotAuthentic(Exception):
 
 class SignatureMismatch(NotAuthentic):
     """Well formed and fresh, but no known key made the signature."""
+
+
+class NotOurAccount(NotAuthentic):
+    """Authentic, but about another customer's account at the provider."""
 
 
 class MalformedDelivery(Exception):
@@ -153,6 +164,10 @@ def _replicate_signed(
     return message_id, timestamp, text, offered
 
 
+def _digest(provider: str, signed: bytes) -> str:
+    return hashlib.sha256(provider.encode() + b"\n" + signed).hexdigest()
+
+
 def verify_replicate(
     secret: str,
     headers: Mapping[str, str],
@@ -160,8 +175,9 @@ def verify_replicate(
     *,
     tolerance_s: int,
     now: float | None = None,
-) -> None:
-    """Raise NotAuthentic unless a `v1` signature of the delivery matches `secret`."""
+) -> str:
+    """The delivery's digest if a `v1` signature of it matches `secret`; NotAuthentic if
+    none does."""
     message_id, timestamp, text, offered = _replicate_signed(headers, body, tolerance_s, now)
     try:
         signer = Webhook(secret)
@@ -177,7 +193,7 @@ def verify_replicate(
         except (binascii.Error, ValueError):
             continue
         if hmac.compare_digest(candidate, expected_digest):
-            return
+            return _digest(REPLICATE, f"{message_id}.{timestamp}.".encode() + body)
     raise SignatureMismatch("bad signature: no v1 signature matches the Replicate secret")
 
 
@@ -257,10 +273,17 @@ def fal_signed_message(request_id: str, user_id: str, timestamp: str, body: byte
     return "\n".join((request_id, user_id, timestamp, digest)).encode()
 
 
+@dataclass(frozen=True)
+class _FalSigned:
+    signature: bytes
+    message: bytes
+    user_id: str
+
+
 def _fal_signed(
     headers: Mapping[str, str], body: bytes, tolerance_s: int, now: float | None
-) -> tuple[bytes, bytes]:
-    """(signature, signed message) of a well formed, fresh delivery."""
+) -> _FalSigned:
+    """The signature, signed message and user id of a well formed, fresh delivery."""
     request_id, user_id, timestamp, signature_hex = _required(
         headers,
         (FAL_REQUEST_ID_HEADER, FAL_USER_ID_HEADER, FAL_TIMESTAMP_HEADER, FAL_SIGNATURE_HEADER),
@@ -272,7 +295,7 @@ def _fal_signed(
         raise NotAuthentic("bad signature: not hex") from None
     if len(signature) != 64:
         raise NotAuthentic("bad signature: an ED25519 signature is 64 bytes")
-    return signature, fal_signed_message(request_id, user_id, timestamp, body)
+    return _FalSigned(signature, fal_signed_message(request_id, user_id, timestamp, body), user_id)
 
 
 def _made_by_any(keys: Sequence[Ed25519PublicKey], signature: bytes, message: bytes) -> bool:
@@ -291,12 +314,17 @@ def verify_fal(
     body: bytes,
     *,
     tolerance_s: int,
+    user_id: str | None = None,
     now: float | None = None,
-) -> None:
-    """Raise NotAuthentic unless one of `keys` made the delivery's signature."""
-    signature, message = _fal_signed(headers, body, tolerance_s, now)
-    if not _made_by_any(keys, signature, message):
+) -> tuple[str, str]:
+    """(digest, user id) of a delivery one of `keys` signed; NotAuthentic if none did, and
+    NotOurAccount if it names a fal user other than `user_id` (None: not known yet)."""
+    signed = _fal_signed(headers, body, tolerance_s, now)
+    if not _made_by_any(keys, signed.signature, signed.message):
         raise SignatureMismatch("bad signature: it matches none of fal's published keys")
+    if user_id is not None and not hmac.compare_digest(signed.user_id, user_id):
+        raise NotOurAccount("the delivery is for another fal account")
+    return _digest(FAL, signed.message), signed.user_id
 
 
 def parse_jwks(document: Any) -> list[Ed25519PublicKey]:
@@ -430,15 +458,29 @@ def _error_text(value: Any) -> str | None:
     return text[:ERROR_MAX_CHARS]
 
 
+@dataclass(frozen=True)
+class VerifiedDelivery:
+    event: ProviderEvent
+    # What the signature covers, hashed: the same delivery twice has the same digest.
+    digest: str
+    # fal only: the account the delivery names (already checked when ours is known).
+    fal_user_id: str | None = None
+
+
 class ProviderWebhookVerifier:
     """Checks a delivery with the provider's scheme and reads it; keeps keys between calls."""
 
     def __init__(
-        self, replicate_secret: ReplicateSigningSecret, fal_keys: FalKeySet, tolerance_s: int
+        self,
+        replicate_secret: ReplicateSigningSecret,
+        fal_keys: FalKeySet,
+        tolerance_s: int,
+        fal_user_id: str | None = None,
     ) -> None:
         self.replicate_secret = replicate_secret
         self.fal_keys = fal_keys
         self.tolerance_s = tolerance_s
+        self.fal_user_id = fal_user_id
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProviderWebhookVerifier:
@@ -454,31 +496,41 @@ class ProviderWebhookVerifier:
             ),
             FalKeySet(settings.fal_webhook_jwks_url, timeout_s=timeout_s),
             settings.provider_webhook_tolerance_s,
+            fal_user_id=settings.fal_webhook_user_id,
         )
+
+    def learn_fal_user(self, user_id: str) -> None:
+        """Pin our fal user id once a delivery about a job of ours proved it."""
+        if self.fal_user_id is None:
+            log.info("learned our fal user id from a confirmed delivery")
+            self.fal_user_id = user_id
 
     async def verify(
         self, provider: str, token: str, headers: Mapping[str, str], body: bytes
-    ) -> ProviderEvent:
+    ) -> VerifiedDelivery:
         """The event of an authentic delivery; NotAuthentic, MalformedDelivery or
         VerifierUnavailable otherwise."""
         if provider == REPLICATE:
             # Headers and timestamp first: junk must not cost a fetch of the secret.
             _replicate_signed(headers, body, self.tolerance_s, None)
             secret = await self.replicate_secret.get()
-            verify_replicate(secret, headers, body, tolerance_s=self.tolerance_s)
-            return parse_replicate(token, body)
+            digest = verify_replicate(secret, headers, body, tolerance_s=self.tolerance_s)
+            return VerifiedDelivery(parse_replicate(token, body), digest)
         if provider == FAL:
-            await self._verify_fal(headers, body)
-            return parse_fal(token, body)
+            digest, user_id = await self._verify_fal(headers, body)
+            return VerifiedDelivery(parse_fal(token, body), digest, fal_user_id=user_id)
         raise ValueError(f"no webhooks for provider {provider!r}")
 
-    async def _verify_fal(self, headers: Mapping[str, str], body: bytes) -> None:
-        signature, message = _fal_signed(headers, body, self.tolerance_s, None)
-        if _made_by_any(await self.fal_keys.current(), signature, message):
-            return
-        # fal may have rotated its keys since we fetched them.
-        if await self.fal_keys.refresh() and _made_by_any(
-            await self.fal_keys.current(), signature, message
-        ):
-            return
-        raise SignatureMismatch("bad signature: it matches none of fal's published keys")
+    async def _verify_fal(self, headers: Mapping[str, str], body: bytes) -> tuple[str, str]:
+        # Headers and timestamp first: junk must not cost a fetch of the keys.
+        _fal_signed(headers, body, self.tolerance_s, None)
+        tolerance_s, user_id = self.tolerance_s, self.fal_user_id
+        try:
+            keys = await self.fal_keys.current()
+            return verify_fal(keys, headers, body, tolerance_s=tolerance_s, user_id=user_id)
+        except SignatureMismatch:
+            # fal may have rotated its keys since we fetched them.
+            if not await self.fal_keys.refresh():
+                raise
+        keys = await self.fal_keys.current()
+        return verify_fal(keys, headers, body, tolerance_s=tolerance_s, user_id=user_id)

@@ -23,6 +23,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from asgi_lifespan import LifespanManager
+from pydantic import SecretStr
 
 from api.main import create_app
 from tests.conftest import Stack, _assemble, base_settings, eventually
@@ -48,7 +49,7 @@ class CountingReceiver:
 
 
 @contextlib.asynccontextmanager
-async def counting_server() -> AsyncIterator[CountingReceiver]:
+async def counting_server(port: int = 0) -> AsyncIterator[CountingReceiver]:
     state = CountingReceiver()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -63,15 +64,26 @@ async def counting_server() -> AsyncIterator[CountingReceiver]:
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    server = await asyncio.start_server(serve, "127.0.0.1", port)
     state.port = server.sockets[0].getsockname()[1]
     async with server:
         yield state
 
 
+@pytest.fixture
+def receiver_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def stack_overrides(receiver_port: int) -> dict[str, Any]:
+    # Webhook URLs may name ports 80 and 443 only, unless allowed: the receiver's is.
+    return {"webhook_allowed_ports": [receiver_port]}
+
+
 @pytest_asyncio.fixture
-async def loopback_receiver() -> AsyncIterator[CountingReceiver]:
-    async with counting_server() as receiver:
+async def loopback_receiver(receiver_port: int) -> AsyncIterator[CountingReceiver]:
+    async with counting_server(receiver_port) as receiver:
         yield receiver
 
 
@@ -217,6 +229,7 @@ async def test_deliveries_go_through_the_egress_proxy_when_set(
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'sf.db'}",
         storage_local_dir=tmp_path / "objects",
         webhook_egress_proxy=f"http://127.0.0.1:{egress_proxy.port}",
+        webhook_allowed_ports=[8443],
     )
     url = f"http://{PUBLIC_ADDRESS}:8443/hook"
     async for stack in _assemble(settings, temporal_server, True):
@@ -386,7 +399,9 @@ async def test_user_files_are_sandboxed_and_svg_is_an_attachment(embedded_stack:
     assert opened.headers["x-content-type-options"] == "nosniff"
     assert opened.headers["content-disposition"].startswith("attachment")
 
-    shown = await embedded_stack.http.get(path + "&inline=true")
+    # `inline` is part of the signature (tests/api/test_signed_links.py): signed for it.
+    shown_url = httpx.URL(await storage.signed_url(key, 60, inline=True))
+    shown = await embedded_stack.http.get(shown_url.raw_path.decode())
     assert shown.status_code == 200
     assert shown.headers["content-disposition"].startswith("inline")
     assert shown.headers["content-security-policy"] == csp
@@ -440,8 +455,52 @@ async def test_no_hsts_unless_set(embedded_stack: Stack) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# /metrics: token or own port (default: open on the API port, as Prometheus expects)
+# /metrics: a bearer token, its own port, or (by default) loopback clients only
 # --------------------------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def client_from(
+    settings: Any, address: str, **updates: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a fresh app whose requests come from `address`."""
+    app = create_app(settings.model_copy(update=updates))
+    transport = httpx.ASGITransport(app=app, client=(address, 40000))
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as http,
+    ):
+        yield http
+
+
+async def test_metrics_answer_loopback_only_by_default(embedded_stack: Stack) -> None:
+    settings = embedded_stack.settings
+    for address in ("203.0.113.9", "10.0.0.7", "2001:db8::1"):
+        async with client_from(settings, address) as remote:
+            refused = await remote.get("/metrics")
+            assert refused.status_code == 403, address
+            assert "METRICS_TOKEN" in refused.text and "http_requests_total" not in refused.text
+    for address in ("127.0.0.1", "::1"):
+        async with client_from(settings, address) as local:
+            scraped = await local.get("/metrics")
+            assert scraped.status_code == 200 and "http_requests_total" in scraped.text
+            # Through a proxy on this host, the loopback peer is the proxy, not the client.
+            proxied = await local.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"})
+            assert proxied.status_code == 403
+
+
+async def test_metrics_public_when_asked(embedded_stack: Stack) -> None:
+    async with client_from(embedded_stack.settings, "203.0.113.9", metrics_public=True) as remote:
+        assert (await remote.get("/metrics")).status_code == 200
+
+
+async def test_a_metrics_token_is_needed_from_loopback_too(embedded_stack: Stack) -> None:
+    token = "metrics-scrape-token-0123456789"
+    settings = embedded_stack.settings
+    async with client_from(settings, "127.0.0.1", metrics_token=SecretStr(token)) as local:
+        assert (await local.get("/metrics")).status_code == 401
+        authorized = {"Authorization": f"Bearer {token}"}
+        assert (await local.get("/metrics", headers=authorized)).status_code == 200
+
+
 @pytest.mark.parametrize("stack_overrides", [{"metrics_token": "metrics-scrape-token-0123456789"}])
 async def test_metrics_behind_a_token(embedded_stack: Stack, stack_overrides: Any) -> None:
     http = embedded_stack.http

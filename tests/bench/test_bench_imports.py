@@ -10,6 +10,8 @@ import pytest
 
 import bench
 
+pytestmark = pytest.mark.unit
+
 MODULES = sorted(m.name for m in pkgutil.iter_modules(bench.__path__, "bench."))
 # Installed with `--extra bench` only.
 OPTIONAL = {"bench.celery_baseline": "celery"}

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from core.db import create_engine, session_factory, transaction
+
+pytestmark = pytest.mark.unit
 
 
 async def test_one_process_runs_its_sqlite_transactions_one_after_another(

@@ -10,6 +10,8 @@ import pytest
 from core.settings import Settings
 from domain.credits import credits_required
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

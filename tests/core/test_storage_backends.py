@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT
 
+pytestmark = pytest.mark.unit
+
 REPORT = """
 import json, sys
 import worker

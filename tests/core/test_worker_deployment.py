@@ -33,12 +33,18 @@ async def polling(client: Client, *versions: WorkerDeploymentVersion) -> AsyncIt
         yield
 
 
+def new_deployment(*build_ids: str) -> tuple[WorkerDeploymentVersion, ...]:
+    """Versions of a deployment of its own (the session's server has the other tests')."""
+    name = f"d-{uuid.uuid4().hex[:8]}"
+    return tuple(WorkerDeploymentVersion(name, build_id) for build_id in build_ids)
+
+
 async def test_of_two_first_versions_starting_at_once_exactly_one_becomes_current(
     temporal_server: TemporalDevServer,
 ) -> None:
     client = temporal_server.client
-    name = f"first-{uuid.uuid4().hex[:8]}"
-    one, two = WorkerDeploymentVersion(name, "one"), WorkerDeploymentVersion(name, "two")
+    one, two = new_deployment("one", "two")
+    name = one.deployment_name
     async with polling(client, one, two):
         promoted = await asyncio.gather(*(promote_if_first(client, v) for v in (one, two)))
         state = await describe(client, name)
@@ -55,14 +61,13 @@ async def test_always_makes_a_later_version_current_and_versioning_is_then_in_us
     temporal_server: TemporalDevServer,
 ) -> None:
     client = temporal_server.client
-    name = f"always-{uuid.uuid4().hex[:8]}"
-    old, new = WorkerDeploymentVersion(name, "old"), WorkerDeploymentVersion(name, "new")
+    old, new = new_deployment("old", "new")
     async with polling(client, old):
         assert await promote_if_first(client, old)
     async with polling(client, new):
         assert not await promote_if_first(client, new)
         assert await promote_if_first(client, new, always=True)
-    state = await describe(client, name)
+    state = await describe(client, new.deployment_name)
     assert state is not None and state.current == "new"
     assert {v.build_id: v.status for v in state.versions} == {"old": "draining", "new": "current"}
     reason = await versioning_in_use(client)

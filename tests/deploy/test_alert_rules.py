@@ -55,16 +55,27 @@ def recorded_names() -> set[str]:
     return {rule["record"] for rule in rules() if "record" in rule}
 
 
+@pytest.fixture
+def deployed_config(tmp_path: Path) -> Path:
+    """deploy/prometheus as deployed: with the metrics token file the config names (a
+    secret, so never in the repository), which `promtool check config` requires."""
+    folder = tmp_path / "prometheus"
+    shutil.copytree(PROM_DIR, folder)
+    (folder / "metrics_token").write_text("token-for-the-config-check\n")
+    return folder / CONFIG.name
+
+
 @pytest.mark.parametrize(
     "args",
     [
         ["check", "rules", str(ALERTS)],
-        ["check", "config", str(CONFIG)],
+        ["check", "config", "{config}"],
         ["test", "rules", str(ALERTS_TEST)],
     ],
     ids=["check-rules", "check-config", "test-rules"],
 )
-def test_promtool(args: list[str]) -> None:
+def test_promtool(args: list[str], deployed_config: Path) -> None:
+    args = [arg.format(config=deployed_config) for arg in args]
     # promtool resolves rule_files relative to the file that names them.
     done = subprocess.run(
         [promtool(), *args],
@@ -120,6 +131,14 @@ def test_every_alert_says_what_to_do() -> None:
         annotations = rule.get("annotations", {})
         assert annotations.get("summary"), f"{name} has no summary"
         assert annotations.get("description"), f"{name} has no description"
+
+
+def test_the_api_is_scraped_with_the_metrics_token() -> None:
+    # The API's /metrics answers loopback only unless it has a token (api/metrics.py).
+    jobs = {job["job_name"]: job for job in load(CONFIG)["scrape_configs"]}
+    authorization = jobs["soundfoundry-api"]["authorization"]
+    assert authorization == {"type": "Bearer", "credentials_file": "metrics_token"}
+    assert "metrics_token" in (PROM_DIR / ".gitignore").read_text().split()
 
 
 def test_every_recording_rule_is_evaluated_by_a_test() -> None:

@@ -33,9 +33,11 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 ENV_EXAMPLE = ROOT / "deploy" / "staging.env.example"
 INIT_SQL = ROOT / "deploy" / "postgres" / "init.sql"
+SETUP_SH = ROOT / "scripts" / "setup.sh"
 
 EXPECTED_SERVICES = {
     "postgres",
+    "temporal-schema",
     "temporal",
     "temporal-admin-tools",
     "temporal-setup",
@@ -46,7 +48,7 @@ EXPECTED_SERVICES = {
     "api",
     "worker",
 }
-ONE_SHOTS = {"migrate", "temporal-setup", "minio-init"}
+ONE_SHOTS = {"migrate", "temporal-schema", "temporal-setup", "minio-init"}
 APP_SERVICES = ("api", "worker", "migrate")
 
 # What every app process needs to reach Postgres, Temporal and S3 on the staging network.
@@ -84,7 +86,7 @@ REQUIRED_SECRETS = {
     "SECRET_KEY",
 }
 # Passed through by name only: an empty string would still count as a configured key.
-PASS_THROUGH = {"FAL_KEY", "REPLICATE_API_TOKEN", "MUSIC_PROVIDER"}
+PASS_THROUGH = {"FAL_KEY", "REPLICATE_API_TOKEN", "MUSIC_PROVIDER", "METRICS_TOKEN"}
 
 SECRET_NAME = re.compile(r"PASSWORD|_PWD$|SECRET|_KEY$|TOKEN")
 INTERPOLATION = re.compile(
@@ -476,7 +478,15 @@ def test_dependency_graph_has_no_cycle(services: dict[str, dict[str, Any]]) -> N
 
 @pytest.mark.parametrize("name", ["api", "worker"])
 def test_app_starts_after_setup_is_done(services: dict[str, dict[str, Any]], name: str) -> None:
-    assert set(services[name]["depends_on"]) >= ONE_SHOTS - {name}
+    # Directly or through another service (temporal-schema -> temporal -> temporal-setup).
+    waits_for: set[str] = set()
+    frontier = list(services[name]["depends_on"])
+    while frontier:
+        target = frontier.pop()
+        if target not in waits_for:
+            waits_for.add(target)
+            frontier += list(services[target].get("depends_on") or {})
+    assert waits_for >= ONE_SHOTS - {name}
 
 
 def test_migrate_waits_for_postgres_only(services: dict[str, dict[str, Any]]) -> None:
@@ -534,7 +544,6 @@ def test_temporal_namespace_is_the_apps(raw: dict[str, Any]) -> None:
     # Compared unresolved: every place must follow the same variable.
     app_ns = environment_of(raw["services"]["api"])["TEMPORAL_NAMESPACE"]
     assert app_ns == "${TEMPORAL_NAMESPACE:-default}"
-    assert environment_of(raw["services"]["temporal"])["DEFAULT_NAMESPACE"] == app_ns
     for name in ("temporal-setup", "temporal-admin-tools"):
         assert environment_of(raw["services"][name])["TEMPORAL_NAMESPACE"] == app_ns
     assert environment_of(raw["services"]["temporal-ui"])["TEMPORAL_DEFAULT_NAMESPACE"] == app_ns
@@ -556,6 +565,18 @@ def test_temporal_setup_registers_the_apps_search_attributes(
     assert "already exists" in script, "re-running the setup must not fail"
 
 
+def test_temporal_setup_creates_the_namespace_with_its_retention(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # The server image creates no namespace (auto-setup did): the setup job must.
+    setup = services["temporal-setup"]
+    script = script_text(setup)
+    create = script.index("operator namespace create")
+    assert script.index("operator namespace describe") < create, "create only when missing"
+    assert '--retention "$TEMPORAL_RETENTION"' in script[create:]
+    assert environment_of(setup)["TEMPORAL_RETENTION"] == "72h"
+
+
 def test_credentials_are_shared_by_variable_not_by_copy(raw: dict[str, Any]) -> None:
     svc = raw["services"]
     app = environment_of(svc["api"])
@@ -564,8 +585,10 @@ def test_credentials_are_shared_by_variable_not_by_copy(raw: dict[str, Any]) -> 
     minio = environment_of(svc["minio"])
     minio_init = environment_of(svc["minio-init"])
     assert pg["APP_DB_PASSWORD"] and pg["APP_DB_PASSWORD"] in (app["DATABASE_URL"] or "")
-    assert temporal["POSTGRES_PWD"] == pg["TEMPORAL_DB_PASSWORD"]
-    assert temporal["POSTGRES_SEEDS"] == "postgres"
+    schema = environment_of(svc["temporal-schema"])
+    assert temporal["POSTGRES_PWD"] == pg["TEMPORAL_DB_PASSWORD"] == schema["SQL_PASSWORD"]
+    assert temporal["POSTGRES_SEEDS"] == schema["SQL_HOST"] == "postgres"
+    assert temporal["POSTGRES_USER"] == schema["SQL_USER"]
     for key in ("S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_BUCKET"):
         assert minio_init[key] == app[key], key
     for key in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"):
@@ -581,7 +604,13 @@ def test_init_sql_matches_the_compose_layout(services: dict[str, dict[str, Any]]
     assert owners[db.path.lstrip("/")] == db.username
     assert owners[temporal["DBNAME"] or ""] == temporal["POSTGRES_USER"]
     assert owners[temporal["VISIBILITY_DBNAME"] or ""] == temporal["POSTGRES_USER"]
-    assert temporal["SKIP_DB_CREATE"] == "true", "init.sql creates Temporal's databases"
+    schema = environment_of(services["temporal-schema"])
+    assert (schema["DBNAME"], schema["VISIBILITY_DBNAME"]) == (
+        temporal["DBNAME"],
+        temporal["VISIBILITY_DBNAME"],
+    )
+    # init.sql creates Temporal's databases: the schema job never does.
+    assert "create-database" not in script_text(services["temporal-schema"])
     mounts = services["postgres"]["volumes"]
     assert any(
         m.startswith("./deploy/postgres/init.sql:/docker-entrypoint-initdb.d/") for m in mounts
@@ -880,3 +909,50 @@ def test_staging_temporal_is_tuned_like_the_dev_server(
         key, _, raw = value.partition("=")
         dev[key] = yaml.safe_load(raw)
     assert staging == dev
+
+
+# ------------------------------------------------------------------------------------
+# One Temporal server version: the image here, the binary the topology tests build
+# ------------------------------------------------------------------------------------
+def setup_sh_server_version() -> str:
+    match = re.search(r'^TEMPORAL_SERVER_VERSION="([^"]+)"$', SETUP_SH.read_text(), re.M)
+    assert match, "scripts/setup.sh no longer pins TEMPORAL_SERVER_VERSION"
+    return match.group(1)
+
+
+def test_compose_runs_the_server_version_the_tests_build(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The staging images run the very server (and schema) the topology tests prove."""
+    version = setup_sh_server_version()
+    assert services["temporal"]["image"] == f"temporalio/server:{version}"
+    # admin-tools tags read <server>-tctl-<tctl>-cli-<cli>: the server part must match,
+    # since its temporal-sql-tool and schema files belong to that server version.
+    for name in ("temporal-schema", "temporal-setup", "temporal-admin-tools"):
+        image = services[name]["image"]
+        repository, _, tag = image.partition(":")
+        assert repository == "temporalio/admin-tools", f"{name}: {image}"
+        assert tag.split("-", 1)[0] == version, f"{name}: {image} is not server {version}"
+
+
+def test_staging_runs_the_server_image_with_a_schema_job(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Not auto-setup (a development image): the schema is installed, then updated to the
+    server's version, for both stores, before the server starts."""
+    assert "auto-setup" not in services["temporal"]["image"]
+    assert services["temporal"]["depends_on"] == {
+        "temporal-schema": {"condition": "service_completed_successfully"}
+    }
+    env = environment_of(services["temporal-schema"])
+    assert env["SQL_PLUGIN"] == environment_of(services["temporal"])["DB"] == "postgres12"
+    lines = [line.strip() for line in script_text(services["temporal-schema"]).splitlines()]
+    steps = [line for line in lines if line.startswith("temporal-sql-tool")]
+    assert steps == [
+        'temporal-sql-tool --db "$DBNAME" setup-schema -v 0.0',
+        'temporal-sql-tool --db "$DBNAME" update-schema -d "$schema/temporal/versioned"',
+        'temporal-sql-tool --db "$VISIBILITY_DBNAME" setup-schema -v 0.0',
+        'temporal-sql-tool --db "$VISIBILITY_DBNAME" update-schema'
+        ' -d "$schema/visibility/versioned"',
+    ]
+    assert "schema=/etc/temporal/schema/postgresql/v12" in lines

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from domain.covers import BACKDROP, PNG_SIZE, CoverRenderError, _square, cover_seed, render_png
+from domain.covers import BACKDROP, PNG_SIZE, CoverRenderError, cover_seed, render_png
 from engines.cover_art import render_cover_svg
+from engines.svg_frame import square_svg
 from engines.svg_sanitize import sanitize_svg
+
+pytestmark = pytest.mark.unit
 
 CORPUS = Path(__file__).resolve().parents[1] / "engines" / "svg_corpus"
 BENIGN = sorted((CORPUS / "benign").glob("*.svg"))
@@ -40,7 +43,9 @@ async def test_a_tall_cover_is_centred_on_the_backdrop() -> None:
 
 
 def test_square_derives_a_view_box_from_absolute_units() -> None:
-    out = _square('<svg xmlns="http://www.w3.org/2000/svg" width="1in" height="2in"><g/></svg>')
+    out = square_svg(
+        '<svg xmlns="http://www.w3.org/2000/svg" width="1in" height="2in"><g/></svg>', PNG_SIZE
+    )
     assert out.startswith(
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{PNG_SIZE}" height="{PNG_SIZE}" '
         'preserveAspectRatio="xMidYMid meet" viewBox="0 0 96 192">'

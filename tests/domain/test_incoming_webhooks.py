@@ -19,6 +19,7 @@ from domain.webhooks.incoming import (
     FalKeySet,
     MalformedDelivery,
     NotAuthentic,
+    NotOurAccount,
     ProviderWebhookVerifier,
     ReplicateSigningSecret,
     SignatureMismatch,
@@ -30,6 +31,8 @@ from domain.webhooks.incoming import (
     verify_replicate,
     webhook_url,
 )
+
+pytestmark = pytest.mark.unit
 
 TOLERANCE_S = 300
 BODY = json.dumps({"id": "p-1", "status": "succeeded", "error": None}).encode()
@@ -56,13 +59,18 @@ def replicate_headers(
 
 
 def fal_headers(
-    key: Ed25519PrivateKey, body: bytes, *, timestamp: int | None = None, request_id: str = "r-1"
+    key: Ed25519PrivateKey,
+    body: bytes,
+    *,
+    timestamp: int | None = None,
+    request_id: str = "r-1",
+    user_id: str = "user-1",
 ) -> dict[str, str]:
     ts = str(int(time.time()) if timestamp is None else timestamp)
-    message = "\n".join((request_id, "user-1", ts, hashlib.sha256(body).hexdigest())).encode()
+    message = "\n".join((request_id, user_id, ts, hashlib.sha256(body).hexdigest())).encode()
     return {
         "X-Fal-Webhook-Request-Id": request_id,
-        "X-Fal-Webhook-User-Id": "user-1",
+        "X-Fal-Webhook-User-Id": user_id,
         "X-Fal-Webhook-Timestamp": ts,
         "X-Fal-Webhook-Signature": key.sign(message).hex(),
     }
@@ -213,6 +221,50 @@ def test_a_tampered_fal_body_or_header_is_refused() -> None:
     for name in ("X-Fal-Webhook-Request-Id", "X-Fal-Webhook-User-Id"):
         with pytest.raises(SignatureMismatch):
             verify_fal(keys, {**headers, name: "someone-else"}, FAL_BODY, tolerance_s=TOLERANCE_S)
+
+
+def test_a_fal_delivery_for_another_fal_user_is_refused() -> None:
+    """fal's keys sign every customer's deliveries: a genuine one for someone else's job
+    must not reach our submissions."""
+    key = Ed25519PrivateKey.generate()
+    keys = parse_jwks({"keys": [jwk(key)]})
+    theirs = fal_headers(key, FAL_BODY, user_id="someone-else")
+    with pytest.raises(NotOurAccount):
+        verify_fal(keys, theirs, FAL_BODY, tolerance_s=TOLERANCE_S, user_id="user-1")
+    ours = fal_headers(key, FAL_BODY)
+    _, user = verify_fal(keys, ours, FAL_BODY, tolerance_s=TOLERANCE_S, user_id="user-1")
+    assert user == "user-1"
+
+
+def test_a_delivery_has_one_digest_and_a_resigned_one_another() -> None:
+    """What makes a replay recognisable: the same signed delivery hashes the same, even
+    with extra signature entries added; a fresh signing (new timestamp) does not."""
+    key = Ed25519PrivateKey.generate()
+    keys = parse_jwks({"keys": [jwk(key)]})
+    now = int(time.time())
+    first, _ = verify_fal(keys, fal_headers(key, FAL_BODY, timestamp=now), FAL_BODY, tolerance_s=60)
+    again, _ = verify_fal(keys, fal_headers(key, FAL_BODY, timestamp=now), FAL_BODY, tolerance_s=60)
+    later = fal_headers(key, FAL_BODY, timestamp=now + 1)
+    assert first == again != verify_fal(keys, later, FAL_BODY, tolerance_s=60)[0]
+
+    secret = new_whsec()
+    headers = replicate_headers(secret, BODY, timestamp=now)
+    padded = {**headers, "webhook-signature": "v1,AAAA " + headers["webhook-signature"]}
+    digest = verify_replicate(secret, headers, BODY, tolerance_s=60)
+    assert verify_replicate(secret, padded, BODY, tolerance_s=60) == digest
+
+
+async def test_the_verifier_pins_our_fal_user_once_learned() -> None:
+    key = Ed25519PrivateKey.generate()
+    verifier, _ = _verifier({"keys": [jwk(key)]}, Clock())
+    stranger = fal_headers(key, FAL_BODY, user_id="someone-else")
+    delivery = await verifier.verify("fal", "tok", stranger, FAL_BODY)
+    assert delivery.fal_user_id == "someone-else", "unpinned: the use case decides"
+    verifier.learn_fal_user("user-1")
+    verifier.learn_fal_user("someone-else")  # the first proof wins
+    with pytest.raises(NotOurAccount):
+        await verifier.verify("fal", "tok", stranger, FAL_BODY)
+    await verifier.verify("fal", "tok", fal_headers(key, FAL_BODY), FAL_BODY)
 
 
 def test_a_stale_fal_delivery_is_refused() -> None:

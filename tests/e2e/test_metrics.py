@@ -28,7 +28,7 @@ from tests.fakes import Fail
 from tests.fakes.fal_server import FalFake
 from tests.fakes.fixtures import fal, hosted_settings, replicate
 from tests.fakes.replicate_server import ReplicateFake
-from tests.services import VersityGateway, free_port
+from tests.services import free_port
 
 __all__ = ["fal", "replicate"]
 
@@ -186,19 +186,6 @@ class TestHostedProviders:
 # --------------------------------------------------------------------------------------
 # S3 errors
 # --------------------------------------------------------------------------------------
-@pytest.fixture
-async def s3(s3_gateway: VersityGateway, s3_bucket: str) -> Any:
-    storage = S3Storage(
-        bucket=s3_bucket,
-        endpoint=s3_gateway.endpoint,
-        access_key=s3_gateway.access_key,
-        secret_key=s3_gateway.secret_key,
-        region="us-east-1",
-    )
-    async with storage:
-        yield storage
-
-
 def s3_errors(operation: str) -> float:
     return worker_value("s3_errors_total", {"operation": operation})
 

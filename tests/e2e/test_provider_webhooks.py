@@ -96,15 +96,28 @@ def url_for(live_api: str, provider: str, token: str) -> str:
     return f"{live_api}/api/provider-webhooks/{provider}?token={quote(token)}"
 
 
+def paid_job(fake: FalFake | ReplicateFake) -> str:
+    """A job on our account at the provider, as a submit whose answer was lost left it."""
+    app = "fal-ai/stable-audio" if isinstance(fake, FalFake) else "meta/musicgen"
+    return fake.new_job(app, {"prompt": "Warm ambient pad"}).id
+
+
 def body_for(provider: str, run_id: str) -> bytes:
     return replicate_prediction(run_id) if provider == "replicate" else fal_completion(run_id)
 
 
 async def deliver(
-    sender: WebhookSender, url: str, provider: str, run_id: str, forgery: Forgery | None = None
+    sender: WebhookSender,
+    url: str,
+    provider: str,
+    run_id: str,
+    forgery: Forgery | None = None,
+    later_by_s: int = 0,
 ) -> httpx.Response:
     """One delivery, its answer kept (WebhookSender.send only keeps the status)."""
-    content, headers = sender.signed(body_for(provider, run_id), run_id=run_id, forgery=forgery)
+    content, headers = sender.signed(
+        body_for(provider, run_id), run_id=run_id, forgery=forgery, later_by_s=later_by_s
+    )
     async with httpx.AsyncClient(timeout=10) as client:
         return await client.post(url, content=content, headers=headers)
 
@@ -122,12 +135,13 @@ async def test_a_signed_delivery_resolves_its_submission(
     fake = fakes[provider]
     row = await submission(stack, provider)
     url = url_for(live_api, provider, row.token)
+    run_id = paid_job(fake)
 
-    answer = await deliver(fake.webhooks, url, provider, "run-1")
+    answer = await deliver(fake.webhooks, url, provider, run_id)
     assert answer.status_code == 200, answer.text
     assert answer.json() == {
         "outcome": "recorded",
-        "run_id": "run-1",
+        "run_id": run_id,
         "state": "succeeded",
         # No workflow runs for this track: valid all the same, nothing to tell.
         "workflow_notified": False,
@@ -135,17 +149,23 @@ async def test_a_signed_delivery_resolves_its_submission(
     fresh = await reread(stack, row)
     assert (fresh.state, fresh.run_id, fresh.resolved_via) == (
         SubmissionState.RESOLVED,
-        "run-1",
+        run_id,
         "webhook",
     )
     events = [e.event for e in await stack.store.events(row.job_id)]
     assert events == ["submission_resolved"]
 
-    # Providers deliver again when unsure; a repeat changes nothing and is still 200.
-    again = await deliver(fake.webhooks, url, provider, "run-1")
+    # Providers deliver again when unsure (signed afresh); a repeat changes nothing and
+    # is still 200. The very same signed delivery again is a replay: 409, nothing changes.
+    again = await deliver(fake.webhooks, url, provider, run_id, later_by_s=1)
     assert again.status_code == 200, again.text
     assert (await reread(stack, row)).updated_at >= fresh.updated_at
     assert [e.event for e in await stack.store.events(row.job_id)] == events
+    content, headers = fake.webhooks.signed(body_for(provider, run_id), run_id=run_id)
+    async with httpx.AsyncClient(timeout=10) as client:
+        taken = await client.post(url, content=content, headers=headers)
+        replayed = await client.post(url, content=content, headers=headers)
+    assert (taken.status_code, replayed.status_code) == (200, 409), replayed.text
     # The secret (Replicate) or key set (fal) was fetched once and kept.
     fetches = fake.secret_fetches if provider == "replicate" else fake.jwks_fetches
     assert fetches == 1
@@ -172,6 +192,22 @@ async def test_a_forged_delivery_changes_nothing(
     assert expected in reason
     fresh = await reread(stack, row)
     assert (fresh.state, fresh.run_id, fresh.resolved_via) == (SubmissionState.SENDING, None, None)
+    assert await stack.store.events(row.job_id) == []
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_genuine_delivery_about_another_accounts_run_is_refused(
+    stack: Stack, live_api: str, fakes: dict[str, Any], provider: str
+) -> None:
+    """Signed by the provider (fal's keys sign every customer's deliveries), but about a
+    run our key cannot see: recording it would orphan our paid job."""
+    row = await submission(stack, provider)
+    answer = await deliver(
+        fakes[provider].webhooks, url_for(live_api, provider, row.token), provider, "not-ours"
+    )
+    assert answer.status_code == 401, answer.text
+    assert "our account" in answer.json()["detail"]
+    assert (await reread(stack, row)).run_id is None
     assert await stack.store.events(row.job_id) == []
 
 
@@ -206,17 +242,18 @@ async def test_unknown_tokens_providers_and_mismatched_rows_are_404(
 async def test_a_second_run_for_one_submission_is_logged_as_a_duplicate(
     stack: Stack, live_api: str, replicate: ReplicateFake
 ) -> None:
-    row = await submission(stack, "replicate", run_id="run-first")
+    first, second = paid_job(replicate), paid_job(replicate)
+    row = await submission(stack, "replicate", run_id=first)
     url = url_for(live_api, "replicate", row.token)
 
-    answer = await deliver(replicate.webhooks, url, "replicate", "run-second")
+    answer = await deliver(replicate.webhooks, url, "replicate", second)
     assert answer.status_code == 200, answer.text
     assert answer.json()["outcome"] == "duplicate"
-    assert (await reread(stack, row)).run_id == "run-first"
+    assert (await reread(stack, row)).run_id == first
     [event] = await stack.store.events(row.job_id)
     assert event.event == "duplicate_job" and event.level == "warning"
-    assert event.provider == "replicate" and event.provider_run_id == "run-second"
-    assert "run-first" in event.message
+    assert event.provider == "replicate" and event.provider_run_id == second
+    assert first in event.message
 
 
 async def test_a_running_workflow_gets_the_event_as_a_signal(
@@ -236,10 +273,11 @@ async def test_a_running_workflow_gets_the_event_as_a_signal(
         id=track_workflow_id(row.track_id),
         task_queue=f"nobody-{uuid.uuid4().hex[:8]}",
     )
+    run_id = paid_job(fal)
     try:
         url = url_for(live_api, "fal", row.token)
         content, headers = fal.webhooks.signed(
-            fal_completion("f-7", ok=False, error="model crashed"), run_id="f-7"
+            fal_completion(run_id, ok=False, error="model crashed"), run_id=run_id
         )
         async with httpx.AsyncClient(timeout=10) as http:
             answer = await http.post(url, content=content, headers=headers)
@@ -255,27 +293,31 @@ async def test_a_running_workflow_gets_the_event_as_a_signal(
         assert [s.signal_name for s in signals] == [PROVIDER_EVENT_SIGNAL]
         [sent] = await client.data_converter.decode(signals[0].input.payloads, [ProviderEvent])
         assert sent == ProviderEvent(
-            token=row.token, provider="fal", run_id="f-7", state="failed", error="model crashed"
+            token=row.token, provider="fal", run_id=run_id, state="failed", error="model crashed"
         )
     finally:
         await handle.terminate("test over")
 
     # Closed now: a provider's retry is still welcome, there is just nobody to tell.
-    content, headers = fal.webhooks.signed(fal_completion("f-7", ok=False), run_id="f-7")
+    content, headers = fal.webhooks.signed(
+        fal_completion(run_id, ok=False), run_id=run_id, later_by_s=1
+    )
     async with httpx.AsyncClient(timeout=10) as http:
         late = await http.post(url, content=content, headers=headers)
     assert late.status_code == 200, late.text
     assert late.json()["workflow_notified"] is False
 
 
-async def _submit_to_fake(provider: str, fake: FalFake | ReplicateFake, webhook: str) -> str:
+async def _submit_to_fake(
+    provider: str, fake: FalFake | ReplicateFake, webhook: str, fal_key: str = FAL_KEY
+) -> str:
     """A submission straight to the fake, as the worker makes it with webhooks on."""
     async with httpx.AsyncClient(timeout=10) as client:
         if provider == "fal":
             answer = await client.post(
                 f"{fake.url}/fal-ai/stable-audio?fal_webhook={quote(webhook, safe='')}",
                 json={"prompt": "p", "seconds_total": 5},
-                headers={"Authorization": f"Key {FAL_KEY}"},
+                headers={"Authorization": f"Key {fal_key}"},
             )
             run_id: str = answer.json()["request_id"]
         else:
@@ -310,9 +352,35 @@ async def test_the_fakes_deliver_when_the_job_ends(
 
     await eventually(resolved, 10, "the fake's webhook")
     assert (await reread(stack, row)).state is SubmissionState.RESOLVED
-    assert fake.webhooks_sent == 1 and fake.webhooks.log[0].status == 200
+    # The fake counts a delivery once its answer is back, just after the row changed.
+    await eventually(lambda: fake.webhooks_sent == 1, 10, "the delivery's answer")
+    assert fake.webhooks.log[0].status == 200
     # What the webhook said, a poll now says too.
     assert fake.jobs[run_id].phase() == "succeeded"
+
+
+async def test_another_fal_customers_genuine_delivery_cannot_resolve_our_submission(
+    stack: Stack, live_api: str, fal: FalFake
+) -> None:
+    """The attack of issue 24: someone with their own fal account submits a job of theirs
+    naming our pending submission's webhook URL. fal delivers it, genuinely signed with
+    its shared keys and their user id. Recorded, it would orphan our paid job and make
+    the track pay again at the fallback; instead it is refused and nothing changes."""
+    row = await submission(stack, "fal")
+    fal.add_account("attacker-fal-key")
+    theirs = await _submit_to_fake(
+        "fal", fal, url_for(live_api, "fal", row.token), fal_key="attacker-fal-key"
+    )
+    sender = fal.senders[fal.owners[theirs]]
+    await eventually(lambda: sender.sent == 1, 10, "fal's delivery of their job")
+    assert sender.log[0].status == 401
+    fresh = await reread(stack, row)
+    assert (fresh.state, fresh.run_id) == (SubmissionState.SENDING, None)
+    assert await stack.store.events(row.job_id) == []
+    # Our own job's delivery to the same submission is still taken.
+    ours = await _submit_to_fake("fal", fal, url_for(live_api, "fal", row.token))
+    await eventually(lambda: fal.webhooks_sent == 1, 10, "fal's delivery of our job")
+    assert (await reread(stack, row)).run_id == ours
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

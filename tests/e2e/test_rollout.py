@@ -205,6 +205,10 @@ async def test_a_rollout_at_the_bad_moment_moves_no_run_and_pays_each_once(
     await eventually(lambda: replicate.submissions == 2, timeout_s=60, what="A's submits")
     held = list(replicate.jobs)
 
+    # B cannot be made current before its workers poll: the server refuses, in one line.
+    refused = await stack.cli("deploy", "set-current", b.build_id)
+    assert refused.returncode == 1 and "the server refused" in refused.stderr, refused
+
     # ...B's worker starts beside A (not current yet: nothing moves to it)...
     b.start()
 

@@ -47,6 +47,8 @@ def stack_overrides(
         poll_interval_s=poll_interval_s,
         provider_webhook_poll_interval_s=webhook_poll_interval_s,
         submit_resolve_window_s=10,
+        # Our fal account, as the fake signs its deliveries (real fal: the account's id).
+        fal_webhook_user_id=fal.signer.user_id,
         **webhook_settings(fal, replicate, api_socket),
     )
 
@@ -135,3 +137,6 @@ async def test_a_lost_fal_answer_is_resolved_by_its_webhook(
     (row,) = await SubmissionLedger(stack.store.sessions).for_job(uuid.UUID(created["job_id"]))
     assert row.resolved_via == "webhook" and row.run_id == next(iter(fal.jobs))
     assert await stack.credits(user_id) == 50 - created["credits_required"]
+    # The token addresses the row's webhook: nothing the user reads carries it.
+    logs = (await stack.http.get(f"/api/jobs/{created['job_id']}/logs", headers=auth)).text
+    assert row.token not in logs and row.token not in str(job)

@@ -11,6 +11,8 @@ import soundfile as sf
 from core.contracts import AudioInfo
 from engines.audio import AudioDecodeError, analyze, estimate_tempo, quality_problem
 
+pytestmark = pytest.mark.unit
+
 SR = 44_100
 
 

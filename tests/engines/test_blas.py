@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT
 
+pytestmark = pytest.mark.unit
+
 REPORT = """
 import json, sys, threadpoolctl
 import {module}

@@ -9,6 +9,8 @@ import pytest
 
 from engines.cover_art import MAX_TITLE_CHARS, cover_title, palette_for, render_cover_svg
 
+pytestmark = pytest.mark.unit
+
 SVG = "{http://www.w3.org/2000/svg}"
 PROMPT = "Warm ambient pad"
 HOSTILE = "</text><script>alert(1)</script>&\"'"

@@ -30,6 +30,8 @@ from engines.mastering import (
     wav_size,
 )
 
+pytestmark = pytest.mark.unit
+
 SR = 44_100
 Audio = npt.NDArray[np.float64]
 

@@ -28,6 +28,8 @@ from engines.synth import (
     degree_to_midi,
 )
 
+pytestmark = pytest.mark.unit
+
 REQUEST = GenerationRequest(prompt="warm lofi beat with soft keys", duration_s=12, seed=7)
 
 

@@ -15,6 +15,10 @@ ends (tests/fakes/webhooks.py).
 Every API call needs `Authorization: Key <key>`; anything else gets 401. Status bodies
 always carry `logs`, which fal-client indexes unconditionally.
 
+Accounts: `key` is ours; `add_account` makes another customer's key (an attacker's). A
+request belongs to the account that submitted it: any other key is told 404, as fal
+does, and its webhook names the owner's user id, signed with fal's one set of keys.
+
 Scriptable stages: submit, poll, result, cancel, download.
 """
 
@@ -38,6 +42,21 @@ class FalFake(FakeServer):
         self.signer = FalSigner()
         self.webhooks = WebhookSender(self.signer)
         self.jwks_fetches = 0
+        # Authorization header -> the account's user id; request id -> its owner's;
+        # each account's deliveries go out through its own sender.
+        self.accounts = {f"Key {key}": self.signer.user_id}
+        self.owners: dict[str, str] = {}
+        self.senders: dict[str, WebhookSender] = {self.signer.user_id: self.webhooks}
+
+    def add_account(self, key: str) -> str:
+        """Another fal customer, with their own key; returns their user id."""
+        signer = self.signer.for_user(f"user-other-{len(self.accounts)}")
+        self.accounts[f"Key {key}"] = signer.user_id
+        self.senders[signer.user_id] = WebhookSender(signer)
+        return signer.user_id
+
+    def _owner(self, request: Request) -> str:
+        return self.accounts[request.headers["authorization"]]
 
     @property
     def jwks_url(self) -> str:
@@ -60,7 +79,7 @@ class FalFake(FakeServer):
     # -- helpers ---------------------------------------------------------------------
 
     def _authorized(self, request: Request) -> bool:
-        if request.headers.get("authorization") == f"Key {self.key}":
+        if request.headers.get("authorization") in self.accounts:
             return True
         self.auth_failures += 1
         return False
@@ -80,6 +99,8 @@ class FalFake(FakeServer):
         job = self.jobs.get(params["rid"])
         if job is None or not job.app.startswith(f"{params['owner']}/{params['alias']}"):
             return None
+        if self.owners.get(job.id, self.signer.user_id) != self._owner(request):
+            return None  # another account's request: fal says it does not exist
         return job
 
     @staticmethod
@@ -105,8 +126,11 @@ class FalFake(FakeServer):
             missing = [{"loc": ["body", "prompt"], "msg": "field required", "type": "missing"}]
             return JSONResponse({"detail": missing}, status_code=422)
         job = self.new_job(app, payload)
+        owner = self._owner(request)
+        self.owners[job.id] = owner
         if webhook := request.query_params.get("fal_webhook"):
-            self.webhooks.schedule(job, webhook, lambda: self._webhook_body(request, job))
+            sender = self.senders[owner]
+            sender.schedule(job, webhook, lambda: self._webhook_body(request, job))
         return await self.answer(
             "submit", JSONResponse({**self._urls(request, job), "queue_position": 0})
         )

@@ -150,6 +150,13 @@ class FalSigner:
     def stranger(self) -> FalSigner:
         return FalSigner(user_id=self.user_id)
 
+    def for_user(self, user_id: str) -> FalSigner:
+        """fal signing another customer's deliveries: the same published keys, their user
+        id (what an attacker with their own fal account receives)."""
+        other = FalSigner(user_id=user_id)
+        other.key, other.kid, other.retired = self.key, self.kid, self.retired
+        return other
+
     def altered(self, headers: dict[str, str]) -> dict[str, str]:
         signature = headers["X-Fal-Webhook-Signature"]
         return {
@@ -210,10 +217,16 @@ class WebhookSender:
             return len(self.log)
 
     def signed(
-        self, body: bytes, *, run_id: str, forgery: Forgery | None = None
+        self,
+        body: bytes,
+        *,
+        run_id: str,
+        forgery: Forgery | None = None,
+        later_by_s: int = 0,
     ) -> tuple[bytes, dict[str, str]]:
-        """The body and headers of a delivery, genuine or forged as asked."""
-        now = int(time.time())
+        """The body and headers of a delivery, genuine or forged as asked; `later_by_s`
+        signs it as a retry that many seconds on would be (a fresh signature)."""
+        now = int(time.time()) + later_by_s
         headers = {"Content-Type": "application/json", "User-Agent": "fake-provider-webhooks"}
         if forgery is Forgery.UNSIGNED:
             return body, headers

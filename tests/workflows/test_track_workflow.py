@@ -631,3 +631,25 @@ async def test_operators_see_status_and_provider_as_search_attributes(
     attributes = (await handle.describe()).typed_search_attributes
     assert attributes.get(JOB_STATUS_ATTRIBUTE) == outcome.value
     assert attributes.get(PROVIDER_ATTRIBUTE) == "replicate"
+
+
+@pytest.mark.parametrize("step", ["plan_track", "complete_job"])
+async def test_a_job_that_moved_stops_the_run_without_paying_or_telling(
+    harness: Harness, step: str
+) -> None:
+    """plan_track (a cancel beat the reconciler's restart) or complete_job (a cancel landed
+    after the audio was collected) finds the job no longer this run's: the run ends
+    there. Whoever moved the job recorded, refunded and told; this run submits nothing
+    more, finishes nothing, masters nothing and tells the user nothing."""
+    harness.plan(["fal"])
+    harness.acts.script(step, fail(ErrorCode.JOB_MOVED, "the job ended"))
+    handle = await harness.start(make_track(webhook_url=WEBHOOK))
+    cause = await failure_of(handle)
+
+    assert isinstance(cause, ApplicationError)
+    assert (cause.type, cause.non_retryable) == (ErrorCode.JOB_MOVED.value, True)
+    assert harness.acts.count(step) == 1, "retried a step whose job has moved"
+    for later in ("finish_job", "deliver_webhook", "master_audio"):
+        assert harness.acts.count(later) == 0, later
+    if step == "plan_track":
+        assert harness.acts.names() == ["plan_track"]

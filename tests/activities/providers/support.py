@@ -6,11 +6,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from activities.providers._http import DownloadRules
 from activities.providers.base import JobState, PollResult
 from activities.providers.hosted import HostedProvider
 from core.contracts import GenerationRequest, Submission
+from core.egress import EgressPolicy
 
 Provider = HostedProvider[Any]
+# The fakes serve their audio on loopback, which downloads refuse unless named: named here.
+FAKE_DOWNLOADS = DownloadRules(egress=EgressPolicy.of(["127.0.0.1"]))
 
 INSTRUMENTAL = GenerationRequest(prompt="warm lo-fi piano", duration_s=5, seed=42)
 VOCALS = GenerationRequest(

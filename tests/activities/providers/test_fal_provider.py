@@ -11,8 +11,16 @@ import pytest
 from activities.providers.base import JobState
 from activities.providers.fal import FalProvider
 from core.contracts import Submission
-from tests.activities.providers.support import INSTRUMENTAL, VOCALS, poll_to_end, submit
+from tests.activities.providers.support import (
+    FAKE_DOWNLOADS,
+    INSTRUMENTAL,
+    VOCALS,
+    poll_to_end,
+    submit,
+)
 from tests.fakes.fal_server import FalFake
+
+pytestmark = pytest.mark.unit
 
 KEY = "fal-key-id:fal-key-secret-7f3a9c"
 
@@ -25,7 +33,7 @@ def fake() -> Iterator[FalFake]:
 
 @pytest.fixture
 async def provider(fake: FalFake) -> AsyncIterator[FalProvider]:
-    p = FalProvider(key=KEY, queue_url=fake.url, request_timeout_s=5)
+    p = FalProvider(key=KEY, queue_url=fake.url, request_timeout_s=5, downloads=FAKE_DOWNLOADS)
     yield p
     await p.aclose()
 
@@ -59,8 +67,8 @@ async def test_cancel_of_an_unknown_request_is_a_no_op(
 async def test_each_provider_follows_jobs_on_its_own_queue() -> None:
     # fal-client builds every queue URL from one module global; each call repoints it.
     with FalFake(key=KEY) as one, FalFake(key=KEY) as two:
-        first = FalProvider(key=KEY, queue_url=one.url)
-        second = FalProvider(key=KEY, queue_url=two.url)
+        first = FalProvider(key=KEY, queue_url=one.url, downloads=FAKE_DOWNLOADS)
+        second = FalProvider(key=KEY, queue_url=two.url, downloads=FAKE_DOWNLOADS)
         try:
             sub_one = await submit(first, INSTRUMENTAL)
             sub_two = await submit(second, INSTRUMENTAL)

@@ -23,6 +23,7 @@ from activities.providers.fal import FalProvider
 from activities.providers.replicate import ReplicateProvider
 from core.contracts import ErrorCode, Submission
 from tests.activities.providers.support import (
+    FAKE_DOWNLOADS,
     INSTRUMENTAL,
     REQUESTS,
     VOCALS,
@@ -34,6 +35,8 @@ from tests.activities.providers.support import (
 from tests.fakes import Audio, Fail, FakeServer, Job, Stall
 from tests.fakes.fal_server import FalFake
 from tests.fakes.replicate_server import ReplicateFake
+
+pytestmark = pytest.mark.unit
 
 FAL_KEY = "fal-key-id:fal-key-secret-7f3a9c"
 REPLICATE_TOKEN = "r8_Secret0123456789abcdef"
@@ -79,11 +82,11 @@ class Hosted:
 
 
 def _fal(url: str, key: str | None = FAL_KEY, **kw: Any) -> FalProvider:
-    return FalProvider(key=key, queue_url=url, **kw)
+    return FalProvider(key=key, queue_url=url, **{"downloads": FAKE_DOWNLOADS, **kw})
 
 
 def _replicate(url: str, key: str | None = REPLICATE_TOKEN, **kw: Any) -> ReplicateProvider:
-    return ReplicateProvider(api_token=key, base_url=url, **kw)
+    return ReplicateProvider(api_token=key, base_url=url, **{"downloads": FAKE_DOWNLOADS, **kw})
 
 
 HOSTED = {

@@ -12,9 +12,17 @@ import soundfile as sf
 from activities.providers.base import JobState, ProviderError
 from activities.providers.replicate import ReplicateProvider
 from core.contracts import ErrorCode
-from tests.activities.providers.support import INSTRUMENTAL, VOCALS, poll_to_end, submit
+from tests.activities.providers.support import (
+    FAKE_DOWNLOADS,
+    INSTRUMENTAL,
+    VOCALS,
+    poll_to_end,
+    submit,
+)
 from tests.fakes import Job
 from tests.fakes.replicate_server import ReplicateFake
+
+pytestmark = pytest.mark.unit
 
 TOKEN = "r8_Secret0123456789abcdef"
 
@@ -27,7 +35,9 @@ def fake() -> Iterator[ReplicateFake]:
 
 @pytest.fixture
 async def provider(fake: ReplicateFake) -> AsyncIterator[ReplicateProvider]:
-    p = ReplicateProvider(api_token=TOKEN, base_url=fake.url, request_timeout_s=5)
+    p = ReplicateProvider(
+        api_token=TOKEN, base_url=fake.url, request_timeout_s=5, downloads=FAKE_DOWNLOADS
+    )
     yield p
     await p.aclose()
 
@@ -82,7 +92,10 @@ async def test_the_poll_that_sees_the_end_names_the_audio_and_the_download_goes_
 
 async def test_pinned_version_creates_through_predictions(fake: ReplicateFake) -> None:
     provider = ReplicateProvider(
-        api_token=TOKEN, base_url=fake.url, instrumental_model="meta/musicgen:abc123"
+        api_token=TOKEN,
+        base_url=fake.url,
+        instrumental_model="meta/musicgen:abc123",
+        downloads=FAKE_DOWNLOADS,
     )
     try:
         sub = await submit(provider, INSTRUMENTAL)

@@ -1,13 +1,16 @@
-"""Paid submissions, at most once: send, resolve and cancel through the ledger.
+"""The pay-once policy: send, resolve, give up on and cancel paid submissions.
 
-Used by the generation activities (submit, cancel on every exit) and by the reconciler
-(jobs whose workflow ended without cleaning up). The rules:
+The generation activities (submit, cancel on every exit) and the reconciler's sweep (jobs
+whose workflow ended without cleaning up) are thin adapters over this. The rules:
 
 * a ledger row is committed before the request leaves, and a row that is not a proven
   rejection is never sent again: a later attempt resolves it instead;
 * resolving looks, for a bounded window, for the run id a webhook recorded on the row or
   the provider's own listing shows; what stays unknown is AMBIGUOUS, counted and logged;
-* every open row of a job nobody waits for is cancelled at its provider.
+* every open row of a job nobody waits for is cancelled at its provider;
+* nothing is sent for a job that is no longer active (cancelled, refunded, finished);
+* a submission's token (which addresses its webhook) never enters the job log or an
+  error message, which users read: rows are named by their id.
 """
 
 from __future__ import annotations
@@ -15,13 +18,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
 
-from activities.heartbeat import heartbeating
-from activities.providers.base import MusicProvider, ProviderError
-from activities.providers.registry import ProviderRegistry
+from core.beating import beating
 from core.contracts import (
     OPEN_SUBMISSION_STATES,
     ErrorCode,
@@ -35,12 +35,19 @@ from core.logging import get_logger
 from core.metrics import count_ambiguous_submission, count_provider_cancel
 from core.models import ProviderSubmission
 from core.settings import Settings
+from domain.providers.port import Beat, PaidProvider, ProviderError, Providers
 from domain.tracks.jobs import JobStore
-from domain.tracks.submissions import WITH_RUN_ID, ProviderAtCapacity, SubmissionLedger
+from domain.tracks.submissions import (
+    WITH_RUN_ID,
+    JobNotActive,
+    ProviderAtCapacity,
+    SubmissionLedger,
+)
+from domain.webhooks.incoming import webhook_url
 
 log = get_logger("soundfoundry.submissions")
 
-Heartbeat = Callable[[], None]
+Heartbeat = Beat
 # How often an unresolved submission is looked for while its window is open.
 _RESOLVE_EVERY_S = 0.5
 
@@ -55,7 +62,7 @@ class ProviderJobs:
         self,
         ledger: SubmissionLedger,
         store: JobStore,
-        providers: ProviderRegistry,
+        providers: Providers,
         settings: Settings,
     ) -> None:
         self.ledger = ledger
@@ -73,7 +80,7 @@ class ProviderJobs:
     async def submit(
         self,
         track: TrackInput,
-        provider: MusicProvider,
+        provider: PaidProvider,
         *,
         number: int,
         max_paid: int,
@@ -116,6 +123,10 @@ class ProviderJobs:
                     workflow_run_id=workflow_run_id,
                     max_in_flight=limit,
                 )
+        except JobNotActive:
+            raise ProviderError(
+                ErrorCode.JOB_MOVED, "the job has ended; nothing is sent for it"
+            ) from None
         except ProviderAtCapacity as exc:
             if not already_waiting:
                 await self.store.set_step(track.job_id, Step.PROVIDER_QUEUE, 0.1)
@@ -133,6 +144,9 @@ class ProviderJobs:
         try:
             run_id, urls = await self._send_once(provider, track, row, heartbeat)
         except ProviderError as exc:
+            # A provider's error may quote the request, webhook URL and all.
+            exc.message = exc.message.replace(row.token, "[token]")
+            exc.args = (exc.message,)
             if not exc.sent:
                 # Refused before or on arrival: nothing was created, a retry may send.
                 await self.ledger.set_state(row.id, SubmissionState.REJECTED, exc.message)
@@ -144,7 +158,7 @@ class ProviderJobs:
                 "looking for the job instead of sending again",
                 level="warning",
                 provider=provider.name,
-                data={"token": row.token},
+                data={"submission_id": str(row.id)},
             )
             return await self._settle_earlier_attempt(
                 row, provider, request, resolve_window_s, heartbeat
@@ -154,7 +168,7 @@ class ProviderJobs:
 
     async def _send_once(
         self,
-        provider: MusicProvider,
+        provider: PaidProvider,
         track: TrackInput,
         row: ProviderSubmission,
         heartbeat: Heartbeat,
@@ -172,7 +186,7 @@ class ProviderJobs:
                 webhook_url=self._webhook_url(provider, row.token),
             )
         )
-        async with heartbeating(heartbeat):
+        async with beating(heartbeat):
             try:
                 return await asyncio.shield(send)
             except asyncio.CancelledError:
@@ -184,7 +198,7 @@ class ProviderJobs:
     async def _settle_earlier_attempt(
         self,
         row: ProviderSubmission,
-        provider: MusicProvider,
+        provider: PaidProvider,
         request: GenerationRequest,
         window_s: float,
         heartbeat: Heartbeat,
@@ -200,7 +214,7 @@ class ProviderJobs:
             return self.submission(found, request, webhook=webhook)
         raise ProviderError(
             ErrorCode.AMBIGUOUS,
-            f"{provider.name} may have accepted the submit (token {row.token}) but no job "
+            f"{provider.name} may have accepted the submit (submission {row.id}) but no job "
             f"could be found within {window_s:g} s; it is never sent there again",
         )
 
@@ -209,7 +223,7 @@ class ProviderJobs:
     async def resolve(
         self,
         row: ProviderSubmission,
-        provider: MusicProvider,
+        provider: PaidProvider,
         request: GenerationRequest,
         window_s: float,
         heartbeat: Heartbeat,
@@ -233,7 +247,7 @@ class ProviderJobs:
                     f"Found {provider.name} job {run_id} for the unanswered submit",
                     provider=provider.name,
                     provider_run_id=run_id,
-                    data={"token": row.token, "via": "listing"},
+                    data={"submission_id": str(row.id), "via": "listing"},
                 )
                 return resolution.row
             if time.monotonic() >= deadline:
@@ -249,9 +263,9 @@ class ProviderJobs:
             count_ambiguous_submission(provider.name)
             message = (
                 f"Submit to {provider.name} is ambiguous: it may have created a job we cannot "
-                f"see (token {row.token}); it will not be sent there again"
+                f"see (submission {row.id}); it will not be sent there again"
             )
-            log.error(message, provider=provider.name, job_id=str(row.job_id), token=row.token)
+            log.error(message, provider=provider.name, job_id=str(row.job_id))
             await self.store.add_event(
                 row.job_id,
                 "submit_ambiguous",
@@ -259,12 +273,12 @@ class ProviderJobs:
                 level="error",
                 provider=provider.name,
                 error_code=ErrorCode.AMBIGUOUS.value,
-                data={"token": row.token},
+                data={"submission_id": str(row.id)},
             )
         return None
 
     async def _look_up(
-        self, row: ProviderSubmission, provider: MusicProvider, request: GenerationRequest
+        self, row: ProviderSubmission, provider: PaidProvider, request: GenerationRequest
     ) -> str | None:
         since = _aware(row.created_at)
         try:
@@ -313,7 +327,7 @@ class ProviderJobs:
     async def cancel_row(
         self,
         row: ProviderSubmission,
-        provider: MusicProvider,
+        provider: PaidProvider,
         request: GenerationRequest,
         reason: str,
     ) -> bool:
@@ -330,7 +344,7 @@ class ProviderJobs:
             f"Cancelled {provider.name} job {row.run_id} ({reason})",
             provider=provider.name,
             provider_run_id=row.run_id,
-            data={"token": row.token, "reason": reason},
+            data={"submission_id": str(row.id), "reason": reason},
         )
         log.info(
             "provider job cancelled",
@@ -360,13 +374,12 @@ class ProviderJobs:
             webhook=webhook,
         )
 
-    def _expects_webhook(self, provider: MusicProvider) -> bool:
+    def _expects_webhook(self, provider: PaidProvider) -> bool:
         # Every send of a row carries the same URL (_webhook_url), so a resent or
         # resolved row expects its webhook just as the first send did.
         return self.settings.provider_webhooks_enabled and provider.remote
 
-    def _webhook_url(self, provider: MusicProvider, token: str) -> str | None:
+    def _webhook_url(self, provider: PaidProvider, token: str) -> str | None:
         if not self._expects_webhook(provider):
             return None
-        base = self.settings.public_base_url.rstrip("/")
-        return f"{base}/api/provider-webhooks/{provider.name}?token={token}"
+        return webhook_url(self.settings.public_base_url, provider.name, token)
