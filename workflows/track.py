@@ -115,15 +115,16 @@ class TrackWorkflow:
             if is_cancelled_exception(exc):
                 await self._on_cancel(track)
                 raise
-            if error_code(exc) == ErrorCode.JOB_MOVED:
+            code, message = error_code(exc), error_message(exc)
+            if code == ErrorCode.JOB_MOVED:
                 # Whoever moved the job (a cancel, the reconciler) recorded, refunded and
                 # told the user; this run only stops.
                 raise ApplicationError(
-                    f"track stopped: {error_message(exc)}", type=error_code(exc), non_retryable=True
+                    f"track stopped: {message}", type=code, non_retryable=True
                 ) from exc
-            await self._on_failure(track, exc)
+            await self._on_failure(track, code, message)
             raise ApplicationError(
-                f"track failed: {error_message(exc)}", type=error_code(exc), non_retryable=True
+                f"track failed: {message}", type=code, non_retryable=True
             ) from exc
 
     async def _make_track(self, track: TrackInput) -> TrackResult:
@@ -376,10 +377,9 @@ class TrackWorkflow:
             workflow.logger.warning("webhook delivery gave up")
 
     # -- the other endings --------------------------------------------------------------
-    async def _on_failure(self, track: TrackInput, exc: Exception) -> None:
-        code = error_code(exc)
+    async def _on_failure(self, track: TrackInput, code: str, message: str) -> None:
         self._publish(status=JobStatus.FAILED)
-        await self._finish(track, JobStatus.FAILED, code, error_message(exc))
+        await self._finish(track, JobStatus.FAILED, code, message)
         await self._notify(track, JobStatus.FAILED, code)
 
     async def _on_cancel(self, track: TrackInput) -> None:
