@@ -18,11 +18,9 @@ from core.contracts import (
     MasterInput,
     Rendition,
     RenditionsInput,
-    Step,
-    StoreAudioInput,
 )
 from core.settings import Settings
-from core.storage import Storage, audio_key, rendition_key
+from core.storage import Storage, rendition_key
 from domain.covers import draw_track_cover, store_generated_cover
 from domain.tracks.jobs import JobStore
 from engines.audio import AudioDecodeError
@@ -69,32 +67,6 @@ class AssetActivities:
         # Off the critical path: processes of their own at the lowest CPU priority, so a
         # burst of finished tracks never slows the tracks still on their way to COMPLETE.
         self.mastering = MasteringProcesses(self.settings.worker_max_concurrent_mastering)
-
-    @activity.defn(name="store_audio")
-    async def store_audio(self, job: StoreAudioInput) -> str:
-        """Move checked audio from staging to `tracks/<user>/<track>.<ext>`.
-
-        Copy-then-delete is safe to repeat: a retry after the copy finds the final object
-        and only the staging cleanup is left.
-        """
-        track, staged = job.track, job.checked.staged
-        async with recorded_attempt(
-            self.store,
-            track_id=track.track_id,
-            job_id=track.job_id,
-            event="audio_stored",
-            provider=staged.provider,
-            provider_run_id=staged.run_id,
-        ) as attempt:
-            # The check that passed this audio moved the job to storing already.
-            key = audio_key(track.user_id, track.track_id, staged.extension)
-            if await self.storage.exists(staged.key):
-                await self.storage.copy(staged.key, key)
-            for leftover in await self.storage.list_keys(f"staging/{track.track_id}/"):
-                await self.storage.delete(leftover)
-            attempt.message = f"Audio stored at {key}"
-            attempt.next_step = (Step.COVER, 0.9)
-            return key
 
     @activity.defn(name="store_cover")
     async def store_cover(self, job: CoverInput) -> str:

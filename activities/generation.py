@@ -4,9 +4,7 @@ Submit goes through the submission ledger (activities.submissions), so however o
 runs it pays at most once, and it looks at the new job once before answering. The
 workflow waits between short polls on a durable timer (or a provider webhook's signal),
 so a waiting track holds no worker slot; `collect_audio` then downloads the audio, checks
-it and stages it. `fetch_generation` and `check_audio` (the same in two steps) serve runs
-started before that; `await_generation` and `cancel_generation` runs from before the
-ledger.
+it and stores it at the track's audio key.
 """
 
 from __future__ import annotations
@@ -27,12 +25,11 @@ from core.contracts import (
     AudioInfo,
     CancelInput,
     CheckedAudio,
-    CheckInput,
     CollectInput,
     ErrorCode,
     PollStatus,
-    StagedAudio,
     Step,
+    StoredAudio,
     Submission,
     SubmissionState,
     SubmitInput,
@@ -47,7 +44,7 @@ from core.metrics import (
     set_in_flight,
 )
 from core.settings import Settings
-from core.storage import Storage, audio_key, staging_key
+from core.storage import Storage, audio_key
 from domain.providers.pay_once import ProviderJobs
 from domain.tracks.jobs import JobStore
 from domain.tracks.submissions import SubmissionLedger
@@ -107,7 +104,7 @@ class GenerationActivities:
             attempt.provider_run_id = submission.run_id
             # With a webhook expected the provider tells us when the job ends: looking
             # right away would cost every track a request to spare the fastest a wait.
-            look = submit.look and provider.remote and not submission.webhook
+            look = provider.remote and not submission.webhook
             if look and await self._finished_at_once(submission):
                 submission = submission.model_copy(update={"done": True})
             # Not the token: it addresses the submission's webhook, and users read this.
@@ -150,20 +147,10 @@ class GenerationActivities:
                 _raise_for(status.state, status.error)
             return PollStatus(done=False, progress=status.progress)
 
-    @activity.defn(name="fetch_generation")
-    async def fetch_generation(self, submission: Submission) -> StagedAudio:
-        """Download a finished job's audio (or render the synth's) into staging."""
-        provider = self.providers.get(submission.provider)
-        async with self._attempt_on(submission, "audio_ready") as attempt:
-            staged = await self._stage(provider, submission)
-            await self._mark(submission, SubmissionState.FINISHED)
-            attempt.message = f"Audio ready from {provider.name} ({staged.size_bytes} bytes)"
-            return staged
-
     @activity.defn(name="collect_audio")
     async def collect_audio(self, collect: CollectInput) -> CheckedAudio:
-        """Download a finished job's audio, check it, and stage it only if it passes:
-        one activity and one local file, where fetch and check were two and a copy."""
+        """Download a finished job's audio (or render the synth's), check it, and store
+        it at the track's audio key only if it passes: one activity, one local file."""
         submission, track = collect.submission, collect.track
         provider = self.providers.get(submission.provider)
         with tempfile.TemporaryDirectory(prefix="sf-collect-") as tmp:
@@ -175,15 +162,9 @@ class GenerationActivities:
                 size = path.stat().st_size
                 attempt.message = f"Audio ready from {provider.name} ({size} bytes)"
                 attempt.next_step = (Step.CHECKING, 0.7)
-            async with self._checking(
-                track, provider.name, submission.run_id, in_step=True
-            ) as attempt:
-                info = await self._analyze(path, track, measure_tempo=collect.measure_tempo)
-                if not collect.store:
-                    staged = await self._put_staging(provider, submission, path, audio, size)
+            async with self._checking(track, provider.name, submission.run_id) as attempt:
+                info = await self._analyze(path, track)
                 attempt.message = _audio_ok(info)
-            if not collect.store:
-                return CheckedAudio(staged=staged, info=info)
             return await self._store_checked(track, provider, submission, path, audio, size, info)
 
     async def _store_checked(
@@ -196,14 +177,14 @@ class GenerationActivities:
         size: int,
         info: AudioInfo,
     ) -> CheckedAudio:
-        """Checked audio straight to `tracks/<user>/<track>.<ext>`: no staging copy to make
-        and clean up. A retry writes the same provider file to the same key again."""
+        """Checked audio to `tracks/<user>/<track>.<ext>`. A retry writes the same
+        provider file to the same key again."""
         async with self._attempt_on(submission, "audio_stored") as attempt:
             key = audio_key(track.user_id, track.track_id, audio.extension)
             stored = await self._put(provider, submission, key, path, audio, size)
             attempt.message = f"Audio stored at {key}"
             attempt.next_step = (Step.COVER, 0.9)
-        return CheckedAudio(staged=stored, info=info, stored_key=key)
+        return CheckedAudio(audio=stored, info=info)
 
     @activity.defn(name="cancel_submissions")
     async def cancel_submissions(self, cancel: CancelInput) -> list[str]:
@@ -227,60 +208,19 @@ class GenerationActivities:
             )
             return stopped
 
-    @activity.defn(name="await_generation")
-    async def await_generation(self, submission: Submission) -> StagedAudio:
-        """Poll the provider's job by id until it is done, then stage its audio."""
-        provider = self.providers.get(submission.provider)
-        async with self._attempt_on(submission, "audio_ready") as attempt:
-            # A cancelled job raises CancelledError at the next await; the workflow then
-            # cancels the provider's job with cancel_generation.
-            await self._wait_until_done(submission)
-            staged = await self._stage(provider, submission)
-            attempt.message = f"Audio ready from {provider.name} ({staged.size_bytes} bytes)"
-            return staged
-
-    @activity.defn(name="cancel_generation")
-    async def cancel_generation(self, submission: Submission) -> None:
-        """Stop one provider job (runs from before the ledger)."""
-        provider = self.providers.get(submission.provider)
-        async with self._attempt_on(submission, "provider_cancelled") as attempt:
-            await provider.cancel(submission)
-            attempt.message = f"Cancelled {provider.name} job {submission.run_id}"
-
-    @activity.defn(name="check_audio")
-    async def check_audio(self, check: CheckInput) -> CheckedAudio:
-        """Decode the staged audio and reject it if broken, silent or the wrong length."""
-        staged, track = check.staged, check.track
-        async with self._checking(track, staged.provider, staged.run_id) as attempt:
-            with tempfile.TemporaryDirectory(prefix="sf-check-") as tmp:
-                path = Path(tmp) / f"audio.{staged.extension}"
-                await self.storage.download(staged.key, path)
-                info = await self._analyze(path, track, measure_tempo=check.measure_tempo)
-            attempt.message = _audio_ok(info)
-            return CheckedAudio(staged=staged, info=info)
-
     @staticmethod
-    async def _analyze(path: Path, track: TrackInput, *, measure_tempo: bool) -> AudioInfo:
-        """Decode the audio and reject it if broken, silent or the wrong length."""
+    async def _analyze(path: Path, track: TrackInput) -> AudioInfo:
+        """Decode the audio and reject it if broken, silent or the wrong length. (The
+        tempo is left to mastering, off the critical path.)"""
         try:
             async with heartbeating():
-                info = await asyncio.to_thread(analyze, path, tempo=measure_tempo)
+                info = await asyncio.to_thread(analyze, path, tempo=False)
         except AudioDecodeError as exc:
             raise ProviderError(ErrorCode.BAD_AUDIO, f"audio does not decode: {exc}") from exc
         problem = quality_problem(info, track.request.duration_s)
         if problem:
             raise ProviderError(ErrorCode.BAD_AUDIO, f"audio failed the check: {problem}")
         return info
-
-    async def _wait_until_done(self, submission: Submission) -> None:
-        provider = self.providers.get(submission.provider)
-        while True:
-            status = await provider.poll(submission)
-            activity.heartbeat(status.progress or 0.0)
-            if status.state is JobState.SUCCEEDED:
-                return
-            _raise_for(status.state, status.error)
-            await asyncio.sleep(self.settings.poll_interval_s)
 
     def _attempt_on(
         self, submission: Submission, event: str, *, record_success: bool = True
@@ -298,10 +238,10 @@ class GenerationActivities:
 
     @asynccontextmanager
     async def _checking(
-        self, track: TrackInput, provider: str, run_id: str, *, in_step: bool = False
+        self, track: TrackInput, provider: str, run_id: str
     ) -> AsyncIterator[Attempt]:
-        """The job log entry for checking a provider's audio, in the checking step (unless
-        the job is `in_step` already); passing moves the job on to storing."""
+        """The job log entry for checking a provider's audio (the job is in the checking
+        step already); passing moves the job on to storing."""
         async with recorded_attempt(
             self.store,
             track_id=track.track_id,
@@ -310,15 +250,8 @@ class GenerationActivities:
             provider=provider,
             provider_run_id=run_id,
         ) as attempt:
-            if not in_step:
-                await self.store.set_step(track.job_id, Step.CHECKING, 0.7)
             attempt.next_step = (Step.STORING, 0.8)
             yield attempt
-
-    async def _stage(self, provider: MusicProvider, submission: Submission) -> StagedAudio:
-        with tempfile.TemporaryDirectory(prefix="sf-gen-") as tmp:
-            dest, audio = await self._download(provider, submission, Path(tmp))
-            return await self._put_staging(provider, submission, dest, audio, dest.stat().st_size)
 
     async def _download(
         self,
@@ -331,17 +264,6 @@ class GenerationActivities:
         dest = folder / "audio"
         return dest, await provider.download(submission, dest, self._heartbeat, audio_url)
 
-    async def _put_staging(
-        self,
-        provider: MusicProvider,
-        submission: Submission,
-        path: Path,
-        audio: DownloadedAudio,
-        size: int,
-    ) -> StagedAudio:
-        key = staging_key(submission.track_id, provider.name, submission.run_id, audio.extension)
-        return await self._put(provider, submission, key, path, audio, size)
-
     async def _put(
         self,
         provider: MusicProvider,
@@ -350,9 +272,9 @@ class GenerationActivities:
         path: Path,
         audio: DownloadedAudio,
         size: int,
-    ) -> StagedAudio:
+    ) -> StoredAudio:
         await self.storage.put_file(key, path, audio.content_type)
-        return StagedAudio(
+        return StoredAudio(
             provider=provider.name,
             run_id=submission.run_id,
             key=key,

@@ -93,9 +93,10 @@ class JobActivities:
                 done.track.job_id,
                 done.stored,
                 done.checked.info,
-                done.checked.staged.content_type,
+                done.checked.audio.content_type,
                 run_id=activity.info().workflow_run_id,
-                renditions_pending=done.renditions_pending,
+                # Mastering follows: the provider's file plays until it is replaced.
+                renditions_pending=True,
             )
             if not completed:
                 # Cancelled or refunded while the audio was collected: the track is not

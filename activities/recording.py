@@ -27,9 +27,7 @@ log = get_logger("soundfoundry.activities")
 
 # The activities whose attempts are calls on a provider (or a check of what it returned):
 # provider_attempts_total counts these, not bookkeeping that merely names a provider.
-PROVIDER_ACTIVITIES = frozenset(
-    {"submit_generation", "await_generation", "poll_generation", "fetch_generation", "check_audio"}
-)
+PROVIDER_ACTIVITIES = frozenset({"submit_generation", "poll_generation"})
 
 
 @dataclass

@@ -624,7 +624,7 @@ def main() -> None:
         "--settle-timeout-s",
         type=float,
         default=300,
-        help="bound on waiting for the tracks to end (a killed 3-minute check_audio fits)",
+        help="bound on waiting for the tracks to end (a killed collect_audio fits)",
     )
     args = parser.parse_args()
     if args.tracks < 1 or args.spread_s >= args.storm_s:

@@ -331,7 +331,7 @@ def _where_the_time_went(
     polls = activities.queued.get("poll_generation", [])
     print(
         f"poll_generation activities per track   {len(polls) / len(tracks):.1f} "
-        "(the fake's other GETs are fetch_generation reading the output URL)"
+        "(the fake's other GETs are collect_audio reading the output URL)"
     )
     print(
         "activities          count retries  queued (scheduled -> started)"

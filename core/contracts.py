@@ -155,18 +155,18 @@ class GenerationPlan(BaseModel):
     poll_retry: RetryBounds
     generation_timeout_s: float
     heartbeat_timeout_s: float
+    # Waiting on a provider: polls every poll_interval_s, or only every
+    # webhook_poll_interval_s (the safety net) while a submission's webhook is expected.
+    poll_interval_s: float
+    webhook_poll_interval_s: float
+    request_timeout_s: float
+    # How long a submit whose answer was lost is looked for at the provider.
+    resolve_window_s: float
+    ambiguous_fallback: bool = True
     # Whether TrackId/UserId/Provider/JobStatus are registered on the namespace.
     search_attributes: bool = False
-    # Waiting on a provider (defaults: what runs planned before these fields saw).
-    poll_interval_s: float = 2.0
-    request_timeout_s: float = 15.0
-    resolve_window_s: float = 30.0
-    ambiguous_fallback: bool = True
     # Where mastering runs (None: the track's own task queue).
     mastering_task_queue: str | None = None
-    # Polls while a submission's webhook is expected (None: plans from before webhooks
-    # thinned them, which poll every poll_interval_s).
-    webhook_poll_interval_s: float | None = None
 
 
 class Submission(BaseModel):
@@ -180,9 +180,11 @@ class Submission(BaseModel):
     request: GenerationRequest
     # Provider-specific URLs handed back at submit (fal's status/response/cancel URLs).
     urls: dict[str, str] = Field(default_factory=dict)
-    # The ledger row's token (None in histories from before the ledger).
+    # The ledger row's token: every track's submission has one (a provider called
+    # directly, as in its own tests, leaves it None).
     token: str | None = None
-    # The provider had finished it when the submit looked (SubmitInput.look).
+    # The provider had finished it when the submit looked at it (remote providers,
+    # unless a webhook is expected).
     done: bool = False
     # It was submitted with a webhook URL: the provider will tell us when it ends.
     webhook: bool = False
@@ -209,8 +211,8 @@ class PollStatus(BaseModel):
     audio_url: str | None = None
 
 
-class StagedAudio(BaseModel):
-    """Audio a provider produced, stored under a staging key until it passes the check."""
+class StoredAudio(BaseModel):
+    """Audio a provider produced, checked and stored at the track's audio key."""
 
     provider: str
     run_id: str
@@ -232,11 +234,10 @@ class AudioInfo(BaseModel):
 
 
 class CheckedAudio(BaseModel):
-    staged: StagedAudio
+    """What collecting a finished job gave: the stored audio and what its check measured."""
+
+    audio: StoredAudio
     info: AudioInfo
-    # Set when the check stored the audio at its final key itself (runs since
-    # one-pass-v2); `staged` then describes that object.
-    stored_key: str | None = None
 
 
 class RenditionsState(StrEnum):
@@ -387,45 +388,29 @@ class SubmitInput(BaseModel):
     # The provider that failed before this one, so the job log shows the fallback.
     falling_back_from: str | None = None
     # Paid submissions (ledger rows) a track may make, and how long a lost answer is
-    # looked for; the defaults are for runs planned before the ledger.
-    max_paid: int = 4
-    resolve_window_s: float = 30.0
+    # looked for.
+    max_paid: int
+    resolve_window_s: float
     # When this track first found the provider at its in-flight cap (for the metric).
     waiting_since: datetime | None = None
-    # Look at the new job once before answering: fast models are often done already.
-    look: bool = False
 
 
 class CancelInput(BaseModel):
     track: TrackInput
     reason: str
-    resolve_window_s: float = 30.0
+    resolve_window_s: float
     # Wait for submits whose outcome is unknown (a cancel mid-submit), or leave them to
     # the sweep (a track that goes on, or is done, must not wait on them).
     resolve_unknown: bool = True
 
 
-class CheckInput(BaseModel):
-    track: TrackInput
-    staged: StagedAudio
-    # Runs that master their tracks measure the tempo then, off the critical path.
-    measure_tempo: bool = True
-
-
 class CollectInput(BaseModel):
-    """Download a finished job's audio, check it and stage it (or, with `store`, store it
-    at its final key), in one activity."""
+    """Download a finished job's audio, check it and store it at its final key, in one
+    activity. (The tempo is measured by mastering, off the critical path.)"""
 
     track: TrackInput
     submission: Submission
-    measure_tempo: bool = True
     audio_url: str | None = None  # from the poll that saw the job finish, if it said
-    store: bool = False
-
-
-class StoreAudioInput(BaseModel):
-    track: TrackInput
-    checked: CheckedAudio
 
 
 class CoverInput(BaseModel):
@@ -449,8 +434,6 @@ class CompleteInput(BaseModel):
     stored: StoredTrack
     checked: CheckedAudio
     fallbacks: int = 0
-    # Mastering follows: the provider's file plays until the renditions replace it.
-    renditions_pending: bool = False
 
 
 class FinishInput(BaseModel):

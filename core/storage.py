@@ -52,11 +52,6 @@ def cover_key(user_id: object, track_id: object) -> str:
     return f"covers/{user_id}/{track_id}.svg"
 
 
-def staging_key(track_id: object, provider: str, run_id: str, extension: str) -> str:
-    safe_run = "".join(c if c.isalnum() or c in "-_" else "_" for c in run_id)[:80]
-    return f"staging/{track_id}/{provider}-{safe_run}.{extension}"
-
-
 def validate_key(key: str) -> str:
     path = PurePosixPath(key)
     if not key or path.is_absolute() or any(part in ("", ".", "..") for part in key.split("/")):

@@ -1,7 +1,7 @@
 """Replay saved or live workflow histories against the current workflow code.
 
-A replay that raises means the code can no longer continue runs that are in flight: the
-change must be guarded with `workflow.patched` or shipped under a new workflow name.
+A replay that raises means the code can no longer continue runs recorded by the version
+that made them: the change ships as a new worker deployment build id (CONTRIBUTING.md).
 """
 
 from __future__ import annotations

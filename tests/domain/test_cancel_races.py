@@ -19,7 +19,7 @@ from core.contracts import (
     ErrorCode,
     GenerationRequest,
     JobStatus,
-    StagedAudio,
+    StoredAudio,
     StoredTrack,
 )
 from core.models import Job, Track, User
@@ -61,7 +61,7 @@ def activities(ctx: DomainContext) -> JobActivities:
 
 
 def completion(track: Track, job: Job) -> CompleteInput:
-    staged = StagedAudio(
+    audio = StoredAudio(
         provider="synth",
         run_id="r-1",
         key=f"tracks/{track.user_id}/{track.id}.wav",
@@ -72,7 +72,7 @@ def completion(track: Track, job: Job) -> CompleteInput:
     return CompleteInput(
         track=track_input(track, job),
         stored=stored_for(track),
-        checked=CheckedAudio(staged=staged, info=INFO),
+        checked=CheckedAudio(audio=audio, info=INFO),
     )
 
 

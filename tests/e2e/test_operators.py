@@ -191,11 +191,11 @@ async def test_replay_cli_accepts_saved_histories_and_catches_a_broken_one(
     assert f"{histories} replayed cleanly, 0 failed" in ok.stderr
 
     # The same history as if the code had scheduled a different first activity.
-    history = json.loads((HISTORIES / "track_v1_complete.json").read_text())
+    history = json.loads((HISTORIES / "track_complete.json").read_text())
     for event in history["events"]:
         attributes = event.get("activityTaskScheduledEventAttributes")
-        if attributes and attributes["activityType"]["name"] == "plan_track":
-            attributes["activityType"]["name"] = "plan_track_v0"
+        if attributes and attributes["activityType"]["name"] == "submit_generation":
+            attributes["activityType"]["name"] = "submit_generation_v0"
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps(history))
     bad = await asyncio.to_thread(

@@ -37,7 +37,7 @@ from tests.fakes import Drop, Fail, FailAfter, FakeServer, Huge, Job, Late, Stal
 from tests.fakes.fal_server import FalFake
 from tests.fakes.fixtures import extra_overrides, fal, replicate, stack_overrides
 from tests.fakes.replicate_server import ReplicateFake
-from tests.workflows.test_replay_hosted import export_and_replay
+from tests.workflows.histories import export_and_replay
 
 __all__ = ["extra_overrides", "fal", "reconciler", "replicate", "stack_overrides"]
 
@@ -295,7 +295,7 @@ async def test_more_worker_deaths_than_retries_do_not_fail_the_track(
         stack, replicate, created, user_id, "a retry paid for a second prediction"
     )
     # The step that ran again replays as it ran.
-    await export_and_replay(stack, created["workflow_id"], "track_v4_worker_deaths", tmp_path)
+    await export_and_replay(stack, created["workflow_id"], "worker_deaths", tmp_path)
 
 
 # -- cancel and terminate reach the provider's job -------------------------------------
@@ -341,7 +341,12 @@ async def _all_in(stack: Stack, job_id: str, state: SubmissionState) -> bool:
 
 @pytest.mark.parametrize("extra_overrides", [{"reconcile_interval_s": 1}])
 async def test_terminate_while_rendering_refunds_and_cancels_the_job(
-    stack: Stack, fal: FalFake, reconciler: None, extra_overrides: Any, worker: Worker
+    stack: Stack,
+    fal: FalFake,
+    reconciler: None,
+    extra_overrides: Any,
+    worker: Worker,
+    tmp_path: Path,
 ) -> None:
     fal.script(jobs=[Job(running_s=120)])
     user_id, auth = await stack.user(credits=50)
@@ -357,6 +362,8 @@ async def test_terminate_while_rendering_refunds_and_cancels_the_job(
     assert await stack.credits(user_id) == 50
     assert await ledger_states(stack, created["job_id"]) == [SubmissionState.CANCELLED]
     print(f"terminate -> provider job cancelled in {took:.1f} s")
+    # A run that ends without its own last word (no cleanup ran in the workflow) replays.
+    await export_and_replay(stack, created["workflow_id"], "terminated_after_submit", tmp_path)
 
 
 # -- failing over leaves nothing running -------------------------------------------------

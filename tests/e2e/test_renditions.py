@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import signal
 import subprocess
 import uuid
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +23,7 @@ from temporalio.worker import Replayer
 from core.models import JobEvent, Plan
 from tests.conftest import Stack, eventually
 from tests.services import temporal_cli_path
+from tests.workflows.histories import capture
 from worker import ensure_reconcile_schedule
 from workflows.track import TrackWorkflow
 
@@ -206,8 +205,7 @@ async def test_a_cancel_while_mastering_leaves_the_track_complete_and_playing(
         workflows=[TrackWorkflow], data_converter=pydantic_data_converter
     ).replay_workflow(history, raise_on_replay_failure=False)
     assert replayed.replay_failure is None
-    if capture := os.environ.get("CAPTURE_HISTORIES_TO"):
-        (Path(capture) / "track_v6_mastering_cancelled.json").write_text(history.to_json())
+    capture("mastering_cancelled", history.to_json())
 
     job = (await stack.http.get(f"/api/jobs/{created['job_id']}", headers=auth)).json()
     assert job["status"] == "COMPLETE" and not job["credits_refunded"]

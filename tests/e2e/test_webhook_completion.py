@@ -17,7 +17,7 @@ from tests.fakes.fal_server import FalFake
 from tests.fakes.fixtures import fal, hosted_settings, replicate
 from tests.fakes.replicate_server import ReplicateFake
 from tests.fakes.webhooks import Forgery, api_socket, live_api, webhook_settings
-from tests.workflows.test_replay_hosted import export_and_replay
+from tests.workflows.histories import export_and_replay
 
 __all__ = ["api_socket", "fal", "live_api", "replicate"]
 
@@ -78,7 +78,7 @@ async def test_a_signed_webhook_completes_the_track_without_waiting_for_a_poll(
     # Only reading the result to download it: no look at submit (the delivery is
     # awaited) and the verified delivery is not asked about again.
     assert fake.polls == 1, fake.polls
-    await export_and_replay(stack, created["workflow_id"], f"track_v8_webhook_{provider}", tmp_path)
+    await export_and_replay(stack, created["workflow_id"], f"webhook_{provider}", tmp_path)
 
 
 @pytest.mark.parametrize(("poll_interval_s", "webhook_poll_interval_s"), [(0.2, 2.0)])
@@ -95,7 +95,7 @@ async def test_a_lost_delivery_is_covered_by_the_safety_poll(
     # The safety poll at 2 s, and reading the result to download it: a track expecting
     # a webhook does not look at once nor poll every 0.2 s (that would be ten more).
     assert fal.polls == 2, fal.polls
-    await export_and_replay(stack, created["workflow_id"], "track_v8_webhook_lost", tmp_path)
+    await export_and_replay(stack, created["workflow_id"], "webhook_lost", tmp_path)
 
 
 @pytest.mark.parametrize("poll_interval_s", [30.0])

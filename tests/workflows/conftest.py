@@ -20,16 +20,16 @@ from typing import Any, NoReturn, TypeVar
 import pytest_asyncio
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.common import WorkerDeploymentVersion
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
-from temporalio.worker import Worker
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from core.contracts import (
     NON_RETRYABLE,
     AudioInfo,
     CancelInput,
     CheckedAudio,
-    CheckInput,
     CollectInput,
     CompleteInput,
     CoverInput,
@@ -44,8 +44,7 @@ from core.contracts import (
     Rendition,
     RenditionsInput,
     RetryBounds,
-    StagedAudio,
-    StoreAudioInput,
+    StoredAudio,
     Submission,
     SubmitInput,
     TrackInput,
@@ -53,10 +52,16 @@ from core.contracts import (
     WebhookInput,
     track_workflow_id,
 )
+from core.worker_deployment import promote_if_first
 from tests.services import TemporalDevServer
 from workflows.track import TrackWorkflow
 
 T = TypeVar("T")
+# TrackWorkflow is PINNED, so its workers are versioned, as in production: every
+# harness's task queues join this one version of a deployment of the tests' own.
+HARNESS_VERSION = WorkerDeploymentVersion(
+    deployment_name="soundfoundry-workflow-tests", build_id=f"harness-{uuid.uuid4().hex[:8]}"
+)
 # What a scripted step does: awaited in the activity, it returns the answer (None: the
 # stand-in's ordinary answer) or raises.
 Behaviour = Callable[[], Awaitable[Any]]
@@ -210,7 +215,7 @@ class StandIns:
             )
 
         submission = await self._run("submit_generation", submit, submit.provider, accepted)
-        if not submit.look or submission.webhook:  # the real submit awaits the delivery
+        if submission.webhook:  # the real submit awaits the delivery
             return submission
         # The real submit looks once through the provider's poll: recorded as "look", it
         # answers from the poll script; an error there is for the workflow's polls to see.
@@ -237,61 +242,43 @@ class StandIns:
 
     @activity.defn(name="collect_audio")
     async def collect_audio(self, collect: CollectInput) -> CheckedAudio:
-        """The fetch, the check and (asked to `store`) the store in one activity, each
-        answering from its own script; the store is recorded as "store_checked"."""
-        staged = await self.fetch_generation(collect.submission)
-        checked = await self.check_audio(
-            CheckInput(track=collect.track, staged=staged, measure_tempo=collect.measure_tempo)
-        )
-        if not collect.store:
-            return checked
-        track = collect.track
-        final = f"tracks/{track.user_id}/{track.track_id}.{checked.staged.extension}"
-        key = await self._run("store_checked", collect, staged.provider, lambda: final)
-        stored = checked.staged.model_copy(update={"key": key})
-        return checked.model_copy(update={"staged": stored, "stored_key": key})
-
-    @activity.defn(name="fetch_generation")
-    async def fetch_generation(self, submission: Submission) -> StagedAudio:
-        return await self._run(
-            "fetch_generation",
-            submission,
+        """The download, the check and the store of the real collect_audio, each recorded
+        (as "download", "check" and "store_checked") and answering from its own script."""
+        submission, track = collect.submission, collect.track
+        downloaded = await self._run(
+            "download",
+            collect,
             submission.provider,
-            lambda: StagedAudio(
+            lambda: StoredAudio(
                 provider=submission.provider,
                 run_id=submission.run_id,
-                key=f"staging/{submission.track_id}/{submission.run_id}.wav",
+                key=f"tracks/{track.user_id}/{track.track_id}.wav",
                 extension="wav",
                 content_type="audio/wav",
                 size_bytes=1_411_200,
             ),
         )
-
-    @activity.defn(name="check_audio")
-    async def check_audio(self, check: CheckInput) -> CheckedAudio:
         info = AudioInfo(
-            duration_s=float(check.track.request.duration_s),
+            duration_s=float(track.request.duration_s),
             sample_rate=44_100,
             channels=2,
             peak_dbfs=-1.0,
             rms_dbfs=-16.0,
         )
-        return await self._run(
-            "check_audio",
-            check,
-            check.staged.provider,
-            lambda: CheckedAudio(staged=check.staged, info=info),
+        checked = await self._run(
+            "check",
+            collect,
+            submission.provider,
+            lambda: CheckedAudio(audio=downloaded, info=info),
         )
+        key = await self._run(
+            "store_checked", collect, submission.provider, lambda: checked.audio.key
+        )
+        return checked.model_copy(update={"audio": checked.audio.model_copy(update={"key": key})})
 
     @activity.defn(name="cancel_submissions")
     async def cancel_submissions(self, cancel: CancelInput) -> list[str]:
         return await self._run("cancel_submissions", cancel, None, list)
-
-    @activity.defn(name="store_audio")
-    async def store_audio(self, job: StoreAudioInput) -> str:
-        track = job.track
-        key = f"tracks/{track.user_id}/{track.track_id}.{job.checked.staged.extension}"
-        return await self._run("store_audio", job, None, lambda: key)
 
     @activity.defn(name="store_cover")
     async def store_cover(self, job: CoverInput) -> str:
@@ -352,11 +339,8 @@ class StandIns:
             self.plan_track,
             self.submit_generation,
             self.poll_generation,
-            self.fetch_generation,
-            self.check_audio,
             self.collect_audio,
             self.cancel_submissions,
-            self.store_audio,
             self.store_cover,
             self.complete_job,
             self.finish_job,
@@ -392,6 +376,7 @@ class Harness:
             "heartbeat_timeout_s": 5.0,
             "search_attributes": False,
             "poll_interval_s": 0.1,
+            "webhook_poll_interval_s": 30.0,
             "request_timeout_s": 5.0,
             "resolve_window_s": 1.0,
             "mastering_task_queue": self.mastering_task_queue,
@@ -418,6 +403,9 @@ class Harness:
 
     def workers(self) -> list[Worker]:
         common: dict[str, Any] = {
+            "deployment_config": WorkerDeploymentConfig(
+                version=HARNESS_VERSION, use_worker_versioning=True
+            ),
             # A cancel reaches a heartbeating stand-in within a tenth of a second.
             "max_heartbeat_throttle_interval": timedelta(milliseconds=100),
             "default_heartbeat_throttle_interval": timedelta(milliseconds=100),
@@ -457,6 +445,8 @@ async def harness(temporal_server: TemporalDevServer) -> AsyncIterator[Harness]:
     async with AsyncExitStack() as stack:
         for worker in built.workers():
             await stack.enter_async_context(worker)
+        # Once, for the session's first harness: the version routes new runs from then on.
+        await promote_if_first(built.client, HARNESS_VERSION)
         try:
             yield built
         finally:

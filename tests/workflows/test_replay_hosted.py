@@ -3,42 +3,19 @@ fallback) are exported with the real CLI and replay on the current code."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from soundfoundry.replay import replay_files
 from tests.conftest import Stack, eventually
 from tests.fakes import Fail, Job
 from tests.fakes.fal_server import FalFake
 from tests.fakes.fixtures import extra_overrides, fal, replicate, stack_overrides
 from tests.fakes.replicate_server import ReplicateFake
-from tests.services import temporal_cli_path
+from tests.workflows.histories import export_and_replay
 
 __all__ = ["extra_overrides", "fal", "replicate", "stack_overrides"]
-
-
-async def export_and_replay(stack: Stack, workflow_id: str, name: str, tmp_path: Path) -> None:
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [
-            str(temporal_cli_path()), "workflow", "show",
-            "--workflow-id", workflow_id,
-            "--address", stack.settings.temporal_address,
-            "--output", "json",
-        ],
-        check=True, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    path = tmp_path / f"{name}.json"
-    path.write_text(done.stdout)
-    if capture := os.environ.get("CAPTURE_HISTORIES_TO"):
-        (Path(capture) / f"{name}.json").write_text(done.stdout)
-    [outcome] = await replay_files([path])
-    assert outcome.error is None, outcome.error
 
 
 @pytest.mark.parametrize("extra_overrides", [{"poll_interval_s": 0.5}])
@@ -51,7 +28,7 @@ async def test_a_fallback_after_failing_polls_replays(
     created = await stack.create_track(auth, duration_s=10)
     job = await stack.wait_for_job(created["job_id"], auth, timeout_s=60)
     assert job["status"] == "COMPLETE", job
-    await export_and_replay(stack, created["workflow_id"], "track_v3_hosted_fallback", tmp_path)
+    await export_and_replay(stack, created["workflow_id"], "hosted_fallback", tmp_path)
 
 
 async def test_a_cancel_while_waiting_on_the_provider_replays(
@@ -64,4 +41,4 @@ async def test_a_cancel_while_waiting_on_the_provider_replays(
     await stack.http.post(f"/api/jobs/{created['job_id']}/cancel", headers=auth)
     job = await stack.wait_for_job(created["job_id"], auth)
     assert job["status"] == "CANCELLED" and fal.cancels == 1
-    await export_and_replay(stack, created["workflow_id"], "track_v3_hosted_cancelled", tmp_path)
+    await export_and_replay(stack, created["workflow_id"], "hosted_cancelled", tmp_path)
