@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from temporalio.common import WorkerDeploymentVersion
 from temporalio.worker import WorkerDeploymentConfig
 
-from core.settings import Settings
+from core.settings import Settings, package_version
 
 # The code a worker process runs, relative to the project (or site-packages) root.
 WORKER_PACKAGES = ("workflows", "activities", "domain", "engines", "core")
@@ -48,13 +47,6 @@ def source_hash(root: Path = _ROOT) -> str:
         digest.update(path.read_bytes())
         digest.update(b"\0")
     return digest.hexdigest()[:HASH_CHARS]
-
-
-def package_version() -> str:
-    try:
-        return version("soundfoundry")
-    except PackageNotFoundError:  # run from a bare source tree
-        return "0"
 
 
 @lru_cache

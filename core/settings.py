@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -18,6 +19,14 @@ KNOWN_PROVIDERS = ("fal", "replicate", "synth")
 # `api` and `worker` refuse this SECRET_KEY, or a shorter one, outside development.
 PLACEHOLDER_SECRET_KEY = "change-me-in-production"
 MIN_SECRET_KEY_LENGTH = 32
+
+
+def package_version() -> str:
+    """SoundFoundry's installed version; "0" for a bare source tree never installed."""
+    try:
+        return metadata.version("soundfoundry")
+    except metadata.PackageNotFoundError:
+        return "0"
 
 
 def _split_csv(value: object) -> object:
@@ -36,7 +45,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
 
     environment: Literal["development", "test", "staging", "production"] = "development"
-    version: str = "0.1.0"
+    # The installed package's version (pyproject.toml), as /api/health and Sentry report it.
+    version: str = Field(default_factory=package_version)
 
     # Embedded default: SQLite beside the project; production points this at Postgres.
     database_url: str = "sqlite+aiosqlite:///.soundfoundry/soundfoundry.db"

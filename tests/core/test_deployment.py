@@ -16,10 +16,9 @@ from core.deployment import (
     build_id,
     computed_build_id,
     deployment_config,
-    package_version,
     source_hash,
 )
-from core.settings import Settings
+from core.settings import Settings, package_version
 from workflows.provider_health import ProviderHealthWorkflow
 from workflows.reconcile import ReconcileWorkflow
 from workflows.track import TrackWorkflow
