@@ -36,7 +36,7 @@ from workflows.track import JobActivities, TrackWorkflow
 # The worker deployment version whose workers recorded every saved history. Recording
 # them again (`.venv/bin/python -m tests.workflows.histories`) records the build id of
 # the code at hand: put it here, so a review sees that the workflow moved to a new build.
-RECORDED_ON = ("soundfoundry", "0.1.0-f418e577c363")
+RECORDED_ON = ("soundfoundry", "1.0.0-1864318941db")
 REPLAY_BROKEN = """{name} was recorded on build {build} and no longer replays on this code:
 {error}
 This change to TrackWorkflow is not replay-compatible: runs in flight on build {build}
