@@ -17,7 +17,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.recording import recorded_attempt
-from core.contracts import JobStatus, WebhookInput
+from core.contracts import ErrorCode, JobStatus, WebhookInput
 from core.egress import Resolver, VettedTarget, open_vetted, system_resolver
 from core.models import Track
 from core.settings import Settings
@@ -61,7 +61,7 @@ class WebhookActivities:
                 )
             except WebhookTargetRejected as exc:
                 raise ApplicationError(
-                    str(exc), type="webhook_target_rejected", non_retryable=True
+                    str(exc), type=ErrorCode.WEBHOOK_TARGET_REJECTED, non_retryable=True
                 ) from exc
             # The same id on every attempt, so receivers can drop duplicates.
             event_id = f"evt_{track.job_id.hex}_{delivery.status.value.lower()}"
@@ -79,7 +79,7 @@ class WebhookActivities:
                 status = await self._post(target, body, headers)
             except httpx.HTTPError as exc:
                 raise ApplicationError(
-                    f"webhook unreachable: {type(exc).__name__}", type="webhook_unreachable"
+                    f"webhook unreachable: {type(exc).__name__}", type=ErrorCode.WEBHOOK_UNREACHABLE
                 ) from exc
             if status >= 300:
                 # 4xx other than 408/429 will not get better by retrying.

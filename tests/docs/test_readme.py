@@ -84,6 +84,10 @@ GUARANTEE_TESTS = {
     "tests/api/test_signed_links.py::test_name_and_inline_are_covered_by_the_signature",
     "tests/api/test_network_trust.py::test_metrics_answer_loopback_only_by_default",
     "tests/api/test_network_trust.py::test_metrics_behind_a_token",
+    "tests/core/test_capped.py",
+    "tests/activities/providers/test_hosted_contract.py::test_a_huge_poll_answer_fails_the_attempt_in_bounded_memory",
+    "tests/domain/test_incoming_webhooks.py::test_a_jwks_longer_than_the_cap_is_no_key_set",
+    "tests/activities/providers/test_hosted_contract.py::test_a_huge_submit_answer_is_a_lost_answer",
 }
 
 
