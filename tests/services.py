@@ -55,9 +55,14 @@ TEMPORAL_CLI_VERSION = "1.5.1"
 # Worker Versioning needs no flag on server 1.29; these only make a version that is no longer
 # current report `drained` within seconds of its last pinned run closing (the server's
 # defaults wait 3 min, then re-check every 3 min), so rollout tests can watch it happen.
+# The suite's one server also sees every test stack's own task queues (two each) join the
+# same deployment version; the server's default cap of 100 per version (a production
+# version has two) would stop new stacks' workers from polling after 50.
 WORKER_VERSIONING_TEST_TUNING = (
     "--dynamic-config-value", 'matching.wv.VersionDrainageStatusVisibilityGracePeriod="1s"',
     "--dynamic-config-value", 'matching.wv.VersionDrainageStatusRefreshInterval="1s"',
+    "--dynamic-config-value", "matching.maxTaskQueuesInDeploymentVersion=100000",
+    "--dynamic-config-value", "matching.maxTaskQueuesInDeployment=100000",
 )  # fmt: skip
 VERSITYGW_VERSION = "1.7.0"
 
