@@ -228,11 +228,19 @@ async def test_burst_survives_a_killed_worker_and_a_killed_api(
     assert len(set(job_ids)) == BURST
     jobs = await client.wait_all(job_ids, {"COMPLETE", "FAILED", "CANCELLED", "TERMINATED"}, 240)
     assert {job["status"] for job in jobs.values()} == {"COMPLETE"}
-    # One submission and one charge per track; nothing created twice by the retries.
-    assert fal.submissions == BURST and replicate.submissions == 0
+    # One paid provider job and one charge per track; nothing created twice by the
+    # retries. A worker killed after committing a fal submit and before sending it leaves
+    # that submit unresolvable (fal has no listing): after the resolve window the track
+    # goes on at Replicate. Still one job at the providers for it, counted by the fakes.
+    assert fal.submissions + replicate.submissions == BURST, (
+        fal.submissions,
+        replicate.submissions,
+    )
     assert await jobs_of(sessions, user_id) == BURST
+    unresolved = {SubmissionState.AMBIGUOUS, SubmissionState.REJECTED}
     for job_id in job_ids:
-        assert await ledger(sessions, job_id) == [SubmissionState.FINISHED], job_id
+        states = await ledger(sessions, job_id)
+        assert states[-1] is SubmissionState.FINISHED and set(states[:-1]) <= unresolved, states
     charged = sum(c["credits_required"] for c in created)
     assert await credits_of(sessions, user_id) == 1000 - charged
 
